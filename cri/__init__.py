@@ -1,0 +1,1 @@
+"""skiff.cri: filled by a later issue."""

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# dev.sh: set up a Debian 12 machine (as root) for skiff, then run its demo or its tests.
+# Every step is idempotent, so running it again only does what is missing.
+#
+#   ./dev.sh demo    install, build a busybox bundle, run a container from it with skiff-runc
+#   ./dev.sh test    install (with the test peers and the cgroup v2 VM's parts), run pytest
+#   ./dev.sh bench   install, run bench/start_latency.py side by side with runc and crun
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")"
+top=$PWD
+venv=$top/.venv
+
+# What the runtime needs: python-prctl builds from source (gcc, python3-dev, libcap-dev);
+# libseccomp2 is loaded through ctypes; busybox-static is the demo's root filesystem.
+base_packages=(python3 python3-venv python3-dev gcc libcap-dev libseccomp2 busybox-static
+               iproute2 procps)
+# What the tests and benchmarks add: the peers measured against, and QEMU for the v2 VM
+# (its kernel is unpacked from Debian's linux-image package by tests/vm, not installed).
+test_packages=(runc crun qemu-system-x86 cpio kmod)
+
+need_root() { [ "$(id -u)" = 0 ] || { echo "dev.sh: run as root (skiff creates namespaces and cgroups)" >&2; exit 1; }; }
+
+apt_install() {
+    local missing=()
+    for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed' || missing+=("$p"); done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    echo "dev.sh: installing Debian packages: ${missing[*]}"
+    # apt-get update can fail on a stale mirror; apt-get install then says what is wrong.
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq || true
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+make_venv() {
+    # Debian's own python3: a pyenv shim on PATH would cost ~120 ms per CLI start.
+    [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"
+    local stamp=$venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
+    if [ ! -e "$stamp" ]; then
+        "$venv/bin/pip" install -q --upgrade pip
+        "$venv/bin/pip" install -q -e ".[test]"
+        rm -f "$venv"/.installed-* && touch "$stamp"
+    fi
+}
+
+setup() { need_root; apt_install "${base_packages[@]}" "$@"; make_venv; }
+
+case "${1:-}" in
+    demo)
+        setup
+        exec "$venv/bin/python" -m skiff.demo
+        ;;
+    test)
+        setup "${test_packages[@]}"
+        shift
+        exec "$venv/bin/python" -m pytest "$@"
+        ;;
+    bench)
+        setup "${test_packages[@]}"
+        shift
+        exec "$venv/bin/python" bench/start_latency.py "$@"
+        ;;
+    *)
+        sed -n '2,8s/^# \{0,1\}//p' "$0" >&2
+        exit 2
+        ;;
+esac

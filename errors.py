@@ -1,0 +1,40 @@
+"""The error tree of skiff. Area errors subclass a category; only `cri/` maps categories to
+gRPC codes. Messages are lower case, without a final period, and name what was wrong.
+
+SkiffError              root; raised bare it is a bug         -> INTERNAL
+ ├─ InvalidArgument      bad spec, bad request field           -> INVALID_ARGUMENT
+ ├─ NotFound             unknown id, digest, image             -> NOT_FOUND
+ ├─ AlreadyExists        reused name or attempt                -> ALREADY_EXISTS
+ ├─ FailedPrecondition   wrong state for the call              -> FAILED_PRECONDITION
+ ├─ ResourceExhausted    no address left in the pod CIDR       -> RESOURCE_EXHAUSTED
+ └─ Unavailable          daemon still recovering, host lacks   -> UNAVAILABLE
+                         a kernel feature
+"""
+
+
+class SkiffError(Exception):
+    """Root of the tree. Raised bare, it is a bug."""
+
+
+class InvalidArgument(SkiffError):
+    pass
+
+
+class NotFound(SkiffError):
+    pass
+
+
+class AlreadyExists(SkiffError):
+    pass
+
+
+class FailedPrecondition(SkiffError):
+    pass
+
+
+class ResourceExhausted(SkiffError):
+    pass
+
+
+class Unavailable(SkiffError):
+    pass

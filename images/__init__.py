@@ -1,0 +1,1 @@
+"""skiff.images: filled by a later issue."""

@@ -1,0 +1,1 @@
+"""skiff.orchestrator: filled by a later issue."""

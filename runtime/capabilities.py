@@ -1,0 +1,75 @@
+"""Capabilities: spec names to bit masks (parent), and the five sets applied in the child.
+
+The bounding set is dropped first, while CAP_SETPCAP is still held; then the user is
+switched with PR_SET_KEEPCAPS so permitted survives setuid; then effective, permitted and
+inheritable are set in one capset, and ambient raised last (it needs the cap in both
+permitted and inheritable). youki capabilities.rs and runc finalizeNamespace use this order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from skiff.oci.spec import LinuxCapabilities
+
+# Kernel order (include/uapi/linux/capability.h): the index is the capability number.
+CAPABILITY_NAMES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
+    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
+    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
+    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
+    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
+    "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
+    "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+)
+_NUMBERS = {name: n for n, name in enumerate(CAPABILITY_NAMES)}
+
+
+def last_cap() -> int:
+    """The highest capability this kernel knows; bits above it cannot be set."""
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except OSError:
+        return len(CAPABILITY_NAMES) - 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CapabilitySets:
+    bounding: int
+    effective: int
+    permitted: int
+    inheritable: int
+    ambient: int
+
+    def numbers(self, mask: int) -> tuple[int, ...]:
+        return tuple(n for n in range(mask.bit_length()) if mask >> n & 1)
+
+
+def mask_of(names: tuple[str, ...], field: str) -> int:
+    from skiff.errors import InvalidArgument
+
+    mask = 0
+    top = last_cap()
+    for i, name in enumerate(names):
+        number = _NUMBERS.get(name)
+        if number is None:
+            raise InvalidArgument(f"{field}[{i}]: unknown capability {name!r}")
+        if number <= top:  # a cap newer than the kernel cannot be held anyway (runc ignores it too)
+            mask |= 1 << number
+    return mask
+
+
+def capability_sets(caps: LinuxCapabilities | None, field: str = "process.capabilities") -> CapabilitySets:
+    """No capabilities section means no capabilities at all, as in runc."""
+    if caps is None:
+        return CapabilitySets(bounding=0, effective=0, permitted=0, inheritable=0, ambient=0)
+    return CapabilitySets(
+        bounding=mask_of(caps.bounding, f"{field}.bounding"),
+        effective=mask_of(caps.effective, f"{field}.effective"),
+        permitted=mask_of(caps.permitted, f"{field}.permitted"),
+        inheritable=mask_of(caps.inheritable, f"{field}.inheritable"),
+        ambient=mask_of(caps.ambient, f"{field}.ambient"),
+    )

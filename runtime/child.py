@@ -1,0 +1,459 @@
+"""The code that runs between fork and exec: fixed steps, syscalls only.
+
+Rules (pyroute2 process.py, runc standard_init_linux.go): garbage collection off first; no
+imports, threads, logging or heavy allocation; everything was decided in the parent (the
+LaunchPlan). Every step records where it is (`_at`) before its syscalls, so one handler can
+send the failure back with the step, errno and what it worked on, then `_exit`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import gc
+import os
+import resource
+import socket
+import stat
+import termios
+import time
+from typing import NoReturn
+
+import _prctl  # python-prctl's C module: capset and no_new_privs without the wrapper's setup
+
+from skiff.runtime import libc
+from skiff.runtime.capabilities import last_cap
+from skiff.runtime import sync
+from skiff.runtime.plan import HookPlan, LaunchPlan, ProcessPlan
+from skiff.runtime.rootfs import BIND_REMOUNT_KEEP, MountOp, RootfsPlan
+from skiff.runtime.sync import Step
+
+PR_CAPBSET_DROP = 24
+PR_SET_KEEPCAPS = 8
+MAX_SYMLINKS = 40
+# statvfs f_flag bits -> mount flags, to repeat locked flags on a bind remount.
+_STATVFS_TO_MS = ((1, libc.MS_RDONLY), (2, libc.MS_NOSUID), (4, libc.MS_NODEV), (8, libc.MS_NOEXEC),
+                  (1024, libc.MS_NOATIME), (2048, libc.MS_NODIRATIME), (4096, libc.MS_RELATIME))
+
+
+class _Where:
+    """The step the child is in, and what it works on, for the error report."""
+
+    __slots__ = ("step", "detail")
+
+    def __init__(self) -> None:
+        self.step = Step.SYNC
+        self.detail = ""
+
+
+_where = _Where()
+
+
+def _at(step: Step, detail: str = "") -> None:
+    _where.step = step
+    _where.detail = detail
+
+
+class _StepFailed(Exception):
+    """A failure that the detail describes in full (a hook's exit status, a missing executable)."""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+
+
+def main(plan: LaunchPlan, sock: int, parent_end: int) -> NoReturn:
+    """Entry right after the fork; never returns."""
+    gc.disable()
+    try:
+        os.close(parent_end)
+        if _namespaces(plan, sock):
+            _init(plan, sock)
+    except _StepFailed as e:
+        _report(sock, _where.step, 0, e.detail)
+    except OSError as e:
+        _report(sock, _where.step, e.errno or 0, _where.detail)
+    except BaseException as e:  # a bug: still tell the parent what happened
+        _report(sock, Step.INTERNAL, 0, f"{_where.step.value}: {type(e).__name__}: {e}")
+    os._exit(1)
+
+
+def _report(sock: int, step: Step, err: int, detail: str) -> None:
+    try:
+        os.write(sock, sync.encode_failure(step, err, detail))
+    except OSError:  # the runtime is gone (after `create` returned): stderr is all there is
+        os.write(2, f"skiff init: {step.value}: {detail}: {os.strerror(err) if err else ''}\n".encode())
+
+
+def _recv(sock: int, expected: bytes) -> None:
+    _at(Step.SYNC, f"waiting for {expected!r}")
+    if os.read(sock, sync.MAX_MESSAGE) != expected:
+        raise _StepFailed(f"the runtime went away while the child waited for {expected!r}")
+
+
+# -- the intermediate child: namespaces --------------------------------------------------
+
+def _namespaces(plan: LaunchPlan, sock: int) -> bool:
+    """Join and make namespaces. True when this process goes on as the container's init."""
+    ns = plan.namespaces
+    _recv(sock, sync.GO)
+    fds = []
+    for flag, path in ns.join:
+        _at(Step.SETNS, path)
+        fds.append((os.open(path, os.O_RDONLY | os.O_CLOEXEC), flag, path))
+    for fd, flag, path in fds:
+        _at(Step.SETNS, path)
+        libc.setns(fd, flag)
+        os.close(fd)
+    if ns.unshare:
+        _at(Step.UNSHARE, f"flags {ns.unshare:#x}")
+        libc.unshare(ns.unshare)
+    if ns.unshare & libc.CLONE_NEWUSER:
+        os.write(sock, sync.USERNS)
+        _recv(sock, sync.IDMAPS_DONE)
+        if ns.root_in_userns:
+            _at(Step.SETUID_ROOT)
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+    if not ns.second_fork:
+        os.write(sock, sync.encode_pid(os.getpid()))
+        return True
+    _at(Step.CLONE)
+    pid = libc.clone_parent()
+    if pid == 0:
+        return True
+    os.write(sock, sync.encode_pid(pid))
+    os._exit(0)
+
+
+# -- the container's init ------------------------------------------------------------------
+
+def _init(plan: LaunchPlan, sock: int) -> NoReturn:
+    proc = plan.process
+    if plan.rootfs is not None:
+        _prepare_rootfs(plan.rootfs)
+    state = b""
+    if plan.hooks_sync:
+        os.write(sock, sync.HOOKS)
+        _at(Step.SYNC, "waiting for the runtime's hooks")
+        reply = os.read(sock, sync.MAX_MESSAGE)
+        if reply[:1] != sync.HOOKS_DONE:
+            raise _StepFailed("the runtime went away while its hooks ran")
+        state = reply[1:]
+    for hook in plan.create_container_hooks:
+        _run_hook("createContainer", hook, state)
+    if plan.rootfs is not None:
+        _pivot_root(plan.rootfs.path)
+    _at(Step.SETSID)
+    os.setsid()
+    if proc.terminal:
+        _console(proc)
+    if plan.hostname is not None:
+        _at(Step.HOSTNAME, plan.hostname)
+        libc.sethostname(plan.hostname)
+    if plan.domainname is not None:
+        _at(Step.DOMAINNAME, plan.domainname)
+        libc.setdomainname(plan.domainname)
+    for path, value in plan.sysctl:
+        _at(Step.SYSCTL, f"{path}={value}")
+        _write(path, value)
+    if plan.rootfs is not None:
+        _finish_rootfs(plan.rootfs)
+    _process_setup(proc)
+    executable = _lookup(proc)
+    if proc.seccomp is not None and not proc.no_new_privileges:
+        # Without no_new_privs loading a filter needs CAP_SYS_ADMIN: before the caps go.
+        _at(Step.SECCOMP)
+        _load_seccomp(proc)
+    _drop_privileges(proc)
+    os.write(sock, sync.READY)
+    if plan.exec_fifo is not None:
+        dirfd, name = plan.exec_fifo
+        _at(Step.EXEC_FIFO, name)
+        fifo = os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=dirfd)  # blocks until `start`
+        os.write(fifo, b"0")
+        os.close(fifo)
+        for hook in plan.start_container_hooks:
+            _run_hook("startContainer", hook, state)
+    if proc.seccomp is not None and proc.no_new_privileges:
+        # As late as possible, so the filter need not allow what the runtime itself calls.
+        _at(Step.SECCOMP)
+        _load_seccomp(proc)
+    _at(Step.EXEC, executable)
+    libc.close_range_cloexec(3 + proc.preserve_fds)
+    os.execve(executable, proc.args, proc.env)
+    raise AssertionError("unreachable")
+
+
+def _load_seccomp(proc: ProcessPlan) -> None:
+    assert proc.seccomp is not None
+    proc.seccomp.load()
+
+
+def _write(path: str, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+# -- rootfs ----------------------------------------------------------------------------------
+
+def _resolve(root: str, path: str) -> str:
+    """`path` inside `root`, following symlinks as if `root` were "/" (no escape through
+    `..` or an absolute link), as runc's securejoin does. Missing parts are kept as named."""
+    parts = [p for p in path.split("/") if p]
+    current: list[str] = []
+    links = 0
+    while parts:
+        part = parts.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if current:
+                current.pop()
+            continue
+        candidate = root + "/" + "/".join(current + [part])
+        try:
+            st = os.lstat(candidate)
+        except FileNotFoundError:
+            current.append(part)
+            current.extend(p for p in parts if p not in (".", ""))
+            break
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > MAX_SYMLINKS:
+                raise OSError(40, "too many symlinks", candidate)  # ELOOP
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                current = []
+            parts = [p for p in target.split("/") if p] + parts
+            continue
+        current.append(part)
+    return root + "/" + "/".join(current)
+
+
+def _make_target(path: str, is_file: bool) -> None:
+    if is_file:
+        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+        if not os.path.exists(path):
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+    else:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+
+
+def _locked_flags(path: str) -> int:
+    flags = 0
+    fflag = os.statvfs(path).f_flag
+    for bit, ms in _STATVFS_TO_MS:
+        if fflag & bit:
+            flags |= ms
+    return flags
+
+
+def _mount(root: str, op: MountOp) -> None:
+    target = _resolve(root, op.target)
+    _at(Step.MOUNT, f"{op.source or op.fstype} on {target}")
+    if not op.flags & libc.MS_REMOUNT:
+        _make_target(target, op.is_file)
+    libc.mount(op.source, target, op.fstype, op.flags, op.data)
+    if op.remount is not None:
+        flags = libc.MS_BIND | libc.MS_REMOUNT | op.remount | (_locked_flags(target) & BIND_REMOUNT_KEEP)
+        libc.mount(None, target, None, flags)
+    if op.propagation:
+        libc.mount(None, target, None, op.propagation)
+
+
+def _prepare_rootfs(rootfs: RootfsPlan) -> None:
+    root = rootfs.path
+    _at(Step.ROOT_PROPAGATION, "/")
+    # Slave by default: host mounts still reach the container, its mounts never reach the host.
+    libc.mount(None, "/", None, libc.MS_REC | libc.MS_SLAVE)
+    _at(Step.MOUNT, f"{root} on itself")
+    libc.mount(root, root, None, libc.MS_BIND | libc.MS_REC)  # pivot_root needs a mount point
+    for op in rootfs.mounts:
+        _mount(root, op)
+    for dev in rootfs.devices:
+        target = _resolve(root, dev.path)
+        _at(Step.MKNOD, target)
+        if rootfs.bind_devices:
+            _make_target(target, True)
+            libc.mount(dev.path, target, None, libc.MS_BIND)
+            continue
+        try:
+            os.unlink(target)
+        except FileNotFoundError:
+            pass
+        os.mknod(target, dev.mode, os.makedev(dev.major, dev.minor))
+        os.chmod(target, dev.mode & 0o7777)  # mknod's mode is cut by the umask
+        os.chown(target, dev.uid, dev.gid)
+    for link_target, link in rootfs.symlinks:
+        path = _resolve(root, link)
+        _at(Step.SYMLINK, path)
+        try:
+            os.symlink(link_target, path)
+        except FileExistsError:
+            pass
+
+
+def _pivot_root(root: str) -> None:
+    """pivot_root(".", "."), then detach the old root from under us: no directory for the old
+    root is needed inside the container (runc's trick, rootfs_linux.go pivotRoot)."""
+    _at(Step.PIVOT_ROOT, root)
+    old = os.open("/", os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
+    new = os.open(root, os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
+    os.fchdir(new)
+    libc.pivot_root(".", ".")
+    os.fchdir(old)
+    libc.mount(None, ".", None, libc.MS_SLAVE | libc.MS_REC)  # the unmount must not reach the host
+    libc.umount2(".", libc.MNT_DETACH)
+    os.chdir("/")
+    os.close(old)
+    os.close(new)
+
+
+def _finish_rootfs(rootfs: RootfsPlan) -> None:
+    if rootfs.propagation:
+        _at(Step.ROOT_PROPAGATION, "/")
+        libc.mount(None, "/", None, rootfs.propagation)
+    for path in rootfs.readonly_paths:
+        _at(Step.READONLY_PATH, path)
+        try:
+            libc.mount(path, path, None, libc.MS_BIND | libc.MS_REC)
+        except FileNotFoundError:
+            continue
+        libc.mount(None, path, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | _locked_flags(path))
+    for path in rootfs.masked_paths:
+        _at(Step.MASK_PATH, path)
+        try:
+            if stat.S_ISDIR(os.stat(path).st_mode):
+                libc.mount("tmpfs", path, "tmpfs", libc.MS_RDONLY)
+            else:
+                libc.mount("/dev/null", path, None, libc.MS_BIND)
+        except FileNotFoundError:
+            continue
+    if rootfs.readonly:
+        _at(Step.READONLY_ROOT, "/")
+        libc.mount(None, "/", None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | _locked_flags("/"))
+
+
+# -- the process -------------------------------------------------------------------------------
+
+def _console(proc: ProcessPlan) -> None:
+    """Make a pty inside the container, send its master to the console socket, and make the
+    slave the controlling terminal and stdio (runc's console socket protocol)."""
+    _at(Step.CONSOLE, "/dev/ptmx")
+    master, slave = os.openpty()
+    if proc.console_size is not None:
+        rows, cols = proc.console_size
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, rows.to_bytes(2, "little") + cols.to_bytes(2, "little") + bytes(4))
+    assert proc.console_fd is not None
+    console = socket.socket(fileno=proc.console_fd)
+    socket.send_fds(console, [b"/dev/ptmx"], [master])
+    console.close()
+    os.close(master)
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    os.close(slave)
+
+
+def _process_setup(proc: ProcessPlan) -> None:
+    for resource_id, soft, hard in proc.rlimits:
+        _at(Step.RLIMIT, f"{resource_id}={soft}:{hard}")
+        resource.setrlimit(resource_id, (soft, hard))
+    if proc.oom_score_adj is not None:
+        _at(Step.OOM_SCORE_ADJ, str(proc.oom_score_adj))
+        _write("/proc/self/oom_score_adj", str(proc.oom_score_adj))
+
+
+def _lookup(proc: ProcessPlan) -> str:
+    """Find args[0] before READY, so that a missing binary fails `create` (as runc does)."""
+    name = proc.args[0]
+    _at(Step.LOOKUP, name)
+    candidates = [name] if "/" in name else [d + "/" + name for d in proc.path.split(":") if d]
+    for path in candidates:
+        if not path.startswith("/"):
+            path = proc.cwd.rstrip("/") + "/" + path
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        if stat.S_ISREG(st.st_mode) and os.access(path, os.X_OK):
+            return path
+        if "/" in name:
+            raise _StepFailed(f'exec: "{name}": permission denied')
+    where = "no such file or directory" if "/" in name else "executable file not found in $PATH"
+    raise _StepFailed(f'exec: "{name}": {where}')
+
+
+def _drop_privileges(proc: ProcessPlan) -> None:
+    caps = proc.capabilities
+    every = range(_LAST_CAP + 1)
+    _at(Step.CAPABILITIES, "bounding set")
+    for n in every:
+        if not caps.bounding >> n & 1:
+            libc.prctl(PR_CAPBSET_DROP, n)
+    _at(Step.USER, f"uid={proc.uid} gid={proc.gid} groups={list(proc.additional_gids)}")
+    libc.prctl(PR_SET_KEEPCAPS, 1)
+    os.setgroups(list(proc.additional_gids))
+    os.setresgid(proc.gid, proc.gid, proc.gid)
+    os.setresuid(proc.uid, proc.uid, proc.uid)
+    libc.prctl(PR_SET_KEEPCAPS, 0)
+    _at(Step.CAPABILITIES, "effective, permitted, inheritable")
+    sets = (caps.effective, caps.permitted, caps.inheritable)
+    on = [[n for n in every if mask >> n & 1] for mask in sets]
+    off = [[n for n in every if not mask >> n & 1] for mask in sets]
+    _prctl.set_caps(*on, *off)  # one capset(2)
+    _at(Step.CAPABILITIES, "ambient")
+    libc.prctl(libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_CLEAR_ALL)
+    for n in range(caps.ambient.bit_length()):
+        if caps.ambient >> n & 1:
+            libc.prctl(libc.PR_CAP_AMBIENT, libc.PR_CAP_AMBIENT_RAISE, n)
+    _at(Step.UMASK, oct(proc.umask))
+    os.umask(proc.umask)
+    _at(Step.CHDIR, proc.cwd)
+    os.chdir(proc.cwd)
+    if proc.no_new_privileges:
+        _at(Step.NO_NEW_PRIVS)
+        _prctl.prctl(_prctl.PR_SET_NO_NEW_PRIVS, 1)
+
+
+# Capabilities both this kernel and libcap (under python-prctl) know.
+_LAST_CAP: int = min(_prctl.CAP_LAST_CAP, last_cap())
+
+
+def _run_hook(kind: str, hook: HookPlan, state: bytes) -> None:
+    """A hook in the container's namespaces: state on stdin, killed past its timeout."""
+    _at(Step.HOOK, f"{kind} hook {hook.path}")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.dup2(r, 0)
+            os.execve(hook.path, hook.args, hook.env)
+        finally:
+            os._exit(127)
+    os.close(r)
+    try:
+        os.write(w, state)
+    except BrokenPipeError:
+        pass
+    os.close(w)
+    deadline = time.monotonic() + hook.timeout if hook.timeout else None
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG if deadline else 0)
+        if done:
+            break
+        if deadline and time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            raise _StepFailed(f"{kind} hook {hook.path}: timed out after {hook.timeout:g}s")
+        time.sleep(0.002)
+    if status:
+        raise _StepFailed(f"{kind} hook {hook.path} failed: {_describe_status(status)}")
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by signal {os.WTERMSIG(status)}"
+    return f"exit status {os.WEXITSTATUS(status)}"

@@ -1,0 +1,431 @@
+"""The container lifecycle as runc has it: create, start, state, kill, delete, exec,
+pause/resume, ps, stats, events. The CLI (runtime/cli/) is a thin layer over `Runtime`.
+
+    create ──> created ──start──> running ──(init exits)──> stopped ──delete──> (gone)
+                  │                  │ ^
+                  │               pause│ │resume
+                  │                  v │
+                  │                 paused
+                  └──────────delete (kills the init)──────────────────────────> (gone)
+
+The status is not stored: it is read from the kernel each time (is the recorded init alive,
+with the recorded start time; is exec.fifo still there; is the cgroup frozen).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import os
+import signal
+import time
+from dataclasses import dataclass, replace
+from typing import Any, Iterator
+
+from skiff.errors import FailedPrecondition, NotFound
+from skiff.oci.spec import Process, Spec
+from skiff.runtime.cgroups import CgroupDriver, load_cgroup, open_cgroup
+from skiff.runtime.state import EXEC_FIFO, ContainerRecord, StateStore
+
+OCI_VERSION = "1.2.0"
+DEFAULT_ROOT = "/run/skiff-runc"
+
+
+class Status(enum.StrEnum):
+    CREATING = "creating"
+    CREATED = "created"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContainerState:
+    """What `state` prints: runc's JSON, plus whether the kernel OOM-killed a process."""
+
+    id: str
+    pid: int
+    status: Status
+    bundle: str
+    rootfs: str
+    created: str
+    owner: str
+    annotations: dict[str, str]
+    oom_killed: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "ociVersion": OCI_VERSION, "id": self.id, "pid": self.pid, "status": str(self.status),
+            "bundle": self.bundle, "rootfs": self.rootfs, "created": self.created, "owner": self.owner,
+        }
+        if self.annotations:
+            out["annotations"] = self.annotations
+        if self.oom_killed:
+            out["oomKilled"] = True
+        return out
+
+    def hook_state(self) -> bytes:
+        """The runtime-spec State that hooks read on stdin."""
+        state: dict[str, Any] = {"ociVersion": OCI_VERSION, "id": self.id, "status": str(self.status),
+                                 "pid": self.pid, "bundle": self.bundle}
+        if self.annotations:
+            state["annotations"] = self.annotations
+        return json.dumps(state).encode()
+
+
+def proc_start_time(pid: int) -> int | None:
+    """starttime of /proc/<pid>/stat, or None when the process is gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    fields = stat[stat.rindex(b")") + 2:].split()
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9:09d}Z"
+
+
+def _reap(pid: int) -> int | None:
+    """Collect the init's exit status if it is our child (run, or the library in-process)."""
+    try:
+        done, status = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return None
+    return os.waitstatus_to_exitcode(status) if done else None
+
+
+class Runtime:
+    def __init__(self, root: str = DEFAULT_ROOT, *, cgroup_parent: str | None = None) -> None:
+        self.store = StateStore(root)
+        self.cgroup_parent = cgroup_parent
+
+    # -- create and start ------------------------------------------------------------------
+
+    def create(self, container_id: str, bundle: str, *, console_socket: str | None = None,
+               pid_file: str | None = None, preserve_fds: int = 0, spec: Spec | None = None) -> ContainerState:
+        """Set up the container and leave its init waiting for `start`. On any failure
+        nothing is left: no process, cgroup, state directory."""
+        from skiff.oci import load_spec, spec_to_dict
+        from skiff.runtime.hooks import run_hooks
+        from skiff.runtime.plan import plan_create
+        from skiff.runtime.rootfs import with_device_rules
+        from skiff.runtime.spawn import spawn
+
+        bundle = os.path.abspath(bundle)
+        if spec is None:
+            spec = load_spec(os.path.join(bundle, "config.json"))
+        assert spec.root is not None
+        state_dir = self.store.reserve(container_id)
+        with contextlib.ExitStack() as undo:
+            undo.callback(self.store.remove, container_id)
+            os.mkfifo(os.path.join(state_dir, EXEC_FIFO), 0o622)
+            dirfd = os.open(state_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+            undo.callback(os.close, dirfd)
+            linux = spec.linux
+            cgroup = open_cgroup(container_id=container_id, cgroups_path=linux.cgroups_path if linux else None,
+                                 parent=self.cgroup_parent)
+            cgroup.create()
+            undo.callback(cgroup.destroy)
+            cgroup.apply(with_device_rules(linux.resources if linux else None, linux.devices if linux else ()))
+            console_fd = _connect_console(console_socket) if console_socket else None
+            if console_fd is not None:
+                undo.callback(os.close, console_fd)
+            plan = plan_create(spec, bundle=bundle, cgroup_mounts=cgroup.mounts(),
+                               exec_fifo=(dirfd, EXEC_FIFO), console_fd=console_fd, preserve_fds=preserve_fds)
+            state = ContainerState(id=container_id, pid=0, status=Status.CREATING, bundle=bundle,
+                                   rootfs=plan.rootfs.path if plan.rootfs else "", created=_now(),
+                                   owner="", annotations=dict(spec.annotations))
+            hooks = spec.hooks
+
+            def on_hooks(pid: int) -> bytes:
+                hook_state = replace(state, pid=pid).hook_state()
+                if hooks is not None:
+                    run_hooks("prestart", hooks.prestart, hook_state)
+                    run_hooks("createRuntime", hooks.create_runtime, hook_state)
+                return replace(state, pid=pid, status=Status.CREATED).hook_state()
+
+            try:
+                pid = spawn(plan, cgroup, on_hooks)
+            except Exception as e:
+                if cgroup.oom_kills():
+                    e.add_note("the container's cgroup OOM-killed a process during create")
+                raise
+            undo.callback(_kill, pid)
+            start_time = proc_start_time(pid)
+            self.store.save(ContainerRecord(
+                id=container_id, bundle=bundle, rootfs=state.rootfs, pid=pid, pid_start=start_time or 0,
+                created=state.created, annotations=state.annotations, cgroup=cgroup.record(),
+                config=spec_to_dict(spec)))
+            if pid_file:
+                _write_pid_file(pid_file, pid)
+            undo.pop_all()
+        os.close(dirfd)
+        if console_fd is not None:
+            os.close(console_fd)
+        return replace(state, pid=pid, status=Status.CREATED)
+
+    def start(self, container_id: str) -> None:
+        record = self.store.load(container_id)
+        status = self._status(record)
+        if status is not Status.CREATED:
+            raise FailedPrecondition(f"cannot start container {container_id!r}: it is {status}, not created")
+        fifo_path = os.path.join(self.store.dir(container_id), EXEC_FIFO)
+        fifo = os.open(fifo_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            # The init is blocked opening the fifo for writing; our open lets it through, and
+            # its "0" says it went on to exec. Poll, in case it died meanwhile.
+            import select
+
+            poller = select.poll()
+            poller.register(fifo, select.POLLIN)
+            while not poller.poll(100):
+                if proc_start_time(record.pid) != record.pid_start:
+                    raise FailedPrecondition(f"cannot start container {container_id!r}: its init exited")
+            os.read(fifo, 1)
+        finally:
+            os.close(fifo)
+        os.unlink(fifo_path)
+        hooks = _recorded_hooks(record)
+        if hooks and hooks.poststart:
+            from skiff.runtime.hooks import HookError, run_hooks
+
+            try:
+                run_hooks("poststart", hooks.poststart, self._state(record).hook_state())
+            except HookError as e:
+                _warn(str(e))
+
+    def run(self, container_id: str, bundle: str, *, detach: bool = False, pid_file: str | None = None,
+            console_socket: str | None = None, preserve_fds: int = 0) -> int:
+        """create + start; in the foreground, wait for the init, delete, and return its exit
+        code (128 + signal when killed, as a shell reports it)."""
+        state = self.create(container_id, bundle, console_socket=console_socket, pid_file=pid_file,
+                            preserve_fds=preserve_fds)
+        try:
+            self.start(container_id)
+        except BaseException:
+            self.delete(container_id, force=True)
+            raise
+        if detach:
+            return 0
+        code = _wait_forwarding_signals(state.pid)
+        self.delete(container_id, force=True)
+        return code
+
+    # -- queries -----------------------------------------------------------------------------
+
+    def _status(self, record: ContainerRecord) -> Status:
+        if proc_start_time(record.pid) != record.pid_start:
+            return Status.STOPPED
+        if os.path.exists(os.path.join(self.store.dir(record.id), EXEC_FIFO)):
+            return Status.CREATED
+        with contextlib.suppress(Exception):
+            if load_cgroup(record.cgroup).frozen():
+                return Status.PAUSED
+        return Status.RUNNING
+
+    def _state(self, record: ContainerRecord) -> ContainerState:
+        status = self._status(record)
+        oom = False
+        if status is Status.STOPPED:
+            with contextlib.suppress(Exception):
+                oom = load_cgroup(record.cgroup).oom_kills() > 0
+        return ContainerState(id=record.id, pid=0 if status is Status.STOPPED else record.pid, status=status,
+                              bundle=record.bundle, rootfs=record.rootfs, created=record.created,
+                              owner=record.owner, annotations=record.annotations, oom_killed=oom)
+
+    def state(self, container_id: str) -> ContainerState:
+        return self._state(self.store.load(container_id))
+
+    def list(self) -> list[ContainerState]:
+        states = []
+        for container_id in self.store.ids():
+            with contextlib.suppress(NotFound):
+                states.append(self.state(container_id))
+        return states
+
+    def ps(self, container_id: str) -> list[int]:
+        return self._cgroup(self.store.load(container_id)).pids()
+
+    def stats(self, container_id: str) -> Any:
+        return self._cgroup(self.store.load(container_id)).stats()
+
+    def events(self, container_id: str, *, interval: float = 5.0, stats: bool = False) -> Iterator[dict[str, Any]]:
+        """runc's events: with stats=True one stats event; otherwise a stats event every
+        interval and an "oom" event whenever the OOM-kill count grows, until the container stops."""
+        record = self.store.load(container_id)
+        cgroup = self._cgroup(record)
+        ooms = cgroup.oom_kills()
+        while True:
+            if stats:
+                yield {"type": "stats", "id": container_id, "data": cgroup.stats().to_runc_json()}
+                return
+            deadline = time.monotonic() + interval
+            while time.monotonic() < deadline:
+                if self._status(record) is Status.STOPPED:
+                    return
+                now = cgroup.oom_kills()
+                if now > ooms:
+                    ooms = now
+                    yield {"type": "oom", "id": container_id}
+                time.sleep(min(0.2, interval))
+            yield {"type": "stats", "id": container_id, "data": cgroup.stats().to_runc_json()}
+
+    def _cgroup(self, record: ContainerRecord) -> CgroupDriver:
+        return load_cgroup(record.cgroup)
+
+    # -- signals, pause, delete ----------------------------------------------------------------
+
+    def kill(self, container_id: str, sig: int, *, all: bool = False) -> None:
+        record = self.store.load(container_id)
+        status = self._status(record)
+        if status is Status.STOPPED and not all:
+            raise FailedPrecondition(f"cannot kill container {container_id!r}: it is not running")
+        if all:
+            for pid in self._cgroup(record).pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+        else:
+            os.kill(record.pid, sig)
+
+    def pause(self, container_id: str) -> None:
+        record = self.store.load(container_id)
+        status = self._status(record)
+        if status not in (Status.RUNNING, Status.CREATED):
+            raise FailedPrecondition(f"cannot pause container {container_id!r}: it is {status}")
+        self._cgroup(record).freeze(True)
+
+    def resume(self, container_id: str) -> None:
+        record = self.store.load(container_id)
+        if self._status(record) is not Status.PAUSED:
+            raise FailedPrecondition(f"cannot resume container {container_id!r}: it is not paused")
+        self._cgroup(record).freeze(False)
+
+    def delete(self, container_id: str, *, force: bool = False) -> None:
+        """Remove a stopped (or created) container; with force, kill it first. A missing
+        container is an error unless forced, as in runc."""
+        try:
+            record = self.store.load(container_id)
+        except NotFound:
+            if force:
+                self.store.remove(container_id)  # a create that died before its record
+                return
+            raise
+        status = self._status(record)
+        if status in (Status.RUNNING, Status.PAUSED) and not force:
+            raise FailedPrecondition(f"cannot delete container {container_id!r} that is not stopped: {status}")
+        cgroup = self._cgroup(record)
+        if status is not Status.STOPPED:
+            if status is Status.PAUSED:
+                cgroup.freeze(False)  # a frozen process cannot die
+            _kill(record.pid)
+        # Without a PID namespace the init's death does not take the others with it.
+        for pid in cgroup.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _reap(record.pid)
+        cgroup.destroy()
+        hooks = _recorded_hooks(record)
+        if hooks and hooks.poststop:
+            from skiff.runtime.hooks import HookError, run_hooks
+
+            try:
+                run_hooks("poststop", hooks.poststop, self._state(record).hook_state())
+            except HookError as e:
+                _warn(str(e))
+        self.store.remove(container_id)
+
+    # -- exec ------------------------------------------------------------------------------------
+
+    def exec(self, container_id: str, process: Process, *, console_socket: str | None = None,
+             detach: bool = False, pid_file: str | None = None, preserve_fds: int = 0) -> int:
+        """Run another process in the container. Detached: its pid; else its exit code."""
+        from skiff.oci import parse_spec
+        from skiff.runtime.plan import plan_exec
+        from skiff.runtime.spawn import spawn
+
+        record = self.store.load(container_id)
+        status = self._status(record)
+        if status not in (Status.RUNNING, Status.CREATED):
+            raise FailedPrecondition(f"cannot exec in container {container_id!r}: it is {status}")
+        spec = parse_spec(record.config)
+        console_fd = _connect_console(console_socket) if console_socket else None
+        try:
+            plan = plan_exec(spec, process, init_pid=record.pid, console_fd=console_fd, preserve_fds=preserve_fds)
+            pid = spawn(plan, self._cgroup(record))
+        finally:
+            if console_fd is not None:
+                os.close(console_fd)
+        if pid_file:
+            _write_pid_file(pid_file, pid)
+        if detach:
+            return pid
+        return _wait_forwarding_signals(pid)
+
+
+def _recorded_hooks(record: ContainerRecord) -> Any:
+    """The hooks of the config the container was created with."""
+    if not record.config.get("hooks"):
+        return None
+    from skiff.oci import parse_spec
+
+    return parse_spec(record.config).hooks
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    _reap_blocking(pid)
+
+
+def _reap_blocking(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def _wait_forwarding_signals(pid: int) -> int:
+    """Wait for our child `pid`, passing on the signals a user sends to a foreground runtime."""
+    forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
+
+    def forward(sig: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+    previous = {sig: signal.signal(sig, forward) for sig in forwarded}
+    try:
+        _, status = os.waitpid(pid, 0)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def _connect_console(path: str) -> int:
+    import socket
+
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.connect(path)
+    except OSError as e:
+        sock.close()
+        raise FailedPrecondition(f"console socket {path}: {(e.strerror or str(e)).lower()}") from e
+    return sock.detach()
+
+
+def _write_pid_file(path: str, pid: int) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(str(pid))
+    os.rename(tmp, path)
+
+
+def _warn(message: str) -> None:
+    import logging
+
+    logging.getLogger("skiff.runtime").warning("%s", message)

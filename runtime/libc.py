@@ -1,0 +1,178 @@
+"""The libc calls that Python 3.11's `os` lacks, bound once through ctypes.
+
+Each wrapper raises OSError with errno and the argument it worked on, so a caller can
+report "mount proc on /rootfs/proc: permission denied (EACCES)". They are safe to call in
+the forked child: no imports, no allocation beyond the ctypes call itself.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+# Syscall numbers that glibc 2.36 has no wrapper for.
+_SYSCALLS = {
+    "x86_64": {"pivot_root": 155, "clone": 56, "clone3": 435, "close_range": 436, "pidfd_open": 434},
+    "aarch64": {"pivot_root": 41, "clone": 220, "clone3": 435, "close_range": 436, "pidfd_open": 434},
+}[os.uname().machine]
+
+# clone(2) and namespace flags.
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+CLONE_NEWTIME = 0x00000080
+CLONE_PARENT = 0x00008000
+CLONE_INTO_CGROUP = 0x200000000
+SIGCHLD = 17
+
+# mount(2) flags.
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_SYNCHRONOUS = 16
+MS_REMOUNT = 32
+MS_MANDLOCK = 64
+MS_DIRSYNC = 128
+MS_NOSYMFOLLOW = 256
+MS_NOATIME = 1024
+MS_NODIRATIME = 2048
+MS_BIND = 4096
+MS_MOVE = 8192
+MS_REC = 16384
+MS_SILENT = 32768
+MS_UNBINDABLE = 1 << 17
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+MS_RELATIME = 1 << 21
+MS_STRICTATIME = 1 << 24
+MS_LAZYTIME = 1 << 25
+MNT_DETACH = 2
+CLOSE_RANGE_CLOEXEC = 4
+
+PR_SET_CHILD_SUBREAPER = 36
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+
+def _check(result: int, what: str) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), what)
+    return result
+
+
+_mount = _libc.mount
+_mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_umount2 = _libc.umount2
+_umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_unshare = _libc.unshare
+_unshare.argtypes = [ctypes.c_int]
+_setns = _libc.setns
+_setns.argtypes = [ctypes.c_int, ctypes.c_int]
+_sethostname = _libc.sethostname
+_sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+_setdomainname = _libc.setdomainname
+_setdomainname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+_prctl = _libc.prctl
+_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    _check(
+        _mount(
+            source.encode() if source is not None else None,
+            target.encode(),
+            fstype.encode() if fstype is not None else None,
+            flags,
+            data.encode() if data else None,
+        ),
+        target,
+    )
+
+
+def umount2(target: str, flags: int) -> None:
+    _check(_umount2(target.encode(), flags), target)
+
+
+def unshare(flags: int) -> None:
+    _check(_unshare(flags), "unshare")
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(_setns(fd, nstype), "setns")
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    _check(_sethostname(raw, len(raw)), name)
+
+
+def setdomainname(name: str) -> None:
+    raw = name.encode()
+    _check(_setdomainname(raw, len(raw)), name)
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    _check(
+        _syscall(_SYSCALLS["pivot_root"], ctypes.c_char_p(new_root.encode()), ctypes.c_char_p(put_old.encode())),
+        new_root,
+    )
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    return _check(_prctl(option, arg2, arg3, arg4, arg5), "prctl")
+
+
+def close_range_cloexec(first: int) -> None:
+    """Mark every fd >= first close-on-exec (CVE-2024-21626: no host fd may reach exec)."""
+    _check(
+        _syscall(_SYSCALLS["close_range"], ctypes.c_uint(first), ctypes.c_uint(0xFFFFFFFF),
+                 ctypes.c_uint(CLOSE_RANGE_CLOEXEC)),
+        "close_range",
+    )
+
+
+def clone_parent() -> int:
+    """fork(2) whose child is a sibling of the caller (CLONE_PARENT), as runc's nsexec does, so
+    that the container's init is the runtime's own child even though an intermediate process
+    made its namespaces. Raw syscall: the child must only do syscalls and exec."""
+    return _check(
+        _syscall(_SYSCALLS["clone"], ctypes.c_ulong(CLONE_PARENT | SIGCHLD), ctypes.c_ulong(0),
+                 ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)),
+        "clone",
+    )
+
+
+class _CloneArgs(ctypes.Structure):
+    _fields_ = [
+        ("flags", ctypes.c_uint64), ("pidfd", ctypes.c_uint64), ("child_tid", ctypes.c_uint64),
+        ("parent_tid", ctypes.c_uint64), ("exit_signal", ctypes.c_uint64), ("stack", ctypes.c_uint64),
+        ("stack_size", ctypes.c_uint64), ("tls", ctypes.c_uint64), ("set_tid", ctypes.c_uint64),
+        ("set_tid_size", ctypes.c_uint64), ("cgroup", ctypes.c_uint64),
+    ]
+
+
+def clone_into_cgroup(cgroup_fd: int) -> int:
+    """fork(2) straight into a cgroup v2 directory (clone3 with CLONE_INTO_CGROUP, Linux 5.7):
+    no window in which the child runs outside its cgroup, and no cgroup.procs write."""
+    args = _CloneArgs(flags=CLONE_INTO_CGROUP, exit_signal=SIGCHLD, cgroup=cgroup_fd)
+    return _check(
+        _syscall(_SYSCALLS["clone3"], ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args))),
+        "clone3",
+    )
+
+
+def pidfd_open(pid: int) -> int:
+    return _check(_syscall(_SYSCALLS["pidfd_open"], ctypes.c_int(pid), ctypes.c_uint(0)), "pidfd_open")

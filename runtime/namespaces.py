@@ -1,0 +1,107 @@
+"""Namespaces: which to make, which to join by path, and the user namespace's id maps.
+
+The intermediate child opens every path to join before the first setns (joining a mount
+namespace changes what a later /proc path means), joins the user namespace first (its
+capabilities are what allow joining the rest), then unshares the new ones in one call so
+that they are all owned by the new user namespace when one is made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from skiff.oci.spec import Linux, LinuxIDMapping, LinuxNamespaceType
+from skiff.runtime import libc
+
+FLAGS = {
+    LinuxNamespaceType.USER: libc.CLONE_NEWUSER,
+    LinuxNamespaceType.MOUNT: libc.CLONE_NEWNS,
+    LinuxNamespaceType.PID: libc.CLONE_NEWPID,
+    LinuxNamespaceType.NETWORK: libc.CLONE_NEWNET,
+    LinuxNamespaceType.IPC: libc.CLONE_NEWIPC,
+    LinuxNamespaceType.UTS: libc.CLONE_NEWUTS,
+    LinuxNamespaceType.CGROUP: libc.CLONE_NEWCGROUP,
+    LinuxNamespaceType.TIME: libc.CLONE_NEWTIME,
+}
+# The names under /proc/<pid>/ns/.
+PROC_NAMES = {
+    LinuxNamespaceType.USER: "user",
+    LinuxNamespaceType.MOUNT: "mnt",
+    LinuxNamespaceType.PID: "pid",
+    LinuxNamespaceType.NETWORK: "net",
+    LinuxNamespaceType.IPC: "ipc",
+    LinuxNamespaceType.UTS: "uts",
+    LinuxNamespaceType.CGROUP: "cgroup",
+    LinuxNamespaceType.TIME: "time",
+}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NamespacePlan:
+    unshare: int = 0                              # CLONE_NEW* flags to make
+    join: tuple[tuple[int, str], ...] = ()        # (CLONE_NEW* flag, path), user first
+    uid_map: str | None = None                    # uid_map text, written by the parent
+    gid_map: str | None = None
+    root_in_userns: bool = False                  # uid and gid 0 are mapped: become them
+
+    @property
+    def second_fork(self) -> bool:
+        """unshare or setns of a PID namespace only moves the caller's children."""
+        return bool((self.unshare | self.joined) & libc.CLONE_NEWPID)
+
+    @property
+    def joined(self) -> int:
+        flags = 0
+        for flag, _ in self.join:
+            flags |= flag
+        return flags
+
+    @property
+    def all(self) -> int:
+        return self.unshare | self.joined
+
+
+def _id_map(mappings: tuple[LinuxIDMapping, ...]) -> str:
+    return "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in mappings)
+
+
+def _maps_root(mappings: tuple[LinuxIDMapping, ...]) -> bool:
+    return any(m.container_id <= 0 < m.container_id + m.size for m in mappings)
+
+
+def plan_namespaces(linux: Linux | None) -> NamespacePlan:
+    """The spec's namespaces; validation has already refused duplicates and unknown types."""
+    if linux is None:
+        return NamespacePlan()
+    unshare = 0
+    join: list[tuple[int, str]] = []
+    for ns in linux.namespaces:
+        flag = FLAGS[ns.type]
+        if ns.path:
+            join.append((flag, ns.path))
+        else:
+            unshare |= flag
+    join.sort(key=lambda j: j[0] != libc.CLONE_NEWUSER)
+    new_user = bool(unshare & libc.CLONE_NEWUSER)
+    return NamespacePlan(
+        unshare=unshare,
+        join=tuple(join),
+        uid_map=_id_map(linux.uid_mappings) if new_user else None,
+        gid_map=_id_map(linux.gid_mappings) if new_user else None,
+        root_in_userns=new_user and _maps_root(linux.uid_mappings) and _maps_root(linux.gid_mappings),
+    )
+
+
+def plan_join(pid: int, types: tuple[LinuxNamespaceType, ...]) -> NamespacePlan:
+    """`exec`: join every namespace the container has, through its init's /proc entries."""
+    join = [(FLAGS[t], f"/proc/{pid}/ns/{PROC_NAMES[t]}") for t in types]
+    join.sort(key=lambda j: j[0] != libc.CLONE_NEWUSER)
+    return NamespacePlan(join=tuple(join))
+
+
+def write_id_maps(pid: int, plan: NamespacePlan) -> None:
+    """Parent side: the child cannot map ids beyond its own, the parent (root) can."""
+    for name, text in (("uid_map", plan.uid_map), ("gid_map", plan.gid_map)):
+        if text:
+            with open(f"/proc/{pid}/{name}", "w") as f:
+                f.write(text)
