@@ -20,7 +20,6 @@ from dataclasses import FrozenInstanceError, dataclass, field
 from skiff.errors import InvalidArgument
 
 
-
 class SpecError(InvalidArgument):
     """A config.json (or state, or process.json) that does not parse or validate.
 

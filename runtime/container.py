@@ -124,7 +124,9 @@ class Runtime:
         state_dir = self.store.reserve(container_id)
         with contextlib.ExitStack() as undo:
             undo.callback(self.store.remove, container_id)
-            os.mkfifo(os.path.join(state_dir, EXEC_FIFO), 0o622)
+            fifo = os.path.join(state_dir, EXEC_FIFO)
+            os.mkfifo(fifo)
+            os.chmod(fifo, 0o622)  # the init opens it after setuid: any user may write, not read
             dirfd = os.open(state_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
             undo.callback(os.close, dirfd)
             linux = spec.linux
@@ -320,14 +322,14 @@ class Runtime:
         if status in (Status.RUNNING, Status.PAUSED) and not force:
             raise FailedPrecondition(f"cannot delete container {container_id!r} that is not stopped: {status}")
         cgroup = self._cgroup(record)
+        if status is Status.PAUSED:
+            cgroup.freeze(False)  # a frozen process cannot die
+        alive = [pid for pid in cgroup.pids() if pid != record.pid]
         if status is not Status.STOPPED:
-            if status is Status.PAUSED:
-                cgroup.freeze(False)  # a frozen process cannot die
-            _kill(record.pid)
-        # Without a PID namespace the init's death does not take the others with it.
-        for pid in cgroup.pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            alive.append(record.pid)
+        # Without a PID namespace the init's death does not take the others with it, and
+        # with one, its exit waits until every process in it is reaped: reap ours meanwhile.
+        _kill_and_reap(alive)
         _reap(record.pid)
         cgroup.destroy()
         hooks = _recorded_hooks(record)
@@ -378,14 +380,28 @@ def _recorded_hooks(record: ContainerRecord) -> Any:
 
 
 def _kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    _reap_blocking(pid)
+    _kill_and_reap([pid])
 
 
-def _reap_blocking(pid: int) -> None:
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
+def _kill_and_reap(pids: list[int], timeout: float = 10.0) -> None:
+    """SIGKILL each, then wait until each is gone: reaped if it is our child (an init or an
+    `exec` process started by this runtime), else until the kernel has removed it."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    pending = set(pids)
+    deadline = time.monotonic() + timeout
+    while pending:
+        for pid in list(pending):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = proc_start_time(pid) is None
+            if done:
+                pending.discard(pid)
+        if not pending or time.monotonic() > deadline:
+            return
+        time.sleep(0.001)
 
 
 def _wait_forwarding_signals(pid: int) -> int:

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
+from support import Containers
+
 import pytest
 
 
@@ -206,3 +208,18 @@ def bundle(tmp_path: Path) -> Path:
     from skiff.demo import make_bundle
 
     return Path(make_bundle(str(tmp_path / "bundle")))
+
+
+# -- the cgroup v2 VM (tests/vm) -----------------------------------------------------------
+# On a host without v2 controllers, the tests marked requires("cgroup2") run in one QEMU VM
+# with a pure v2 hierarchy and report here; tests/vm/plugin.py says how.
+pytest_plugins = ["vm.plugin"]  # tests/ is on sys.path: it is the rootdir conftest's folder
+
+
+@pytest.fixture
+def containers(bundle: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> Iterator[Containers]:
+    c = Containers(bundle, tmp_path / "state", capfd)
+    yield c
+    c.cleanup()
+
+

@@ -15,13 +15,14 @@ Placement (`open_cgroup`), per hierarchy:
 Ownership: skiff marks each directory it makes (xattr trusted.skiff) and removes only
 marked directories, so it never removes, or writes limits into, a cgroup it did not create.
 
-Importing this package is cheap (enum, os, typing): the drivers, the stats dataclasses and
+Importing this package is cheap (enum, errno, os, typing): the drivers, the stats dataclasses and
 ctypes are imported by the calls that need them.
 """
 
 from __future__ import annotations
 
 import enum
+import errno
 import os
 from typing import TYPE_CHECKING, Protocol
 
@@ -123,7 +124,7 @@ def _fs_magic(path: str) -> int | None:
     buf = ctypes.create_string_buffer(256)  # struct statfs: 120 bytes on 64-bit Linux
     if libc.statfs(path.encode(), buf) != 0:
         err = ctypes.get_errno()
-        if err == 2:  # ENOENT: no unified/ directory on a pure v1 host
+        if err == errno.ENOENT:  # no unified/ directory on a pure v1 host
             return None
         raise CgroupError(f"statfs {path}: {os.strerror(err).lower()}")
     # f_type is the first member, a long (__fsword_t)
@@ -171,8 +172,19 @@ def placement(
     """The container's cgroup relative to a hierarchy's mount, `own` being this process's
     cgroup relative to the same mount. No "." or ".." components, so the result cannot
     leave the mount."""
+    for what, value in (
+        ("linux.cgroupsPath", cgroups_path),
+        ("cgroup parent", parent),
+        ("container id", container_id),
+    ):
+        if value and any(p in (".", "..") for p in value.split("/")):
+            raise CgroupError(f"{what}: {value!r}: '.' and '..' are not allowed in a cgroup path")
+    if cgroups_path and not cgroups_path.strip("/"):
+        raise CgroupError(f"linux.cgroupsPath: {cgroups_path!r}: must name a cgroup below the root")
+    if not cgroups_path and not container_id.strip("/"):
+        raise CgroupError("container id: must not be empty")
     if cgroups_path and cgroups_path.startswith("/"):
-        path, what = cgroups_path, "linux.cgroupsPath"
+        path = cgroups_path
     else:
         if parent is None:
             base = f"{own}/skiff"
@@ -180,12 +192,8 @@ def placement(
             base = parent
         else:
             base = f"{own}/{parent}"
-        leaf = cgroups_path or container_id
-        path, what = f"{base}/{leaf}", ("linux.cgroupsPath" if cgroups_path else "cgroup parent")
-    parts = [p for p in path.split("/") if p]
-    if not parts or any(p in (".", "..") for p in parts):
-        raise CgroupError(f"{what}: {path!r}: must name a cgroup, without '.' or '..'")
-    return "/".join(parts)
+        path = f"{base}/{cgroups_path or container_id}"
+    return "/".join(p for p in path.split("/") if p)
 
 
 def str_field(record: dict[str, object], key: str) -> str:

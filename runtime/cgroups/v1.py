@@ -46,10 +46,10 @@ _FIELD = {
     "pids": "linux.resources.pids",
     "blkio": "linux.resources.blockIO",
     "hugetlb": "linux.resources.hugepageLimits",
-    "devices": "linux.resources.devices",
 }
-# v1 controller -> its v2 name, for the hybrid fallback
+# v1 controller <-> its v2 name, for the hybrid fallback
 _V2_NAME = {"blkio": "io"}
+_V1_NAME = {"io": "blkio"}
 
 
 def _max(value: int) -> str:
@@ -95,6 +95,9 @@ class V1Driver:
             )
             dirs[name] = f"{mountpoint}/{rel}"
             roots[name] = mountpoint
+        if not dirs:
+            wanted = ", ".join(sorted(cgroupfs.V1_CONTROLLERS))
+            raise CgroupError(f"no cgroup v1 mount of any of {wanted} in /proc/self/mountinfo")
         unified = None
         if mode is CgroupMode.HYBRID:
             unified = v2.V2Driver.place(
@@ -146,9 +149,9 @@ class V1Driver:
                 # ENOSPC: copy the parent's, top-down (runc `cpusetEnsureParent`).
                 for new in created:
                     parent = os.path.dirname(new)
-                    for name_ in ("cpuset.cpus", "cpuset.mems"):
-                        value = cgroupfs.read(f"{parent}/{name_}").strip()
-                        cgroupfs.write(f"{new}/{name_}", value)
+                    for file in ("cpuset.cpus", "cpuset.mems"):
+                        value = cgroupfs.read(f"{parent}/{file}").strip()
+                        cgroupfs.write(f"{new}/{file}", value)
             self.created += [p for p in created if p not in self.created]
         if self.unified is not None:
             self.unified.create()
@@ -172,34 +175,40 @@ class V1Driver:
         for controller, writes in self._plan(resources).items():
             if self._dir(controller) is not None:
                 v1_writes += writes
-            elif controller != "devices":
-                v2_wanted.add(_V2_NAME.get(controller, controller))
-            elif self.mode is CgroupMode.HYBRID:
-                raise CgroupError(
-                    "linux.resources.devices: no devices cgroup v1 mount, and device"
-                    " control on cgroup v2 needs a BPF program skiff does not build"
-                )
+            elif controller == "devices":
+                # v2 device control is a BPF program skiff does not build (see v2.py)
+                raise CgroupError("linux.resources.devices: no devices cgroup v1 mount")
             else:
-                raise CgroupError(f"{_FIELD[controller]}: no devices cgroup v1 mount")
+                v2_wanted.add(_V2_NAME.get(controller, controller))
         unified = self._unified_keys(resources.unified)
         if v2_wanted:
-            v2_writes = [
-                (name, value)
-                for name, value in v2.plan(resources, self._unified_leaf())
-                if name.split(".", 1)[0] in v2_wanted and (name, value) not in unified
-            ]
             self._require_unified(v2_wanted)
-            unified = v2_writes + unified
+            unified = self._v2_writes(resources, v2_wanted) + unified
         self._write_v1(v1_writes)
         if unified and self.unified is not None:
             self.unified.write_all(unified)
 
-    def _unified_leaf(self) -> str:
-        return self.unified.leaf if self.unified is not None else "/nonexistent"
+    def _v2_writes(self, r: LinuxResources, wanted: set[str]) -> list[tuple[str, str]]:
+        """What v2 would write for the controllers in `wanted`, planned from only their
+        part of the spec (a v1-valid memory spec need not be v2-valid)."""
+        from dataclasses import replace
+
+        assert self.unified is not None
+        part = replace(
+            r,
+            memory=r.memory if "memory" in wanted else None,
+            cpu=r.cpu if wanted & {"cpu", "cpuset"} else None,
+            pids=r.pids if "pids" in wanted else None,
+            block_io=r.block_io if "io" in wanted else None,
+            hugepage_limits=r.hugepage_limits if "hugetlb" in wanted else (),
+            devices=(),
+            unified={},
+        )
+        return [w for w in v2.plan(part, self.unified.leaf) if w[0].split(".", 1)[0] in wanted]
 
     def _require_unified(self, controllers: set[str]) -> None:
         names = ", ".join(sorted(controllers))
-        fields = ", ".join(sorted({_FIELD.get(c, _FIELD["blkio"]) for c in controllers}))
+        fields = ", ".join(sorted({_FIELD[_V1_NAME.get(c, c)] for c in controllers}))
         if self.unified is None:
             raise CgroupError(
                 f"{fields}: no cgroup hierarchy on this host has the {names} controller"
@@ -223,7 +232,7 @@ class V1Driver:
                     f"linux.resources.unified: {name}: needs cgroup v2, and this host has"
                     " only cgroup v1"
                 )
-            if self._dir(controller) is not None or controller in ("blkio", "io"):
+            if self._dir(_V1_NAME.get(controller, controller)) is not None:
                 raise CgroupError(
                     f"linux.resources.unified: {name}: the {controller} controller is on"
                     " cgroup v1 on this host; only unified/'s controllers can be set this way"
@@ -301,7 +310,11 @@ class V1Driver:
             put("memory.memsw.limit_in_bytes", str(swap))
         if m.reservation:
             put("memory.soft_limit_in_bytes", str(m.reservation))
-        if m.swappiness is not None and 0 <= m.swappiness <= 100:
+        if m.swappiness is not None:
+            if not 0 <= m.swappiness <= 100:
+                raise CgroupError(
+                    f"linux.resources.memory.swappiness: {m.swappiness}: must be 0 to 100"
+                )
             put("memory.swappiness", str(m.swappiness))
         if m.disable_oom_killer:
             put("memory.oom_control", "1")

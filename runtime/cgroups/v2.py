@@ -260,9 +260,8 @@ class V2Driver:
         self.created += [p for p in created if p not in self.created]
 
     def _enable_all(self, path: str) -> None:
-        # Everything skiff may need, now: a later container under the same parent finds
-        # it enabled, and enabling later would need the parent to have no children
-        # being joined at that moment.
+        # Everything skiff may drive, at once: containers that later share this parent
+        # find their controllers there, and apply() needs no write outside the leaf.
         available = cgroupfs.read(f"{path}/cgroup.controllers").split()
         wanted = [f"+{c}" for c in CONTROLLERS if c in available]
         if wanted:

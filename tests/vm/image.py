@@ -102,18 +102,25 @@ def _kernel_package() -> tuple[str, str]:
 
 def _ensure_kernel(cache: Path) -> Path:
     try:
-        try:
-            name, version = _kernel_package()
-        except ImageError:
-            # A fresh machine has no package lists yet.
-            _run(["apt-get", "update", "-qq"])
-            name, version = _kernel_package()
+        return _fetch_kernel(cache)
+    except ImageError:
+        pass
+    # A fresh machine has no package lists yet; an old list may name a version the mirror
+    # no longer has.
+    try:
+        _run(["apt-get", "update", "-qq"])
+        return _fetch_kernel(cache)
     except ImageError:
         # Offline or apt broken: any kernel fetched before is as good for the tests.
         cached = sorted(p for p in cache.glob("linux-image-*") if (p / "boot").is_dir())
         if cached:
             return cached[-1]
         raise
+
+
+def _fetch_kernel(cache: Path) -> Path:
+    """The unpacked candidate kernel package, fetched if missing; older ones are removed."""
+    name, version = _kernel_package()
     kernel_dir = cache / f"{name}_{version}"
     if kernel_dir.is_dir():
         return kernel_dir

@@ -20,7 +20,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -98,7 +97,7 @@ def _kill_with_parent() -> None:
 class VM:
     """One running QEMU; call from the thread that started it (see _kill_with_parent)."""
 
-    def __init__(self, config: VMConfig, *, stderr: IO[bytes] | None = None) -> None:
+    def __init__(self, config: VMConfig, *, stderr: IO[bytes] | int | None = None) -> None:
         self.config = config
         self._write_xchg()
         argv = qemu_argv(config)
@@ -148,7 +147,10 @@ def choose_accel(image: vm_image.Image, cache: Path | None = None) -> Accel:
     """KVM if it boots this kernel, TCG otherwise; SKIFF_VM_ACCEL=kvm|tcg forces one."""
     forced = os.environ.get("SKIFF_VM_ACCEL", "")
     if forced:
-        return Accel(forced)
+        try:
+            return Accel(forced)
+        except ValueError:
+            raise VMError(f"SKIFF_VM_ACCEL={forced}: not one of kvm, tcg") from None
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         return Accel.TCG
     # The verdict depends on the host kernel (nested KVM), QEMU and the guest kernel.
@@ -182,11 +184,3 @@ def shell_command(argv: list[str], *, cwd: Path, env: dict[str, str]) -> str:
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in sorted(env.items()))
     return f"cd {shlex.quote(str(cwd))} || exit 125\n{exports}exec {shlex.join(argv)}\n"
 
-
-def wait_for_exit(vm: VM, deadline: float) -> int | None:
-    """VM.wait with an absolute time.monotonic() deadline; kills QEMU when it passes."""
-    try:
-        return vm.wait(max(0.0, deadline - time.monotonic()))
-    except subprocess.TimeoutExpired:
-        vm.kill()
-        raise

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from _pytest.reports import CollectReport, TestReport
@@ -41,7 +41,7 @@ IN_VM = "SKIFF_IN_VM"
 REPORTS = "SKIFF_VM_REPORTS"
 SELECT = "SKIFF_VM_SELECT"
 DEFAULT_TIMEOUT = 2700.0
-CONSOLE_TAIL_LINES = 40
+CONSOLE_TAIL_LINES = 30
 
 
 def host_has_cgroup2() -> bool:
@@ -167,6 +167,10 @@ class GuestRun:
                 continue
             report = self._config.hook.pytest_report_from_serializable(
                 config=self._config, data=record["report"])
+            # JSON has no tuples; pytest checks that a skip's longrepr is one.
+            for name in ("location", "longrepr"):
+                if isinstance(getattr(report, name), list):
+                    setattr(report, name, tuple(getattr(report, name)))
             if isinstance(report, CollectReport):
                 self.collect_errors.append(report)
             else:
@@ -205,7 +209,9 @@ class GuestRun:
             text = self.console.read_text(errors="replace").replace("\r", "")
         except OSError:
             return "(no console output)"
-        return "\n".join(text.splitlines()[-CONSOLE_TAIL_LINES:])
+        lines = text.splitlines()
+        panic = [line for line in lines[:-CONSOLE_TAIL_LINES] if "Kernel panic" in line]
+        return "\n".join(panic + lines[-CONSOLE_TAIL_LINES:])
 
     def finish(self, *, all_reported: bool) -> None:
         """Let the guest power off if it is done, end QEMU otherwise."""
@@ -217,10 +223,11 @@ class GuestRun:
         self.vm.kill()
 
 
-def _reports(item: pytest.Item, outcome: str, longrepr: Any) -> list[TestReport]:
+def _reports(item: pytest.Item, outcome: Literal["failed", "skipped"],
+             longrepr: str | tuple[str, int, str]) -> list[TestReport]:
     """A setup report with outcome and longrepr, and the passed teardown pytest adds to it."""
-    keywords = dict.fromkeys(item.keywords, 1)
-    return [TestReport(item.nodeid, item.location, keywords, outcome, longrepr, "setup"),  # type: ignore[arg-type]
+    keywords: dict[str, Literal[1]] = dict.fromkeys(item.keywords, 1)
+    return [TestReport(item.nodeid, item.location, keywords, outcome, longrepr, "setup"),
             TestReport(item.nodeid, item.location, keywords, "passed", None, "teardown")]
 
 
@@ -233,6 +240,7 @@ class HostRunner:
         self._run: GuestRun | None = None
         self._unavailable: str | None = None
         self._trouble = False
+        self._lost: str | None = None  # the first item the VM gave no result for
 
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
@@ -282,11 +290,18 @@ class HostRunner:
                 f"could not start: {self._unavailable}"))
         assert run is not None
         self._trouble = True
-        if run.timed_out:
+        status = run.vm.exit_status()
+        if status is not None:
+            # The guest's pytest ran to its end: it collected no test of this id.
+            why = f"the cgroup v2 VM's pytest exited with status {status} without running this test"
+        elif self._lost is not None:
+            return _reports(item, "failed", f"no result from the cgroup v2 VM: see {self._lost}")
+        elif run.timed_out:
             why = f"the cgroup v2 VM did not finish within {run.timeout:.0f} s (SKIFF_VM_TIMEOUT)"
         else:
-            why = (f"the cgroup v2 VM ended without a result for this test (qemu exit status "
-                   f"{run.vm.poll()}, guest command exit status {run.vm.exit_status()})")
+            why = f"the cgroup v2 VM ended without a result (qemu exit status {run.vm.poll()})"
+        if status is None:
+            self._lost = item.nodeid
         text = [why]
         for error in run.collect_errors:
             text += [f"collection error in the VM, {error.nodeid}:", str(error.longrepr)]

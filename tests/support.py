@@ -1,0 +1,73 @@
+"""Helpers the tests share (conftest.py holds the fixtures)."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@dataclass(frozen=True)
+class Exited:
+    code: int
+    out: str
+    err: str
+
+
+class Containers:
+    """Runs containers from the test's busybox bundle through the library, capturing what
+    they print (they inherit the test's stdout and stderr, which capfd captures)."""
+
+    def __init__(self, bundle: Path, root: Path, capfd: pytest.CaptureFixture[str]) -> None:
+        from skiff.runtime.container import Runtime
+
+        self.bundle = bundle
+        self.runtime = Runtime(str(root))
+        self.capfd = capfd
+        with open(bundle / "config.json") as f:
+            self.base = json.load(f)
+        self.base["process"]["terminal"] = False
+        self.count = 0
+
+    def configure(self, args: tuple[str, ...], edit: Callable[[dict[str, Any]], None] | None = None,
+                  bundle: Path | None = None) -> Path:
+        bundle = bundle or self.bundle
+        config = copy.deepcopy(self.base)
+        config["process"]["args"] = list(args)
+        if edit:
+            edit(config)
+        with open(bundle / "config.json", "w") as f:
+            json.dump(config, f)
+        return bundle
+
+    def next_id(self) -> str:
+        self.count += 1
+        return f"skiff-test-{os.getpid()}-{self.count}"
+
+    def run(self, *args: str, edit: Callable[[dict[str, Any]], None] | None = None) -> Exited:
+        bundle = self.configure(args, edit)
+        self.capfd.readouterr()
+        code = self.runtime.run(self.next_id(), str(bundle))
+        out, err = self.capfd.readouterr()
+        return Exited(code, out, err)
+
+    def create(self, *args: str, edit: Callable[[dict[str, Any]], None] | None = None) -> str:
+        """A created (not started) container; the caller deletes it (or `cleanup` does)."""
+        bundle = self.configure(args, edit)
+        container_id = self.next_id()
+        self.runtime.create(container_id, str(bundle))
+        return container_id
+
+    def cleanup(self) -> None:
+        for state in self.runtime.list():
+            self.runtime.delete(state.id, force=True)
+
+
+def namespaces(config: dict[str, Any]) -> list[dict[str, Any]]:
+    return config["linux"]["namespaces"]  # type: ignore[no-any-return]

@@ -1,0 +1,448 @@
+"""The runtime library: lifecycle, namespaces seen from inside, process settings, errors."""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from skiff.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from skiff.oci.spec import SpecError
+from skiff.runtime.container import Status
+from skiff.runtime.hooks import HookError
+from skiff.runtime.spawn import ContainerInitError
+from skiff.runtime.sync import Step
+from support import Containers, Exited, namespaces
+
+pytestmark = pytest.mark.requires("busybox")
+
+
+def wait_for(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.02)
+
+
+# -- lifecycle -----------------------------------------------------------------------------
+
+def test_create_start_kill_delete(containers: Containers) -> None:
+    rt = containers.runtime
+    cid = containers.create("sleep", "60")
+    state = rt.state(cid)
+    assert state.status is Status.CREATED and state.pid > 0
+    assert os.path.exists(f"/proc/{state.pid}")
+    assert [s.id for s in rt.list()] == [cid]
+    rt.start(cid)
+    assert rt.state(cid).status is Status.RUNNING
+    assert rt.ps(cid) == [state.pid]
+    with pytest.raises(FailedPrecondition, match="not stopped: running"):
+        rt.delete(cid)
+    rt.kill(cid, signal.SIGKILL)
+    wait_for(lambda: rt.state(cid).status is Status.STOPPED)
+    assert rt.state(cid).pid == 0
+    rt.delete(cid)
+    with pytest.raises(NotFound, match=f"container '{cid}' does not exist"):
+        rt.state(cid)
+    assert rt.list() == []
+
+
+def test_run_returns_the_exit_code(containers: Containers) -> None:
+    assert containers.run("sh", "-c", "echo out; echo err >&2; exit 3") == Exited(3, "out\n", "err\n")
+
+
+def test_run_reports_a_signal_as_128_plus(containers: Containers) -> None:
+    # Not in a PID namespace: there the shell would be pid 1, which ignores unhandled signals.
+    assert containers.run("sh", "-c", "kill -TERM $$", edit=_no_pid_ns).code == 128 + signal.SIGTERM
+
+
+def test_start_twice_and_duplicate_ids(containers: Containers) -> None:
+    rt = containers.runtime
+    cid = containers.create("sleep", "60")
+    with pytest.raises(AlreadyExists, match="already exists"):
+        rt.create(cid, str(containers.bundle))
+    rt.start(cid)
+    with pytest.raises(FailedPrecondition, match="it is running, not created"):
+        rt.start(cid)
+    rt.delete(cid, force=True)
+
+
+def test_delete_a_created_container_kills_its_init(containers: Containers) -> None:
+    rt = containers.runtime
+    cid = containers.create("sleep", "60")
+    pid = rt.state(cid).pid
+    rt.delete(cid)
+    assert not os.path.exists(f"/proc/{pid}/stat") or b") Z " in Path(f"/proc/{pid}/stat").read_bytes()
+
+
+def test_pause_resume_exec_ps(containers: Containers) -> None:
+    rt = containers.runtime
+    cid = containers.create("sleep", "60")
+    rt.start(cid)
+    rt.pause(cid)
+    assert rt.state(cid).status is Status.PAUSED
+    with pytest.raises(FailedPrecondition, match="is paused"):
+        rt.exec(cid, _process(containers, "true"))
+    rt.resume(cid)
+    assert rt.state(cid).status is Status.RUNNING
+    containers.capfd.readouterr()
+    code = rt.exec(cid, _process(containers, "sh", "-c", "echo in $(hostname) as $$; exit 4"))
+    out, _ = containers.capfd.readouterr()
+    assert code == 4
+    assert out == "in runc as 2\n"  # the default spec's hostname; pid 2 in the container's pid ns
+    pid = rt.exec(cid, _process(containers, "sleep", "60"), detach=True)
+    assert sorted(rt.ps(cid)) == sorted([rt.state(cid).pid, pid])
+    rt.delete(cid, force=True)
+    assert not os.path.exists(f"/proc/{pid}")  # delete reaped the exec'd process too
+
+
+def _process(containers: Containers, *args: str) -> Any:
+    from skiff.oci import parse_process
+
+    process = dict(containers.base["process"], args=list(args))
+    return parse_process(process)
+
+
+def test_kill_all_reaches_every_process(containers: Containers) -> None:
+    rt = containers.runtime
+    cid = containers.create("sh", "-c", "sleep 60 & sleep 60 & wait", edit=_no_pid_ns)
+    rt.start(cid)
+    wait_for(lambda: len(rt.ps(cid)) == 3)
+    rt.kill(cid, signal.SIGKILL, all=True)
+    wait_for(lambda: rt.state(cid).status is Status.STOPPED)
+    wait_for(lambda: rt.ps(cid) == [])
+    rt.delete(cid)
+
+
+def _no_pid_ns(config: dict[str, Any]) -> None:
+    config["linux"]["namespaces"] = [ns for ns in namespaces(config) if ns["type"] != "pid"]
+
+
+# -- namespaces, seen from inside ---------------------------------------------------------
+
+def test_pid_namespace_makes_the_process_pid_1(containers: Containers) -> None:
+    assert containers.run("sh", "-c", "echo $$; ps -o comm=; true").out.split() == ["1", "sh", "ps"]
+
+
+def test_uts_namespace_sets_hostname_and_domainname(containers: Containers) -> None:
+    def edit(c: dict[str, Any]) -> None:
+        c["hostname"], c["domainname"] = "box", "example.org"
+
+    assert containers.run("sh", "-c", "hostname; cat /proc/sys/kernel/domainname", edit=edit).out == "box\nexample.org\n"
+    assert socket.gethostname() != "box"
+
+
+def test_network_namespace_has_only_lo(containers: Containers) -> None:
+    assert containers.run("ls", "/sys/class/net").out.split() == ["lo"]
+
+
+def test_mount_namespace_shows_only_the_container_mounts(containers: Containers) -> None:
+    mounts = [line.split()[1] for line in containers.run("cat", "/proc/self/mounts").out.splitlines()]
+    assert mounts[0] == "/"
+    assert {"/proc", "/dev", "/dev/pts", "/dev/shm", "/dev/mqueue", "/sys", "/sys/fs/cgroup"} <= set(mounts)
+    assert not any(m.startswith(("/work", "/tmp/", "/home")) for m in mounts)
+
+
+def test_ipc_namespace_hides_host_message_queues(containers: Containers) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    queue = libc.msgget(0, 0o600 | 0o1000)  # IPC_PRIVATE, IPC_CREAT
+    assert queue >= 0
+    try:
+        host = Path("/proc/sysvipc/msg").read_text().splitlines()
+        assert any(line.split()[1] == str(queue) for line in host[1:])
+        inside = containers.run("cat", "/proc/sysvipc/msg").out.splitlines()
+        assert inside[1:] == []
+    finally:
+        libc.msgctl(queue, 0, None)  # IPC_RMID
+
+
+def test_joining_another_containers_namespaces(containers: Containers) -> None:
+    rt = containers.runtime
+
+    def first(c: dict[str, Any]) -> None:
+        c["hostname"] = "first"
+
+    cid = containers.create("sleep", "60", edit=first)
+    rt.start(cid)
+    pid = rt.state(cid).pid
+
+    def join(c: dict[str, Any]) -> None:
+        c["hostname"] = None
+        for ns in namespaces(c):
+            if ns["type"] in ("pid", "uts", "ipc", "network"):
+                ns["path"] = f"/proc/{pid}/ns/{ {'pid': 'pid', 'uts': 'uts', 'ipc': 'ipc', 'network': 'net'}[ns['type']]}"
+
+    result = containers.run("sh", "-c", "hostname; echo $(ps -o comm=); readlink /proc/self/ns/net",
+                            edit=join)
+    assert result.code == 0, result.err
+    hostname, procs, net = result.out.splitlines()
+    assert hostname == "first"
+    assert "sleep" in procs.split()
+    assert net == os.readlink(f"/proc/{pid}/ns/net")
+    rt.delete(cid, force=True)
+
+
+@pytest.mark.requires("userns")
+def test_user_namespace_maps_root_to_an_unprivileged_host_uid(containers: Containers,
+                                                              tmp_path_factory: pytest.TempPathFactory) -> None:
+    # The mapped root (host uid 100000) must be able to reach the rootfs: pytest's own
+    # temporary directories are 0700.
+    top = Path(tempfile.mkdtemp(prefix="skiff-userns-"))
+    top.chmod(0o755)
+    try:
+        _run_in_userns(containers, top)
+    finally:
+        shutil.rmtree(top)
+
+
+def _run_in_userns(containers: Containers, top: Path) -> None:
+    from skiff.demo import make_bundle
+
+    containers.bundle = Path(make_bundle(str(top / "bundle")))
+
+    def edit(c: dict[str, Any]) -> None:
+        namespaces(c).append({"type": "user"})
+        c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+        c["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+
+    rt = containers.runtime
+    cid = containers.create("sh", "-c", "id -u; cat /proc/self/uid_map; ls /dev/null", edit=edit)
+    host_uid = Path(f"/proc/{rt.state(cid).pid}/status").read_text().split("Uid:")[1].split()[0]
+    assert host_uid == "100000"
+    containers.capfd.readouterr()
+    rt.start(cid)
+    wait_for(lambda: rt.state(cid).status is Status.STOPPED)
+    out = containers.capfd.readouterr().out.split()
+    assert out == ["0", "0", "100000", "65536", "/dev/null"]
+    rt.delete(cid)
+
+
+# -- the process -------------------------------------------------------------------------------
+
+def test_capabilities_all_five_sets(containers: Containers) -> None:
+    def edit(c: dict[str, Any]) -> None:
+        c["process"]["capabilities"] = {
+            "bounding": ["CAP_NET_BIND_SERVICE", "CAP_CHOWN", "CAP_KILL"],
+            "effective": ["CAP_NET_BIND_SERVICE", "CAP_CHOWN"],
+            "permitted": ["CAP_NET_BIND_SERVICE", "CAP_CHOWN"],
+            "inheritable": ["CAP_NET_BIND_SERVICE"],
+            "ambient": ["CAP_NET_BIND_SERVICE"],
+        }
+
+    status = dict(line.split(":\t") for line in containers.run("cat", "/proc/self/status", edit=edit).out.splitlines())
+    # after exec as root: permitted/effective keep what was set; inheritable and ambient as set
+    assert int(status["CapBnd"], 16) == 1 << 10 | 1 << 0 | 1 << 5
+    assert int(status["CapInh"], 16) == 1 << 10
+    assert int(status["CapAmb"], 16) == 1 << 10
+    assert int(status["CapPrm"], 16) == 1 << 10 | 1 << 0
+    assert int(status["CapEff"], 16) == 1 << 10 | 1 << 0
+
+
+def test_user_groups_umask_cwd_and_no_new_privileges(containers: Containers) -> None:
+    def edit(c: dict[str, Any]) -> None:
+        c["process"]["user"] = {"uid": 1000, "gid": 1001, "additionalGids": [5, 7], "umask": 0o077}
+        c["process"]["cwd"] = "/tmp"
+        c["process"]["noNewPrivileges"] = True
+
+    result = containers.run("sh", "-c", "id; umask; pwd; grep NoNewPrivs /proc/self/status; grep CapEff /proc/self/status",
+                            edit=edit)
+    assert result.out.splitlines() == ["uid=1000 gid=1001 groups=5,7", "0077", "/tmp", "NoNewPrivs:\t1",
+                                       "CapEff:\t0000000000000000"]
+
+
+def test_rlimits_and_oom_score_adj(containers: Containers) -> None:
+    def edit(c: dict[str, Any]) -> None:
+        c["process"]["rlimits"] = [{"type": "RLIMIT_NOFILE", "soft": 300, "hard": 400},
+                                   {"type": "RLIMIT_NPROC", "soft": 77, "hard": 77}]
+        c["process"]["oomScoreAdj"] = 500
+
+    result = containers.run("sh", "-c", "ulimit -n; ulimit -Hn; ulimit -u; cat /proc/self/oom_score_adj", edit=edit)
+    assert result.out.split() == ["300", "400", "77", "500"]
+
+
+def test_negative_oom_score_adj_needs_cap_sys_resource(containers: Containers) -> None:
+    """This host's bounding set lacks CAP_SYS_RESOURCE: the error must say which step and why."""
+    if Path("/proc/self/oom_score_adj").read_text().strip() != "0":
+        pytest.skip("the test process's own oom_score_adj is not 0")
+    try:
+        Path("/proc/self/oom_score_adj").write_text("-1")
+        Path("/proc/self/oom_score_adj").write_text("0")
+        pytest.skip("this host lets root lower oom_score_adj")
+    except PermissionError:
+        pass
+    with pytest.raises(ContainerInitError, match=r"write oom_score_adj: -500: permission denied \(EACCES\)") as err:
+        containers.run("true", edit=lambda c: c["process"].update(oomScoreAdj=-500))
+    assert err.value.failure is not None and err.value.failure.step is Step.OOM_SCORE_ADJ
+
+
+def test_readonly_root_and_masked_and_readonly_paths(containers: Containers) -> None:
+    assert Path("/proc/timer_list").read_text()  # what the container must not see
+    result = containers.run("sh", "-c", "touch /x; wc -c < /proc/timer_list; echo 1 > /proc/sys/vm/overcommit_memory")
+    assert result.out == "0\n"
+    assert result.err.splitlines() == ["touch: /x: Read-only file system",
+                                       "sh: can't create /proc/sys/vm/overcommit_memory: Read-only file system"]
+
+
+def test_sysctl_in_the_network_namespace(containers: Containers) -> None:
+    host = Path("/proc/sys/net/ipv4/ip_forward").read_text()
+
+    def edit(c: dict[str, Any]) -> None:
+        c["linux"]["sysctl"] = {"net.ipv4.ip_forward": "0" if host == "1\n" else "1"}
+
+    assert containers.run("cat", "/proc/sys/net/ipv4/ip_forward", edit=edit).out != host
+    assert Path("/proc/sys/net/ipv4/ip_forward").read_text() == host
+
+
+@pytest.mark.requires("seccomp")
+def test_seccomp_denies_a_syscall(containers: Containers) -> None:
+    def edit(c: dict[str, Any]) -> None:
+        c["linux"]["seccomp"] = {"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_X86_64"],
+                                 "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}
+
+    result = containers.run("sh", "-c", "mkdir /tmp/x; grep Seccomp: /proc/self/status", edit=edit)
+    assert "Operation not permitted" in result.err
+    assert result.out == "Seccomp:\t2\n"
+
+
+def test_bind_mounts_ro_and_rw(containers: Containers, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "in").write_text("from the host\n")
+
+    def edit(c: dict[str, Any]) -> None:
+        c["mounts"] += [{"destination": "/ro", "type": "bind", "source": str(shared), "options": ["rbind", "ro"]},
+                        {"destination": "/rw", "type": "bind", "source": str(shared), "options": ["bind"]}]
+
+    result = containers.run("sh", "-c", "cat /ro/in; touch /ro/x; echo hi > /rw/out", edit=edit)
+    assert result.out == "from the host\n"
+    assert "Read-only file system" in result.err
+    assert (shared / "out").read_text() == "hi\n"
+
+
+def test_terminal_through_the_console_socket(containers: Containers, tmp_path: Path) -> None:
+    path = str(tmp_path / "console.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(path)
+    server.listen(1)
+    rt = containers.runtime
+
+    def edit(c: dict[str, Any]) -> None:
+        c["process"]["terminal"] = True
+        c["process"]["consoleSize"] = {"height": 30, "width": 100}
+
+    bundle = containers.configure(("sh", "-c", "tty; stty size"), edit)
+    cid = containers.next_id()
+    try:
+        rt.create(cid, str(bundle), console_socket=path)
+        conn, _ = server.accept()
+        _, fds, _, _ = socket.recv_fds(conn, 1024, 1)
+        conn.close()
+        master = fds[0]
+        rt.start(cid)
+        out = b""
+        while b"100" not in out:
+            try:
+                chunk = os.read(master, 1024)
+            except OSError:
+                break
+            if not chunk:
+                break
+            out += chunk
+        os.close(master)
+        assert b"/dev/pts/0" in out and b"30 100" in out
+    finally:
+        server.close()
+        rt.delete(cid, force=True)
+
+
+# -- hooks ----------------------------------------------------------------------------------
+
+def _hook_script(tmp_path: Path, name: str, body: str) -> str:
+    path = tmp_path / name
+    path.write_text("#!/bin/sh\n" + body + "\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_hooks_run_in_order_with_the_state_on_stdin(containers: Containers, tmp_path: Path) -> None:
+    log = tmp_path / "hooks.log"
+    hooks = {kind: [{"path": _hook_script(tmp_path, kind, f'echo {kind} $(cat) >> {log}')}]
+             for kind in ("prestart", "createRuntime", "poststart", "poststop")}
+    # createContainer and startContainer hooks run inside the container: they resolve there.
+    in_container = {"createContainer": [{"path": "/bin/true"}], "startContainer": [{"path": "/bin/true"}]}
+    result = containers.run("true", edit=lambda c: c.update(hooks={**hooks, **in_container}))
+    assert result.code == 0
+    lines = log.read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["prestart", "createRuntime", "poststart", "poststop"]
+    state = json.loads(lines[0].split(" ", 1)[1])
+    assert state["status"] == "creating" and state["pid"] > 0 and state["id"].startswith("skiff-test-")
+
+
+def test_a_failing_prestart_hook_fails_create_and_leaves_nothing(containers: Containers, tmp_path: Path) -> None:
+    hook = _hook_script(tmp_path, "fail", "echo no network for you >&2; exit 3")
+    with pytest.raises(HookError, match=f"prestart hook {hook} failed: exit status 3: no network for you"):
+        containers.run("true", edit=lambda c: c.update(hooks={"prestart": [{"path": hook}]}))
+    assert containers.runtime.list() == []
+    assert os.listdir(containers.runtime.store.root) == []  # not even a half-made state directory
+
+
+def test_a_failing_create_container_hook_names_the_step(containers: Containers) -> None:
+    with pytest.raises(ContainerInitError, match="run hook: createContainer hook /bin/false failed: exit status 1"):
+        containers.run("true", edit=lambda c: c.update(hooks={"createContainer": [{"path": "/bin/false"}]}))
+
+
+# -- errors -------------------------------------------------------------------------------
+
+def test_missing_executable_fails_create_with_the_step(containers: Containers) -> None:
+    with pytest.raises(ContainerInitError, match=r'exec: "no-such-binary": executable file not found in \$PATH') as err:
+        containers.run("no-such-binary")
+    assert err.value.failure is not None and err.value.failure.step is Step.LOOKUP
+    assert containers.runtime.list() == []
+
+
+def test_bad_config_names_the_field_and_leaves_nothing(containers: Containers) -> None:
+    with pytest.raises(SpecError, match=r"process.args: must be a non-empty list"):
+        containers.run(edit=lambda c: c["process"].update(args=[]))
+    with pytest.raises(SpecError, match=r"linux.resources.memory.limit: expected an integer"):
+        containers.run("true", edit=lambda c: c["linux"].update(resources={"memory": {"limit": "1g"}}))
+    assert containers.runtime.store.ids() == []
+
+
+def test_a_mount_that_fails_in_the_child_names_source_target_and_errno(containers: Containers) -> None:
+    def edit(c: dict[str, Any]) -> None:
+        c["mounts"].append({"destination": "/bad", "type": "tmpfs", "source": "tmpfs", "options": ["size=bogus"]})
+
+    with pytest.raises(ContainerInitError, match=r"mount: tmpfs on .*/rootfs/bad: invalid argument \(EINVAL\)") as err:
+        containers.run("true", edit=edit)
+    assert err.value.failure is not None and err.value.failure.step is Step.MOUNT
+
+
+def test_a_bind_mount_of_a_missing_source_is_refused_before_fork(containers: Containers) -> None:
+    def edit(c: dict[str, Any]) -> None:
+        c["mounts"].append({"destination": "/x", "type": "bind", "source": "/no/such/dir", "options": ["bind"]})
+
+    with pytest.raises(InvalidArgument, match=r"mounts\[\d+\].source: /no/such/dir: no such file or directory"):
+        containers.run("true", edit=edit)
+
+
+def test_a_mount_target_cannot_escape_the_rootfs_through_a_symlink(containers: Containers, tmp_path: Path) -> None:
+    rootfs = containers.bundle / "rootfs"
+    os.symlink("/../../../../../../tmp", rootfs / "escape")
+    victim = Path("/tmp") / f"skiff-escape-{os.getpid()}"
+
+    def edit(c: dict[str, Any]) -> None:
+        c["mounts"].append({"destination": f"/escape/{victim.name}", "type": "tmpfs", "source": "tmpfs"})
+
+    assert containers.run("true", edit=edit).code == 0
+    assert not victim.exists()
+    assert (rootfs / "tmp" / victim.name).is_dir()
