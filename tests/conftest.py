@@ -149,7 +149,10 @@ def _processes() -> frozenset[tuple[int, str]]:
         try:
             with open(f"/proc/{pid}/stat", "rb") as f:
                 stat = f.read()
-            ppid = int(stat[stat.rindex(b")") + 2:].split()[1])
+            state, ppid_field = stat[stat.rindex(b")") + 2:].split()[:2]
+            ppid = int(ppid_field)
+            if state == b"Z" and ppid != me:
+                continue  # dead: its reaper (host init or a subreaper) is not ours to wait for
             ns = os.readlink(f"/proc/{pid}/ns/pid")
             with open(f"/proc/{pid}/cmdline", "rb") as f:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()

@@ -1,0 +1,97 @@
+"""Resource limits enforced through each cgroup driver, observed from inside the container.
+
+Every test runs once per driver: v1 on a host with v1 controllers, v2 on a pure cgroup v2
+kernel (on this host: inside the test VM, tests/vm)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+
+from skiff.runtime.container import Status
+from support import Containers
+
+pytestmark = pytest.mark.requires("busybox")
+
+
+@pytest.fixture(params=[pytest.param("v1", marks=pytest.mark.requires("cgroup1")),
+                        pytest.param("v2", marks=pytest.mark.requires("cgroup2"))])
+def driver(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+def resources(**values: Any) -> Any:
+    def edit(c: dict[str, Any]) -> None:
+        c["linux"]["resources"] = values
+    return edit
+
+
+def wait_stopped(containers: Containers, cid: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while containers.runtime.state(cid).status is not Status.STOPPED:
+        assert time.monotonic() < deadline, "the container did not stop"
+        time.sleep(0.05)
+
+
+def test_memory_limit_oom_kills_and_the_state_says_so(containers: Containers, driver: str) -> None:
+    limit = 16 << 20
+    rt = containers.runtime
+    # sort holds its one giant input line in memory: an anonymous allocation past the limit
+    cid = containers.create("sh", "-c", "head -c 64000000 /dev/zero | sort > /dev/null; echo status $?",
+                            edit=resources(memory={"limit": limit, "swap": limit}))
+    rt.start(cid)
+    wait_stopped(containers, cid)
+    state = rt.state(cid)
+    assert state.oom_killed and state.to_json()["oomKilled"] is True
+    assert rt.stats(cid).oom_kills >= 1
+    rt.delete(cid)
+    assert containers.capfd.readouterr().out == "status 137\n"  # sort died of SIGKILL
+
+
+def test_memory_limit_is_visible_in_the_containers_cgroup_mount(containers: Containers, driver: str) -> None:
+    path = "/sys/fs/cgroup/memory/memory.limit_in_bytes" if driver == "v1" else "/sys/fs/cgroup/memory.max"
+    result = containers.run("cat", path, edit=resources(memory={"limit": 64 << 20}))
+    assert result.out == f"{64 << 20}\n"
+
+
+def test_pids_limit_stops_fork(containers: Containers, driver: str) -> None:
+    result = containers.run("sh", "-c", "for i in 1 2 3 4 5 6 7 8; do sleep 0.5 & done; wait",
+                            edit=resources(pids={"limit": 4}))
+    assert "can't fork" in result.err
+
+
+def test_cpu_quota_throttles(containers: Containers, driver: str) -> None:
+    rt = containers.runtime
+    cid = containers.create("sh", "-c", "while :; do :; done",
+                            edit=resources(cpu={"quota": 10000, "period": 100000}))
+    rt.start(cid)
+    deadline = time.monotonic() + 60
+    while (stats := rt.stats(cid)).throttled_periods < 3:
+        assert time.monotonic() < deadline, f"never throttled: {stats}"
+        time.sleep(0.1)
+    assert stats.throttled_time > 0
+    rt.delete(cid, force=True)
+
+
+def test_pause_freezes_every_process(containers: Containers, driver: str) -> None:
+    rt = containers.runtime
+    cid = containers.create("sh", "-c", "while :; do :; done")
+    rt.start(cid)
+    rt.pause(cid)
+    usage = rt.stats(cid).cpu_usage_total
+    time.sleep(0.3)
+    assert rt.stats(cid).cpu_usage_total == usage
+    assert rt.state(cid).status is Status.PAUSED
+    rt.resume(cid)
+    rt.delete(cid, force=True)
+
+
+def test_paused_container_can_be_force_deleted(containers: Containers, driver: str) -> None:
+    rt = containers.runtime
+    cid = containers.create("sleep", "60")
+    rt.start(cid)
+    rt.pause(cid)
+    rt.delete(cid, force=True)
+    assert rt.list() == []
