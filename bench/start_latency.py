@@ -155,7 +155,7 @@ class Library:
         return elapsed
 
     def leftovers(self) -> list[str]:
-        return [s.id for s in self.runtime.list()]
+        return [s.id for s in self.runtime.states()]
 
     def force_delete(self, container_id: str) -> None:
         with contextlib.suppress(Exception):

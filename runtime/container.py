@@ -25,6 +25,7 @@ from typing import Any, Iterator
 
 from skiff.errors import FailedPrecondition, NotFound
 from skiff.oci.spec import Process, Spec
+from skiff.runtime import console
 from skiff.runtime.cgroups import CgroupDriver, load_cgroup, open_cgroup
 from skiff.runtime.state import EXEC_FIFO, ContainerRecord, StateStore
 
@@ -108,7 +109,8 @@ class Runtime:
     # -- create and start ------------------------------------------------------------------
 
     def create(self, container_id: str, bundle: str, *, console_socket: str | None = None,
-               pid_file: str | None = None, preserve_fds: int = 0, spec: Spec | None = None) -> ContainerState:
+               console_fd: int | None = None, pid_file: str | None = None, preserve_fds: int = 0,
+               spec: Spec | None = None) -> ContainerState:
         """Set up the container and leave its init waiting for `start`. On any failure
         nothing is left: no process, cgroup, state directory."""
         from skiff.oci import load_spec, spec_to_dict
@@ -135,8 +137,8 @@ class Runtime:
             cgroup.create()
             undo.callback(cgroup.destroy)
             cgroup.apply(with_device_rules(linux.resources if linux else None, linux.devices if linux else ()))
-            console_fd = _connect_console(console_socket) if console_socket else None
-            if console_fd is not None:
+            if console_socket:
+                console_fd = console.connect(console_socket)
                 undo.callback(os.close, console_fd)
             plan = plan_create(spec, bundle=bundle, cgroup_mounts=cgroup.mounts(),
                                exec_fifo=(dirfd, EXEC_FIFO), console_fd=console_fd, preserve_fds=preserve_fds)
@@ -168,7 +170,7 @@ class Runtime:
                 _write_pid_file(pid_file, pid)
             undo.pop_all()
         os.close(dirfd)
-        if console_fd is not None:
+        if console_socket and console_fd is not None:
             os.close(console_fd)
         return replace(state, pid=pid, status=Status.CREATED)
 
@@ -205,9 +207,35 @@ class Runtime:
     def run(self, container_id: str, bundle: str, *, detach: bool = False, pid_file: str | None = None,
             console_socket: str | None = None, preserve_fds: int = 0) -> int:
         """create + start; in the foreground, wait for the init, delete, and return its exit
-        code (128 + signal when killed, as a shell reports it)."""
-        state = self.create(container_id, bundle, console_socket=console_socket, pid_file=pid_file,
-                            preserve_fds=preserve_fds)
+        code (128 + signal when killed, as a shell reports it). A terminal without a console
+        socket is this process's own: its stdio is copied to and from the container's pty."""
+        from skiff.oci import load_spec
+
+        spec = load_spec(os.path.join(os.path.abspath(bundle), "config.json"))
+        own_terminal = spec.process is not None and spec.process.terminal and not console_socket
+        if own_terminal and detach:
+            raise FailedPrecondition("process.terminal: a detached container needs --console-socket for its terminal")
+        if not own_terminal:
+            state = self.create(container_id, bundle, console_socket=console_socket, pid_file=pid_file,
+                                preserve_fds=preserve_fds, spec=spec)
+            return self._start_and_wait(container_id, state.pid, detach, master=None)
+        import socket
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with ours, theirs:
+            state = self.create(container_id, bundle, console_fd=theirs.fileno(), pid_file=pid_file,
+                                preserve_fds=preserve_fds, spec=spec)
+            try:
+                master = console.receive_master(ours)
+            except BaseException:
+                self.delete(container_id, force=True)
+                raise
+        try:
+            return self._start_and_wait(container_id, state.pid, detach, master)
+        finally:
+            os.close(master)
+
+    def _start_and_wait(self, container_id: str, pid: int, detach: bool, master: int | None) -> int:
         try:
             self.start(container_id)
         except BaseException:
@@ -215,7 +243,9 @@ class Runtime:
             raise
         if detach:
             return 0
-        code = _wait_forwarding_signals(state.pid)
+        if master is not None:
+            console.copy_until_exit(master)
+        code = _wait_forwarding_signals(pid)
         self.delete(container_id, force=True)
         return code
 
@@ -244,7 +274,7 @@ class Runtime:
     def state(self, container_id: str) -> ContainerState:
         return self._state(self.store.load(container_id))
 
-    def list(self) -> list[ContainerState]:
+    def states(self) -> list[ContainerState]:
         states = []
         for container_id in self.store.ids():
             with contextlib.suppress(NotFound):
@@ -356,7 +386,7 @@ class Runtime:
         if status not in (Status.RUNNING, Status.CREATED):
             raise FailedPrecondition(f"cannot exec in container {container_id!r}: it is {status}")
         spec = parse_spec(record.config)
-        console_fd = _connect_console(console_socket) if console_socket else None
+        console_fd = console.connect(console_socket) if console_socket else None
         try:
             plan = plan_exec(spec, process, init_pid=record.pid, console_fd=console_fd, preserve_fds=preserve_fds)
             pid = spawn(plan, self._cgroup(record))
@@ -420,18 +450,6 @@ def _wait_forwarding_signals(pid: int) -> int:
             signal.signal(sig, handler)
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
-
-
-def _connect_console(path: str) -> int:
-    import socket
-
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.connect(path)
-    except OSError as e:
-        sock.close()
-        raise FailedPrecondition(f"console socket {path}: {(e.strerror or str(e)).lower()}") from e
-    return sock.detach()
 
 
 def _write_pid_file(path: str, pid: int) -> None:

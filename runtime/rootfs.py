@@ -125,7 +125,7 @@ def _mount_op(m_source: str | None, destination: str, fstype: str | None, option
     try:
         is_file = not stat.S_ISDIR(os.stat(source).st_mode)
     except OSError as e:
-        raise InvalidArgument(f"{field}.source: {source}: {e.strerror.lower()}") from e
+        raise InvalidArgument(f"{field}.source: {source}: {(e.strerror or str(e)).lower()}") from e
     # MS_BIND ignores every other flag: they take effect only through a remount.
     extra = flags & ~(libc.MS_BIND | libc.MS_REC)
     return MountOp(source=source, target=destination, fstype=None, flags=libc.MS_BIND | (flags & libc.MS_REC),

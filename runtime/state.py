@@ -1,8 +1,9 @@
 """Container records on disk: one directory per container under the runtime root
 (`/run/skiff-runc/<id>/`), holding state.json and, until `start`, exec.fifo.
 
-Records are written atomically (temp file, fsync, rename) with a version field, so a crash
-leaves either the old record or the new one. The kernel is the truth for liveness: a record
+Records are written atomically (temp file, rename) with a version field, so a crash of
+skiff leaves either the old record or the new one. No fsync: the root is /run, a tmpfs, and
+a power loss that could undo a rename also ends every container the record describes. The kernel is the truth for liveness: a record
 says which pid (and its start time, against pid reuse) and which cgroup; the status is
 derived from those each time (container.py).
 """
@@ -65,10 +66,9 @@ class StateStore:
     def save(self, record: ContainerRecord) -> None:
         path = os.path.join(self.dir(record.id), STATE_FILE)
         tmp = path + ".tmp"
+        fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
         with open(tmp, "w") as f:
-            json.dump(dataclasses.asdict(record), f)
-            f.flush()
-            os.fsync(f.fileno())
+            json.dump(fields, f)  # shallow: asdict would deep-copy the whole config
         os.rename(tmp, path)
 
     def load(self, container_id: str) -> ContainerRecord:

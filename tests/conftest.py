@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -56,7 +56,7 @@ def _seccomp() -> bool:
         return any(line.startswith("Seccomp:") for line in f)
 
 
-FEATURES = {
+FEATURES: dict[str, tuple[Callable[[], bool], str]] = {
     "cgroup2": (lambda: _statfs_type("/sys/fs/cgroup") == "cgroup2" and _v2_controllers(),
                 "a pure cgroup v2 hierarchy with controllers"),
     "cgroup1": (lambda: _statfs_type("/sys/fs/cgroup/memory") == "cgroup", "cgroup v1 controllers"),

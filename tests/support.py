@@ -65,7 +65,7 @@ class Containers:
         return container_id
 
     def cleanup(self) -> None:
-        for state in self.runtime.list():
+        for state in self.runtime.states():
             self.runtime.delete(state.id, force=True)
 
 

@@ -94,4 +94,4 @@ def test_paused_container_can_be_force_deleted(containers: Containers, driver: s
     rt.start(cid)
     rt.pause(cid)
     rt.delete(cid, force=True)
-    assert rt.list() == []
+    assert rt.states() == []

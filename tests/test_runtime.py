@@ -42,7 +42,7 @@ def test_create_start_kill_delete(containers: Containers) -> None:
     state = rt.state(cid)
     assert state.status is Status.CREATED and state.pid > 0
     assert os.path.exists(f"/proc/{state.pid}")
-    assert [s.id for s in rt.list()] == [cid]
+    assert [s.id for s in rt.states()] == [cid]
     rt.start(cid)
     assert rt.state(cid).status is Status.RUNNING
     assert rt.ps(cid) == [state.pid]
@@ -54,7 +54,7 @@ def test_create_start_kill_delete(containers: Containers) -> None:
     rt.delete(cid)
     with pytest.raises(NotFound, match=f"container '{cid}' does not exist"):
         rt.state(cid)
-    assert rt.list() == []
+    assert rt.states() == []
 
 
 def test_run_returns_the_exit_code(containers: Containers) -> None:
@@ -392,7 +392,7 @@ def test_a_failing_prestart_hook_fails_create_and_leaves_nothing(containers: Con
     hook = _hook_script(tmp_path, "fail", "echo no network for you >&2; exit 3")
     with pytest.raises(HookError, match=f"prestart hook {hook} failed: exit status 3: no network for you"):
         containers.run("true", edit=lambda c: c.update(hooks={"prestart": [{"path": hook}]}))
-    assert containers.runtime.list() == []
+    assert containers.runtime.states() == []
     assert os.listdir(containers.runtime.store.root) == []  # not even a half-made state directory
 
 
@@ -407,7 +407,7 @@ def test_missing_executable_fails_create_with_the_step(containers: Containers) -
     with pytest.raises(ContainerInitError, match=r'exec: "no-such-binary": executable file not found in \$PATH') as err:
         containers.run("no-such-binary")
     assert err.value.failure is not None and err.value.failure.step is Step.LOOKUP
-    assert containers.runtime.list() == []
+    assert containers.runtime.states() == []
 
 
 def test_bad_config_names_the_field_and_leaves_nothing(containers: Containers) -> None:
@@ -446,3 +446,11 @@ def test_a_mount_target_cannot_escape_the_rootfs_through_a_symlink(containers: C
     assert containers.run("true", edit=edit).code == 0
     assert not victim.exists()
     assert (rootfs / "tmp" / victim.name).is_dir()
+
+
+def test_run_in_the_foreground_copies_its_own_terminal(containers: Containers) -> None:
+    """terminal: true without a console socket, as `runc spec` writes it: the container gets
+    a pty whose other end `run` copies to its own stdio."""
+    result = containers.run("sh", "-c", "tty; echo done", edit=lambda c: c["process"].update(terminal=True))
+    assert result.code == 0
+    assert result.out.replace("\r", "").splitlines() == ["/dev/pts/0", "done"]

@@ -13,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    states = runtime(args).list()
+    states = runtime(args).states()
     if args.quiet:
         for s in states:
             print(s.id)
