@@ -35,8 +35,10 @@ make_venv() {
     [ -x "$venv/bin/python" ] || /usr/bin/python3 -m venv "$venv"
     local stamp=$venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
     if [ ! -e "$stamp" ]; then
-        "$venv/bin/pip" install -q --upgrade pip
-        "$venv/bin/pip" install -q -e ".[test]"
+        echo "dev.sh: installing skiff and its Python dependencies into $venv"
+        # Quiet unless it fails: setuptools' build warnings are noise here.
+        { "$venv/bin/pip" install -q --upgrade pip && "$venv/bin/pip" install -q -e ".[test]"; } \
+            > "$venv/pip.log" 2>&1 || { cat "$venv/pip.log" >&2; exit 1; }
         rm -f "$venv"/.installed-* && touch "$stamp"
     fi
     # The editable install's import hook costs ~7 ms at every interpreter start (skiff-runc's

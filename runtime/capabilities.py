@@ -11,20 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from skiff.oci.spec import LinuxCapabilities
+from skiff.oci.validate import CAPABILITIES
 
-# Kernel order (include/uapi/linux/capability.h): the index is the capability number.
-CAPABILITY_NAMES = (
-    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
-    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
-    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW",
-    "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT",
-    "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE",
-    "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
-    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE",
-    "CAP_MAC_ADMIN", "CAP_SYSLOG", "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ",
-    "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
-)
-_NUMBERS = {name: n for n, name in enumerate(CAPABILITY_NAMES)}
+_NUMBERS = {name: n for n, name in enumerate(CAPABILITIES)}
 
 
 def last_cap() -> int:
@@ -33,7 +22,7 @@ def last_cap() -> int:
         with open("/proc/sys/kernel/cap_last_cap") as f:
             return int(f.read())
     except OSError:
-        return len(CAPABILITY_NAMES) - 1
+        return len(CAPABILITIES) - 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -12,6 +12,7 @@ import fcntl
 import gc
 import os
 import resource
+import signal
 import socket
 import stat
 import termios
@@ -173,12 +174,16 @@ def _init(plan: LaunchPlan, sock: int) -> NoReturn:
         os.close(fifo)
         for hook in plan.start_container_hooks:
             _run_hook("startContainer", hook, state)
+    _at(Step.EXEC, executable)
+    libc.close_range_cloexec(3 + proc.preserve_fds)
+    # Python ignores these two; an ignored signal stays ignored across execve.
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
     if proc.seccomp is not None and proc.no_new_privileges:
         # As late as possible, so the filter need not allow what the runtime itself calls.
         _at(Step.SECCOMP)
         _load_seccomp(proc)
-    _at(Step.EXEC, executable)
-    libc.close_range_cloexec(3 + proc.preserve_fds)
+        _at(Step.EXEC, executable)
     os.execve(executable, proc.args, proc.env)
     raise AssertionError("unreachable")
 

@@ -117,7 +117,7 @@ class Runtime:
         from skiff.runtime.hooks import run_hooks
         from skiff.runtime.plan import plan_create
         from skiff.runtime.rootfs import with_device_rules
-        from skiff.runtime.spawn import spawn
+        from skiff.runtime.spawn import ContainerInitError, exit_status, spawn
 
         bundle = os.path.abspath(bundle)
         if spec is None:
@@ -162,8 +162,10 @@ class Runtime:
                 raise
             undo.callback(_kill, pid)
             start_time = proc_start_time(pid)
+            if start_time is None:  # it failed between READY and the fifo, and told stderr why
+                raise ContainerInitError(f"container init exited right after it was ready: {exit_status(pid)}")
             self.store.save(ContainerRecord(
-                id=container_id, bundle=bundle, rootfs=state.rootfs, pid=pid, pid_start=start_time or 0,
+                id=container_id, bundle=bundle, rootfs=state.rootfs, pid=pid, pid_start=start_time,
                 created=state.created, annotations=state.annotations, cgroup=cgroup.record(),
                 config=spec_to_dict(spec)))
             if pid_file:
@@ -195,14 +197,7 @@ class Runtime:
         finally:
             os.close(fifo)
         os.unlink(fifo_path)
-        hooks = _recorded_hooks(record)
-        if hooks and hooks.poststart:
-            from skiff.runtime.hooks import HookError, run_hooks
-
-            try:
-                run_hooks("poststart", hooks.poststart, self._state(record).hook_state())
-            except HookError as e:
-                _warn(str(e))
+        self._warning_hooks("poststart", record)
 
     def run(self, container_id: str, bundle: str, *, detach: bool = False, pid_file: str | None = None,
             console_socket: str | None = None, preserve_fds: int = 0) -> int:
@@ -308,6 +303,20 @@ class Runtime:
                 time.sleep(min(0.2, interval))
             yield {"type": "stats", "id": container_id, "data": cgroup.stats().to_runc_json()}
 
+    def _warning_hooks(self, kind: str, record: ContainerRecord) -> None:
+        """poststart and poststop: a failure is a warning, not an error (runtime-spec)."""
+        if not record.config.get("hooks", {}).get(kind):
+            return
+        from skiff.oci import parse_spec
+        from skiff.runtime.hooks import HookError, run_hooks
+
+        hooks = parse_spec(record.config).hooks
+        assert hooks is not None
+        try:
+            run_hooks(kind, getattr(hooks, kind), self._state(record).hook_state())
+        except HookError as e:
+            _warn(str(e))
+
     def _cgroup(self, record: ContainerRecord) -> CgroupDriver:
         return load_cgroup(record.cgroup)
 
@@ -362,14 +371,7 @@ class Runtime:
         _kill_and_reap(alive)
         _reap(record.pid)
         cgroup.destroy()
-        hooks = _recorded_hooks(record)
-        if hooks and hooks.poststop:
-            from skiff.runtime.hooks import HookError, run_hooks
-
-            try:
-                run_hooks("poststop", hooks.poststop, self._state(record).hook_state())
-            except HookError as e:
-                _warn(str(e))
+        self._warning_hooks("poststop", record)
         self.store.remove(container_id)
 
     # -- exec ------------------------------------------------------------------------------------
@@ -398,15 +400,6 @@ class Runtime:
         if detach:
             return pid
         return _wait_forwarding_signals(pid)
-
-
-def _recorded_hooks(record: ContainerRecord) -> Any:
-    """The hooks of the config the container was created with."""
-    if not record.config.get("hooks"):
-        return None
-    from skiff.oci import parse_spec
-
-    return parse_spec(record.config).hooks
 
 
 def _kill(pid: int) -> None:

@@ -92,10 +92,11 @@ def _exchange(sock: socket.socket, pid: int, plan: LaunchPlan,
             failure = sync.decode_failure(message)
             raise ContainerInitError(failure.message(), failure)
         else:
-            raise ContainerInitError(f"container init exited before it was ready: {_exit_status(init)}")
+            raise ContainerInitError(f"container init exited before it was ready: {exit_status(init)}")
 
 
-def _exit_status(pid: int) -> str:
+def exit_status(pid: int) -> str:
+    """Reap our child `pid` and say how it ended."""
     try:
         done, status = os.waitpid(pid, 0)
     except ChildProcessError:

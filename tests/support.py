@@ -48,6 +48,10 @@ class Containers:
 
     def next_id(self) -> str:
         self.count += 1
+        return self.last_id
+
+    @property
+    def last_id(self) -> str:
         return f"skiff-test-{os.getpid()}-{self.count}"
 
     def run(self, *args: str, edit: Callable[[dict[str, Any]], None] | None = None) -> Exited:

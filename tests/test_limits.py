@@ -5,6 +5,7 @@ kernel (on this host: inside the test VM, tests/vm)."""
 
 from __future__ import annotations
 
+import errno
 import time
 from typing import Any
 
@@ -95,3 +96,26 @@ def test_paused_container_can_be_force_deleted(containers: Containers, driver: s
     rt.pause(cid)
     rt.delete(cid, force=True)
     assert rt.states() == []
+
+
+def _cgroup_of_init(containers: Containers) -> str:
+    def edit(c: dict[str, Any]) -> None:  # without a cgroup namespace, the full path shows
+        c["linux"]["namespaces"] = [ns for ns in c["linux"]["namespaces"] if ns["type"] != "cgroup"]
+
+    return containers.run("cat", "/proc/self/cgroup", edit=edit).out
+
+
+@pytest.mark.requires("cgroup2")
+def test_init_starts_inside_its_cgroup_with_clone3_and_without(containers: Containers,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """clone3(CLONE_INTO_CGROUP) where the kernel has it; the fork + cgroup.procs fallback
+    (older kernels, seccomp profiles of the caller) must land in the same place."""
+    from skiff.runtime import libc
+
+    assert _cgroup_of_init(containers).endswith(f"/skiff/{containers.last_id}\n")
+
+    def refuse(cgroup_fd: int) -> int:
+        raise OSError(errno.ENOSYS, "clone3")
+
+    monkeypatch.setattr(libc, "clone_into_cgroup", refuse)
+    assert _cgroup_of_init(containers).endswith(f"/skiff/{containers.last_id}\n")

@@ -260,6 +260,12 @@ def test_user_groups_umask_cwd_and_no_new_privileges(containers: Containers) -> 
                                        "CapEff:\t0000000000000000"]
 
 
+def test_signals_start_with_default_dispositions(containers: Containers) -> None:
+    """The runtime is Python, which ignores SIGPIPE and SIGXFSZ: the container must not inherit that."""
+    status = containers.run("cat", "/proc/self/status").out
+    assert "SigIgn:\t0000000000000000" in status and "SigBlk:\t0000000000000000" in status
+
+
 def test_rlimits_and_oom_score_adj(containers: Containers) -> None:
     def edit(c: dict[str, Any]) -> None:
         c["process"]["rlimits"] = [{"type": "RLIMIT_NOFILE", "soft": 300, "hard": 400},
