@@ -372,16 +372,19 @@ not as a precise figure.
 """ + "\n".join(f"{i}. {v}" for i, v in enumerate(verdicts(by_name), 1)) + f"""
 
 Where skiff-runc's time goes: of its {cli.p50:.1f} ms at p50, starting the venv's interpreter takes
-{interp.p50:.1f} ms (python -c pass), of which {max(0.0, interp.p50 - bare.p50):.1f} ms is the venv's own: the same binary
-outside it starts in {bare.p50:.1f} ms. That difference is mostly setuptools' finder for the
-editable install of skiff (`pip install -e`), which a .pth file loads at every start
-(`python -X importtime -c pass` shows it); a regular install has no such finder. The
-container work itself takes about what the in-process `Runtime.run` takes, {lib.p50:.1f} ms. The
-remaining {max(0.0, cli.p50 - interp.p50 - lib.p50):.1f} ms is what a fresh interpreter pays on top: importing the modules
-`run` needs (skiff's own and the standard library's; `python -X importtime
-.venv/bin/skiff-runc run ...` lists them) and first-use costs that a warm process has
-already paid. For scale: target 1 gives skiff-runc {TARGET_CLI_VS_RUNC * runc.p50:.1f} ms in all, and the bare
-interpreter outside a venv takes {bare.p50:.1f} ms of that before any of skiff is imported.
+{interp.p50:.1f} ms (python -c pass; {bare.p50:.1f} ms outside the venv: dev.sh replaces the editable
+install's import hook with a plain path entry, so the venv costs nothing). The container work
+itself takes about what the in-process `Runtime.run` takes, {lib.p50:.1f} ms. The remaining
+{max(0.0, cli.p50 - interp.p50 - lib.p50):.1f} ms is what a fresh interpreter pays on top. Measured apart
+(with `python -X importtime` and cProfile): about 29 ms of imports (argparse 5, json/ctypes/socket 3.5, dataclasses/typing/enum
+7, the OCI model 4.5, the runtime's modules 9), and about 8 ms of first-use costs in the first
+`run` of a process, most of it the first write to a v1 `cgroup.procs`, which waits for an RCU
+grace period that later writes share (runc and crun pay it too, once per process as well).
+For scale: target 1 gives skiff-runc {TARGET_CLI_VS_RUNC * runc.p50:.1f} ms in all, and the bare interpreter
+takes {bare.p50:.1f} ms of that before any of skiff is imported: a CPython command line that imports
+what a container start needs cannot meet it; the in-process library (how `skiff cri serve`
+starts containers) and a fork server that skiff-runc could hand its work to (issue 6) are the
+ways below runc.
 """
     if notes:
         body += "\n### Notes from this run\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"

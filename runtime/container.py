@@ -378,7 +378,8 @@ class Runtime:
 
     def exec(self, container_id: str, process: Process, *, console_socket: str | None = None,
              detach: bool = False, pid_file: str | None = None, preserve_fds: int = 0) -> int:
-        """Run another process in the container. Detached: its pid; else its exit code."""
+        """Run another process in the container. Detached: its pid; else its exit code. A
+        terminal without a console socket is this process's own, as for `run`."""
         from skiff.oci import parse_spec
         from skiff.runtime.plan import plan_exec
         from skiff.runtime.spawn import spawn
@@ -387,18 +388,36 @@ class Runtime:
         status = self._status(record)
         if status not in (Status.RUNNING, Status.CREATED):
             raise FailedPrecondition(f"cannot exec in container {container_id!r}: it is {status}")
+        own_terminal = process.terminal and not console_socket
+        if own_terminal and detach:
+            raise FailedPrecondition("process.terminal: a detached process needs --console-socket for its terminal")
         spec = parse_spec(record.config)
-        console_fd = console.connect(console_socket) if console_socket else None
-        try:
+        with contextlib.ExitStack() as stack:
+            ours = None
+            if own_terminal:
+                import socket
+
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                stack.enter_context(ours)
+                stack.enter_context(theirs)
+                console_fd: int | None = theirs.fileno()
+            elif console_socket:
+                console_fd = console.connect(console_socket)
+                stack.callback(os.close, console_fd)
+            else:
+                console_fd = None
             plan = plan_exec(spec, process, init_pid=record.pid, console_fd=console_fd, preserve_fds=preserve_fds)
             pid = spawn(plan, self._cgroup(record))
-        finally:
-            if console_fd is not None:
-                os.close(console_fd)
+            master = console.receive_master(ours) if ours is not None else None
         if pid_file:
             _write_pid_file(pid_file, pid)
         if detach:
             return pid
+        if master is not None:
+            try:
+                console.copy_until_exit(master)
+            finally:
+                os.close(master)
         return _wait_forwarding_signals(pid)
 
 

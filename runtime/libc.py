@@ -15,8 +15,8 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 # Syscall numbers that glibc 2.36 has no wrapper for.
 _SYSCALLS = {
-    "x86_64": {"pivot_root": 155, "clone": 56, "clone3": 435, "close_range": 436, "pidfd_open": 434},
-    "aarch64": {"pivot_root": 41, "clone": 220, "clone3": 435, "close_range": 436, "pidfd_open": 434},
+    "x86_64": {"pivot_root": 155, "clone": 56, "clone3": 435, "close_range": 436},
+    "aarch64": {"pivot_root": 41, "clone": 220, "clone3": 435, "close_range": 436},
 }[os.uname().machine]
 
 # clone(2) and namespace flags.
@@ -45,9 +45,7 @@ MS_NOSYMFOLLOW = 256
 MS_NOATIME = 1024
 MS_NODIRATIME = 2048
 MS_BIND = 4096
-MS_MOVE = 8192
 MS_REC = 16384
-MS_SILENT = 32768
 MS_UNBINDABLE = 1 << 17
 MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
@@ -58,7 +56,6 @@ MS_LAZYTIME = 1 << 25
 MNT_DETACH = 2
 CLOSE_RANGE_CLOEXEC = 4
 
-PR_SET_CHILD_SUBREAPER = 36
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
@@ -173,6 +170,3 @@ def clone_into_cgroup(cgroup_fd: int) -> int:
         "clone3",
     )
 
-
-def pidfd_open(pid: int) -> int:
-    return _check(_syscall(_SYSCALLS["pidfd_open"], ctypes.c_int(pid), ctypes.c_uint(0)), "pidfd_open")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from skiff.errors import InvalidArgument
 from skiff.oci.spec import Linux, LinuxIDMapping, LinuxNamespaceType
 from skiff.runtime import libc
 
@@ -75,7 +76,9 @@ def plan_namespaces(linux: Linux | None) -> NamespacePlan:
         return NamespacePlan()
     unshare = 0
     join: list[tuple[int, str]] = []
-    for ns in linux.namespaces:
+    for i, ns in enumerate(linux.namespaces):
+        if ns.type is LinuxNamespaceType.TIME:  # needs timens_offsets written before the init forks
+            raise InvalidArgument(f"linux.namespaces[{i}].type: time namespaces are not supported by skiff")
         flag = FLAGS[ns.type]
         if ns.path:
             join.append((flag, ns.path))

@@ -7,7 +7,6 @@ spec is found here, before any fork, so the child only does syscalls.
 
 from __future__ import annotations
 
-import os
 import resource
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -177,12 +176,3 @@ def plan_exec(spec: Spec, process: Process, *, init_pid: int, console_fd: int | 
         exec_fifo=None,
     )
 
-
-def env_list(env: dict[str, str]) -> list[str]:
-    return [f"{k}={v}" for k, v in env.items()]
-
-
-def current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

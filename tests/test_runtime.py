@@ -100,17 +100,18 @@ def test_pause_resume_exec_ps(containers: Containers) -> None:
     out, _ = containers.capfd.readouterr()
     assert code == 4
     assert out == "in runc as 2\n"  # the default spec's hostname; pid 2 in the container's pid ns
+    code = rt.exec(cid, _process(containers, "tty", terminal=True))
+    assert (code, containers.capfd.readouterr().out) == (0, "/dev/pts/0\r\n")
     pid = rt.exec(cid, _process(containers, "sleep", "60"), detach=True)
     assert sorted(rt.ps(cid)) == sorted([rt.state(cid).pid, pid])
     rt.delete(cid, force=True)
     assert not os.path.exists(f"/proc/{pid}")  # delete reaped the exec'd process too
 
 
-def _process(containers: Containers, *args: str) -> Any:
+def _process(containers: Containers, *args: str, terminal: bool = False) -> Any:
     from skiff.oci import parse_process
 
-    process = dict(containers.base["process"], args=list(args))
-    return parse_process(process)
+    return parse_process(dict(containers.base["process"], args=list(args), terminal=terminal))
 
 
 def test_kill_all_reaches_every_process(containers: Containers) -> None:
@@ -129,6 +130,24 @@ def _no_pid_ns(config: dict[str, Any]) -> None:
 
 
 # -- namespaces, seen from inside ---------------------------------------------------------
+
+def test_dev_has_the_default_devices_and_links(containers: Containers) -> None:
+    out = containers.run("sh", "-c", "stat -c '%n %F %t:%T %a' /dev/null /dev/zero /dev/full /dev/random"
+                                     " /dev/urandom /dev/tty; for l in fd stdin ptmx; do readlink /dev/$l; done").out
+    assert out.splitlines() == [
+        "/dev/null character special file 1:3 666", "/dev/zero character special file 1:5 666",
+        "/dev/full character special file 1:7 666", "/dev/random character special file 1:8 666",
+        "/dev/urandom character special file 1:9 666", "/dev/tty character special file 5:0 666",
+        "/proc/self/fd", "/proc/self/fd/0", "pts/ptmx"]
+
+
+def test_env_and_args_reach_the_process(containers: Containers) -> None:
+    def edit(c: dict[str, Any]) -> None:
+        c["process"]["env"] = ["PATH=/bin", "GREETING=hello world", "EMPTY="]
+
+    assert containers.run("sh", "-c", 'echo "$GREETING|$EMPTY|$0|$1"', "arg0", "arg 1", edit=edit).out == \
+        "hello world||arg0|arg 1\n"
+
 
 def test_pid_namespace_makes_the_process_pid_1(containers: Containers) -> None:
     assert containers.run("sh", "-c", "echo $$; ps -o comm=; true").out.split() == ["1", "sh", "ps"]
