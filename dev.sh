@@ -48,7 +48,7 @@ make_venv() {
     site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
     mkdir -p "$venv/skiff-link"
     ln -sfn "$top" "$venv/skiff-link/skiff"
-    echo "$venv/skiff-link" > "$site/__editable__.skiff-0.1.0.pth"
+    for pth in "$site"/__editable__.skiff-*.pth; do echo "$venv/skiff-link" > "$pth"; done
     rm -f "$site"/__editable___skiff_*_finder.py
     # Compiled once here, so that a start never compiles (even with PYTHONDONTWRITEBYTECODE).
     "$venv/bin/python" -m compileall -q -x '/(\.venv|tests|bench)/' "$top" >/dev/null || true

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from skiff.errors import InvalidArgument
 from skiff.oci.spec import LinuxCapabilities
 from skiff.oci.validate import CAPABILITIES
 
@@ -33,15 +34,9 @@ class CapabilitySets:
     inheritable: int
     ambient: int
 
-    def numbers(self, mask: int) -> tuple[int, ...]:
-        return tuple(n for n in range(mask.bit_length()) if mask >> n & 1)
 
-
-def mask_of(names: tuple[str, ...], field: str) -> int:
-    from skiff.errors import InvalidArgument
-
+def mask_of(names: tuple[str, ...], field: str, top: int) -> int:
     mask = 0
-    top = last_cap()
     for i, name in enumerate(names):
         number = _NUMBERS.get(name)
         if number is None:
@@ -55,10 +50,11 @@ def capability_sets(caps: LinuxCapabilities | None, field: str = "process.capabi
     """No capabilities section means no capabilities at all, as in runc."""
     if caps is None:
         return CapabilitySets(bounding=0, effective=0, permitted=0, inheritable=0, ambient=0)
+    top = last_cap()
     return CapabilitySets(
-        bounding=mask_of(caps.bounding, f"{field}.bounding"),
-        effective=mask_of(caps.effective, f"{field}.effective"),
-        permitted=mask_of(caps.permitted, f"{field}.permitted"),
-        inheritable=mask_of(caps.inheritable, f"{field}.inheritable"),
-        ambient=mask_of(caps.ambient, f"{field}.ambient"),
+        bounding=mask_of(caps.bounding, f"{field}.bounding", top),
+        effective=mask_of(caps.effective, f"{field}.effective", top),
+        permitted=mask_of(caps.permitted, f"{field}.permitted", top),
+        inheritable=mask_of(caps.inheritable, f"{field}.inheritable", top),
+        ambient=mask_of(caps.ambient, f"{field}.ambient", top),
     )

@@ -30,6 +30,7 @@ from skiff.runtime.sync import Step
 
 PR_CAPBSET_DROP = 24
 PR_SET_KEEPCAPS = 8
+PR_SET_DUMPABLE = 4
 MAX_SYMLINKS = 40
 # statvfs f_flag bits -> mount flags, to repeat locked flags on a bind remount.
 _STATVFS_TO_MS = ((1, libc.MS_RDONLY), (2, libc.MS_NOSUID), (4, libc.MS_NODEV), (8, libc.MS_NOEXEC),
@@ -61,11 +62,19 @@ class _StepFailed(Exception):
         self.detail = detail
 
 
-def main(plan: LaunchPlan, sock: int, parent_end: int) -> NoReturn:
-    """Entry right after the fork; never returns."""
+def main(plan: LaunchPlan, sock: int, close: tuple[int, ...]) -> NoReturn:
+    """Entry right after the fork; never returns. `close`: the parent's fds that the child
+    must not hold (its end of the sync socket, the cgroup directory)."""
     gc.disable()
     try:
-        os.close(parent_end)
+        # Until execve, /proc/<pid>/fd of this process leads to host files (the state
+        # directory, the console socket): not dumpable, no other process may open them
+        # (CVE-2016-9962). execve makes the container's process dumpable again.
+        libc.prctl(PR_SET_DUMPABLE, 0)
+        for fd in close:
+            os.close(fd)
+        _at(Step.EXEC, "mark the runtime's fds close-on-exec")
+        libc.close_range_cloexec(3 + plan.process.preserve_fds)  # hooks get none either
         if _namespaces(plan, sock):
             _init(plan, sock)
     except _StepFailed as e:
@@ -78,6 +87,7 @@ def main(plan: LaunchPlan, sock: int, parent_end: int) -> NoReturn:
 
 
 def _report(sock: int, step: Step, err: int, detail: str) -> None:
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a gone runtime must not kill us silently
     try:
         os.write(sock, sync.encode_failure(step, err, detail))
     except OSError:  # the runtime is gone (after `create` returned): stderr is all there is
@@ -110,10 +120,11 @@ def _namespaces(plan: LaunchPlan, sock: int) -> bool:
     if ns.unshare & libc.CLONE_NEWUSER:
         os.write(sock, sync.USERNS)
         _recv(sock, sync.IDMAPS_DONE)
-        if ns.root_in_userns:
-            _at(Step.SETUID_ROOT)
-            os.setresgid(0, 0, 0)
-            os.setresuid(0, 0, 0)
+    if ns.root_in_userns:
+        # A new or joined user namespace: act as its root, whose capabilities apply there.
+        _at(Step.SETUID_ROOT, "uid and gid 0 must be mapped")
+        os.setresgid(0, 0, 0)
+        os.setresuid(0, 0, 0)
     if not ns.second_fork:
         os.write(sock, sync.encode_pid(os.getpid()))
         return True
@@ -163,10 +174,10 @@ def _init(plan: LaunchPlan, sock: int) -> NoReturn:
     if proc.seccomp is not None and not proc.no_new_privileges:
         # Without no_new_privs loading a filter needs CAP_SYS_ADMIN: before the caps go.
         _at(Step.SECCOMP)
-        _load_seccomp(proc)
+        proc.seccomp.load()
     _drop_privileges(proc)
-    os.write(sock, sync.READY)
     if plan.exec_fifo is not None:
+        os.write(sock, sync.READY)
         dirfd, name = plan.exec_fifo
         _at(Step.EXEC_FIFO, name)
         fifo = os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=dirfd)  # blocks until `start`
@@ -175,22 +186,16 @@ def _init(plan: LaunchPlan, sock: int) -> NoReturn:
         for hook in plan.start_container_hooks:
             _run_hook("startContainer", hook, state)
     _at(Step.EXEC, executable)
-    libc.close_range_cloexec(3 + proc.preserve_fds)
     # Python ignores these two; an ignored signal stays ignored across execve.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
     if proc.seccomp is not None and proc.no_new_privileges:
         # As late as possible, so the filter need not allow what the runtime itself calls.
         _at(Step.SECCOMP)
-        _load_seccomp(proc)
+        proc.seccomp.load()
         _at(Step.EXEC, executable)
     os.execve(executable, proc.args, proc.env)
     raise AssertionError("unreachable")
-
-
-def _load_seccomp(proc: ProcessPlan) -> None:
-    assert proc.seccomp is not None
-    proc.seccomp.load()
 
 
 def _write(path: str, value: str) -> None:
@@ -205,7 +210,7 @@ def _write(path: str, value: str) -> None:
 
 def _resolve(root: str, path: str) -> str:
     """`path` inside `root`, following symlinks as if `root` were "/" (no escape through
-    `..` or an absolute link), as runc's securejoin does. Missing parts are kept as named."""
+    `..` or an absolute link), as runc's securejoin does."""
     parts = [p for p in path.split("/") if p]
     current: list[str] = []
     links = 0
@@ -221,9 +226,9 @@ def _resolve(root: str, path: str) -> str:
         try:
             st = os.lstat(candidate)
         except FileNotFoundError:
+            # Missing: it will be made, but a later ".." must still stop at the root.
             current.append(part)
-            current.extend(p for p in parts if p not in (".", ""))
-            break
+            continue
         if stat.S_ISLNK(st.st_mode):
             links += 1
             if links > MAX_SYMLINKS:
@@ -272,7 +277,13 @@ def _prepare_rootfs(rootfs: RootfsPlan) -> None:
     root = rootfs.path
     _at(Step.ROOT_PROPAGATION, "/")
     # Slave by default: host mounts still reach the container, its mounts never reach the host.
-    libc.mount(None, "/", None, libc.MS_REC | libc.MS_SLAVE)
+    propagation = rootfs.propagation or libc.MS_REC | libc.MS_SLAVE
+    libc.mount(None, "/", None, propagation)
+    if propagation & libc.MS_SHARED:
+        # pivot_root refuses a new root whose parent mount is shared (runc prepareRoot)
+        parent = _mount_point_of(root.rsplit("/", 1)[0] or "/")
+        _at(Step.ROOT_PROPAGATION, parent)
+        libc.mount(None, parent, None, libc.MS_PRIVATE)
     _at(Step.MOUNT, f"{root} on itself")
     libc.mount(root, root, None, libc.MS_BIND | libc.MS_REC)  # pivot_root needs a mount point
     for op in rootfs.mounts:
@@ -300,6 +311,16 @@ def _prepare_rootfs(rootfs: RootfsPlan) -> None:
             pass
 
 
+def _mount_point_of(path: str) -> str:
+    best = "/"
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            point = line.split()[4].replace("\\040", " ")
+            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
+                best = point
+    return best
+
+
 def _pivot_root(root: str) -> None:
     """pivot_root(".", "."), then detach the old root from under us: no directory for the old
     root is needed inside the container (runc's trick, rootfs_linux.go pivotRoot)."""
@@ -317,7 +338,9 @@ def _pivot_root(root: str) -> None:
 
 
 def _finish_rootfs(rootfs: RootfsPlan) -> None:
-    if rootfs.propagation:
+    if rootfs.propagation & libc.MS_SHARED:
+        # pivot_root needed a private root; share it again (a peer group of its own: a new
+        # root can never share the host's, per-mount "rshared" options are for that)
         _at(Step.ROOT_PROPAGATION, "/")
         libc.mount(None, "/", None, rootfs.propagation)
     for path in rootfs.readonly_paths:
@@ -393,11 +416,11 @@ def _lookup(proc: ProcessPlan) -> str:
 
 def _drop_privileges(proc: ProcessPlan) -> None:
     caps = proc.capabilities
-    every = range(_LAST_CAP + 1)
     _at(Step.CAPABILITIES, "bounding set")
-    for n in every:
+    for n in range(_KERNEL_LAST_CAP + 1):  # past libcap's list too: the kernel's is what counts
         if not caps.bounding >> n & 1:
             libc.prctl(PR_CAPBSET_DROP, n)
+    every = range(_LAST_CAP + 1)
     _at(Step.USER, f"uid={proc.uid} gid={proc.gid} groups={list(proc.additional_gids)}")
     libc.prctl(PR_SET_KEEPCAPS, 1)
     os.setgroups(list(proc.additional_gids))
@@ -423,8 +446,10 @@ def _drop_privileges(proc: ProcessPlan) -> None:
         _prctl.prctl(_prctl.PR_SET_NO_NEW_PRIVS, 1)
 
 
-# Capabilities both this kernel and libcap (under python-prctl) know.
-_LAST_CAP: int = min(_prctl.CAP_LAST_CAP, last_cap())
+# Capabilities this kernel knows, and those libcap (under python-prctl) can also set. One
+# the kernel knows beyond libcap is dropped from the bounding set, so no execve regains it.
+_KERNEL_LAST_CAP: int = last_cap()
+_LAST_CAP: int = min(_prctl.CAP_LAST_CAP, _KERNEL_LAST_CAP)
 
 
 def _run_hook(kind: str, hook: HookPlan, state: bytes) -> None:

@@ -25,7 +25,7 @@ def connect(path: str) -> int:
 
 
 def receive_master(sock: socket.socket) -> int:
-    _, fds, _, _ = socket.recv_fds(sock, 1024, 1)
+    _, fds, _, _ = socket.recv_fds(sock, 1024, 1, socket.MSG_CMSG_CLOEXEC)
     if not fds:
         raise FailedPrecondition("console socket: the container sent no pty master")
     return fds[0]
@@ -49,13 +49,19 @@ def copy_until_exit(master: int) -> None:
                     return
                 if not data:
                     return
-                os.write(1, data)
+                _write_all(1, data)
             if 0 in ready:
                 data = os.read(0, 65536)
                 if data:
-                    os.write(master, data)
+                    _write_all(master, data)
                 else:
                     sources.remove(0)
     finally:
         if saved is not None:
             termios.tcsetattr(0, termios.TCSADRAIN, saved)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

@@ -28,6 +28,7 @@ from skiff.oci.spec import Process, Spec
 from skiff.runtime import console
 from skiff.runtime.cgroups import CgroupDriver, load_cgroup, open_cgroup
 from skiff.runtime.state import EXEC_FIFO, ContainerRecord, StateStore
+from skiff.runtime.undo import Undo
 
 OCI_VERSION = "1.2.0"
 DEFAULT_ROOT = "/run/skiff-runc"
@@ -89,7 +90,8 @@ def proc_start_time(pid: int) -> int | None:
 
 
 def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9:09d}Z"
+    seconds, nanoseconds = divmod(time.time_ns(), 10**9)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanoseconds:09d}Z"
 
 
 def _reap(pid: int) -> int | None:
@@ -117,14 +119,14 @@ class Runtime:
         from skiff.runtime.hooks import run_hooks
         from skiff.runtime.plan import plan_create
         from skiff.runtime.rootfs import with_device_rules
-        from skiff.runtime.spawn import ContainerInitError, exit_status, spawn
+        from skiff.runtime.spawn import ContainerInitError, exit_status, kill_and_reap, spawn
 
         bundle = os.path.abspath(bundle)
         if spec is None:
             spec = load_spec(os.path.join(bundle, "config.json"))
         assert spec.root is not None
         state_dir = self.store.reserve(container_id)
-        with contextlib.ExitStack() as undo:
+        with Undo() as undo:
             undo.callback(self.store.remove, container_id)
             fifo = os.path.join(state_dir, EXEC_FIFO)
             os.mkfifo(fifo)
@@ -134,8 +136,11 @@ class Runtime:
             linux = spec.linux
             cgroup = open_cgroup(container_id=container_id, cgroups_path=linux.cgroups_path if linux else None,
                                  parent=self.cgroup_parent)
+            if cgroup.pids():  # someone else's: never join, limit or (on delete) kill it
+                raise FailedPrecondition(f"container {container_id!r}: its cgroup already has processes "
+                                         f"(linux.cgroupsPath {linux.cgroups_path if linux else None!r})")
+            undo.callback(cgroup.destroy)  # before create: it removes only what create made
             cgroup.create()
-            undo.callback(cgroup.destroy)
             cgroup.apply(with_device_rules(linux.resources if linux else None, linux.devices if linux else ()))
             if console_socket:
                 console_fd = console.connect(console_socket)
@@ -157,10 +162,11 @@ class Runtime:
             try:
                 pid = spawn(plan, cgroup, on_hooks)
             except Exception as e:
-                if cgroup.oom_kills():
-                    e.add_note("the container's cgroup OOM-killed a process during create")
+                with contextlib.suppress(Exception):  # the report must not replace the cause
+                    if cgroup.oom_kills():
+                        e.add_note("the container's cgroup OOM-killed a process during create")
                 raise
-            undo.callback(_kill, pid)
+            undo.callback(kill_and_reap, [pid])
             start_time = proc_start_time(pid)
             if start_time is None:  # it failed between READY and the fifo, and told stderr why
                 raise ContainerInitError(f"container init exited right after it was ready: {exit_status(pid)}")
@@ -170,7 +176,7 @@ class Runtime:
                 config=spec_to_dict(spec)))
             if pid_file:
                 _write_pid_file(pid_file, pid)
-            undo.pop_all()
+            undo.keep()
         os.close(dirfd)
         if console_socket and console_fd is not None:
             os.close(console_fd)
@@ -193,7 +199,8 @@ class Runtime:
             while not poller.poll(100):
                 if proc_start_time(record.pid) != record.pid_start:
                     raise FailedPrecondition(f"cannot start container {container_id!r}: its init exited")
-            os.read(fifo, 1)
+            if os.read(fifo, 1) != b"0":  # POLLHUP: it opened the fifo, then died
+                raise FailedPrecondition(f"cannot start container {container_id!r}: its init exited")
         finally:
             os.close(fifo)
         os.unlink(fifo_path)
@@ -249,11 +256,11 @@ class Runtime:
     def _status(self, record: ContainerRecord) -> Status:
         if proc_start_time(record.pid) != record.pid_start:
             return Status.STOPPED
+        with contextlib.suppress(Exception):
+            if self._cgroup(record).frozen():
+                return Status.PAUSED
         if os.path.exists(os.path.join(self.store.dir(record.id), EXEC_FIFO)):
             return Status.CREATED
-        with contextlib.suppress(Exception):
-            if load_cgroup(record.cgroup).frozen():
-                return Status.PAUSED
         return Status.RUNNING
 
     def _state(self, record: ContainerRecord) -> ContainerState:
@@ -261,7 +268,7 @@ class Runtime:
         oom = False
         if status is Status.STOPPED:
             with contextlib.suppress(Exception):
-                oom = load_cgroup(record.cgroup).oom_kills() > 0
+                oom = self._cgroup(record).oom_kills() > 0
         return ContainerState(id=record.id, pid=0 if status is Status.STOPPED else record.pid, status=status,
                               bundle=record.bundle, rootfs=record.rootfs, created=record.created,
                               owner=record.owner, annotations=record.annotations, oom_killed=oom)
@@ -326,7 +333,8 @@ class Runtime:
         record = self.store.load(container_id)
         status = self._status(record)
         if status is Status.STOPPED and not all:
-            raise FailedPrecondition(f"cannot kill container {container_id!r}: it is not running")
+            # containerd's shim matches "container not running" (process/utils.go checkKillError)
+            raise FailedPrecondition(f"cannot kill container {container_id!r}: container not running")
         if all:
             for pid in self._cgroup(record).pids():
                 with contextlib.suppress(ProcessLookupError):
@@ -337,8 +345,8 @@ class Runtime:
     def pause(self, container_id: str) -> None:
         record = self.store.load(container_id)
         status = self._status(record)
-        if status not in (Status.RUNNING, Status.CREATED):
-            raise FailedPrecondition(f"cannot pause container {container_id!r}: it is {status}")
+        if status is not Status.RUNNING:
+            raise FailedPrecondition(f"cannot pause container {container_id!r}: it is {status}, not running")
         self._cgroup(record).freeze(True)
 
     def resume(self, container_id: str) -> None:
@@ -360,6 +368,8 @@ class Runtime:
         status = self._status(record)
         if status in (Status.RUNNING, Status.PAUSED) and not force:
             raise FailedPrecondition(f"cannot delete container {container_id!r} that is not stopped: {status}")
+        from skiff.runtime.spawn import kill_and_reap
+
         cgroup = self._cgroup(record)
         if status is Status.PAUSED:
             cgroup.freeze(False)  # a frozen process cannot die
@@ -368,7 +378,7 @@ class Runtime:
             alive.append(record.pid)
         # Without a PID namespace the init's death does not take the others with it, and
         # with one, its exit waits until every process in it is reaped: reap ours meanwhile.
-        _kill_and_reap(alive)
+        kill_and_reap(alive)
         _reap(record.pid)
         cgroup.destroy()
         self._warning_hooks("poststop", record)
@@ -421,31 +431,6 @@ class Runtime:
         return _wait_forwarding_signals(pid)
 
 
-def _kill(pid: int) -> None:
-    _kill_and_reap([pid])
-
-
-def _kill_and_reap(pids: list[int], timeout: float = 10.0) -> None:
-    """SIGKILL each, then wait until each is gone: reaped if it is our child (an init or an
-    `exec` process started by this runtime), else until the kernel has removed it."""
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    pending = set(pids)
-    deadline = time.monotonic() + timeout
-    while pending:
-        for pid in list(pending):
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                done = proc_start_time(pid) is None
-            if done:
-                pending.discard(pid)
-        if not pending or time.monotonic() > deadline:
-            return
-        time.sleep(0.001)
-
-
 def _wait_forwarding_signals(pid: int) -> int:
     """Wait for our child `pid`, passing on the signals a user sends to a foreground runtime."""
     forwarded = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
@@ -454,12 +439,19 @@ def _wait_forwarding_signals(pid: int) -> int:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
 
-    previous = {sig: signal.signal(sig, forward) for sig in forwarded}
+    try:
+        previous = {sig: signal.signal(sig, forward) for sig in forwarded}
+    except ValueError:  # not the main thread (a library caller's worker): nothing to forward
+        return _exit_code(os.waitpid(pid, 0)[1])
     try:
         _, status = os.waitpid(pid, 0)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    return _exit_code(status)
+
+
+def _exit_code(status: int) -> int:
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from skiff.errors import FailedPrecondition
 from skiff.oci.spec import Hook
+from skiff.runtime.plan import parse_env
 
 
 class HookError(FailedPrecondition):
@@ -22,7 +23,7 @@ def run_hooks(kind: str, hooks: tuple[Hook, ...], state_json: bytes) -> None:
 
     for hook in hooks:
         where = f"{kind} hook {hook.path}"
-        env = dict(pair.partition("=")[::2] for pair in hook.env)
+        env = parse_env(hook.env)
         try:
             done = subprocess.run(
                 list(hook.args or (hook.path,)), executable=hook.path, input=state_json, env=env,

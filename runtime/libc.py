@@ -84,6 +84,11 @@ _prctl = _libc.prctl
 _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
+# clone and clone3 go through a PyDLL binding, which keeps the GIL across the call: a CDLL
+# call releases it, and if another thread took it meanwhile the child (which has only this
+# thread) would wait for it forever. Even so, fork only from a single-threaded process.
+_clone_syscall = ctypes.PyDLL(None, use_errno=True).syscall
+_clone_syscall.restype = ctypes.c_long
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
@@ -146,7 +151,7 @@ def clone_parent() -> int:
     that the container's init is the runtime's own child even though an intermediate process
     made its namespaces. Raw syscall: the child must only do syscalls and exec."""
     return _check(
-        _syscall(_SYSCALLS["clone"], ctypes.c_ulong(CLONE_PARENT | SIGCHLD), ctypes.c_ulong(0),
+        _clone_syscall(_SYSCALLS["clone"], ctypes.c_ulong(CLONE_PARENT | SIGCHLD), ctypes.c_ulong(0),
                  ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)),
         "clone",
     )
@@ -166,7 +171,7 @@ def clone_into_cgroup(cgroup_fd: int) -> int:
     no window in which the child runs outside its cgroup, and no cgroup.procs write."""
     args = _CloneArgs(flags=CLONE_INTO_CGROUP, exit_signal=SIGCHLD, cgroup=cgroup_fd)
     return _check(
-        _syscall(_SYSCALLS["clone3"], ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args))),
+        _clone_syscall(_SYSCALLS["clone3"], ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args))),
         "clone3",
     )
 

@@ -8,6 +8,8 @@ that they are all owned by the new user namespace when one is made.
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass
 
 from skiff.errors import InvalidArgument
@@ -43,7 +45,7 @@ class NamespacePlan:
     join: tuple[tuple[int, str], ...] = ()        # (CLONE_NEW* flag, path), user first
     uid_map: str | None = None                    # uid_map text, written by the parent
     gid_map: str | None = None
-    root_in_userns: bool = False                  # uid and gid 0 are mapped: become them
+    root_in_userns: bool = False                  # a user ns is made (mapping 0) or joined: become its root
 
     @property
     def second_fork(self) -> bool:
@@ -91,7 +93,8 @@ def plan_namespaces(linux: Linux | None) -> NamespacePlan:
         join=tuple(join),
         uid_map=_id_map(linux.uid_mappings) if new_user else None,
         gid_map=_id_map(linux.gid_mappings) if new_user else None,
-        root_in_userns=new_user and _maps_root(linux.uid_mappings) and _maps_root(linux.gid_mappings),
+        root_in_userns=(new_user and _maps_root(linux.uid_mappings) and _maps_root(linux.gid_mappings))
+        or any(flag == libc.CLONE_NEWUSER for flag, _ in join),
     )
 
 
@@ -99,12 +102,23 @@ def plan_join(pid: int, types: tuple[LinuxNamespaceType, ...]) -> NamespacePlan:
     """`exec`: join every namespace the container has, through its init's /proc entries."""
     join = [(FLAGS[t], f"/proc/{pid}/ns/{PROC_NAMES[t]}") for t in types]
     join.sort(key=lambda j: j[0] != libc.CLONE_NEWUSER)
-    return NamespacePlan(join=tuple(join))
+    return NamespacePlan(join=tuple(join), root_in_userns=LinuxNamespaceType.USER in types)
 
 
 def write_id_maps(pid: int, plan: NamespacePlan) -> None:
-    """Parent side: the child cannot map ids beyond its own, the parent (root) can."""
-    for name, text in (("uid_map", plan.uid_map), ("gid_map", plan.gid_map)):
-        if text:
-            with open(f"/proc/{pid}/{name}", "w") as f:
-                f.write(text)
+    """Parent side: the child cannot map ids beyond its own, the parent (root) can. The
+    kernel takes each map in one write(2), and says what it refuses there."""
+    for name, field, text in (("uid_map", "linux.uidMappings", plan.uid_map),
+                              ("gid_map", "linux.gidMappings", plan.gid_map)):
+        if not text:
+            continue
+        path = f"/proc/{pid}/{name}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise InvalidArgument(f"{field}: write {path}: {(e.strerror or str(e)).lower()} "
+                                  f"({errno.errorcode.get(e.errno or 0, e.errno)})") from e

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from skiff.errors import InvalidArgument
-from skiff.oci.spec import Hook, Hooks, LinuxNamespaceType, Process, Spec
+from skiff.oci.spec import Hook, Hooks, Process, Spec
+from skiff.runtime import libc
 from skiff.runtime.capabilities import CapabilitySets, capability_sets
 from skiff.runtime.namespaces import NamespacePlan, plan_join, plan_namespaces
 from skiff.runtime.rootfs import RootfsPlan, plan_rootfs
@@ -66,7 +67,8 @@ class LaunchPlan:
     exec_fifo: tuple[int, str] | None  # (dirfd of the state dir, file name): wait there for `start`
 
 
-def _env(pairs: tuple[str, ...]) -> dict[str, str]:
+def parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
+    """KEY=VALUE entries to a dict (validation has checked their shape)."""
     env: dict[str, str] = {}
     for pair in pairs:
         key, _, value = pair.partition("=")
@@ -75,7 +77,7 @@ def _env(pairs: tuple[str, ...]) -> dict[str, str]:
 
 
 def hook_plans(hooks: tuple[Hook, ...]) -> tuple[HookPlan, ...]:
-    return tuple(HookPlan(path=h.path, args=h.args or (h.path,), env=_env(h.env),
+    return tuple(HookPlan(path=h.path, args=h.args or (h.path,), env=parse_env(h.env),
                           timeout=float(h.timeout) if h.timeout else None) for h in hooks)
 
 
@@ -93,7 +95,7 @@ def plan_process(process: Process, *, field: str = "process", seccomp: PreparedF
         rlimits.append((number, r.soft, r.hard))
     if process.terminal and console_fd is None:
         raise InvalidArgument(f"{field}.terminal: a terminal needs a console socket (--console-socket)")
-    env = _env(process.env)
+    env = parse_env(process.env)
     box = process.console_size
     return ProcessPlan(
         args=process.args,
@@ -130,8 +132,6 @@ def plan_create(spec: Spec, *, bundle: str, cgroup_mounts: list[tuple[str, str]]
     if spec.process is None:
         raise InvalidArgument("process: required to create a container")
     namespaces = plan_namespaces(spec.linux)
-    from skiff.runtime import libc
-
     if not namespaces.all & libc.CLONE_NEWNS:
         raise InvalidArgument("linux.namespaces: a mount namespace is required to set up the rootfs")
     hooks = spec.hooks or Hooks()
@@ -160,8 +160,6 @@ def plan_exec(spec: Spec, process: Process, *, init_pid: int, console_fd: int | 
     """A process joining a running container: its namespaces, no rootfs work, the container's
     seccomp profile (as runc does unless told otherwise)."""
     types = tuple(ns.type for ns in (spec.linux.namespaces if spec.linux else ()))
-    if LinuxNamespaceType.USER not in types:
-        types = tuple(t for t in types if t != LinuxNamespaceType.USER)
     return LaunchPlan(
         namespaces=plan_join(init_pid, types),
         rootfs=None,

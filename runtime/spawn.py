@@ -5,9 +5,11 @@ undo when anything fails. The child side is child.py.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import signal
 import socket
+import time
 from typing import Callable
 
 from skiff.errors import FailedPrecondition
@@ -15,6 +17,11 @@ from skiff.runtime import child, libc, sync
 from skiff.runtime.cgroups import CgroupDriver
 from skiff.runtime.namespaces import write_id_maps
 from skiff.runtime.plan import LaunchPlan
+from skiff.runtime.undo import Undo
+
+# clone3 errors that mean "this kernel or this caller's seccomp profile cannot do it": fall
+# back to fork + cgroup.procs. Others (EAGAIN from pids.max, EBUSY) are real answers.
+_CLONE3_UNSUPPORTED = (errno.ENOSYS, errno.E2BIG, errno.EINVAL, errno.EPERM, errno.EOPNOTSUPP)
 
 
 class ContainerInitError(FailedPrecondition):
@@ -27,51 +34,79 @@ class ContainerInitError(FailedPrecondition):
 
 def _fork(cgroup_fd: int | None) -> tuple[int, bool]:
     """(pid, joined the cgroup already). clone3 into the cgroup where the kernel can (v2,
-    Linux 5.7); on any error, fork and let the caller write cgroup.procs, as crun does."""
+    Linux 5.7); where it cannot, fork and let the caller write cgroup.procs, as crun does."""
     if cgroup_fd is not None:
         try:
             return libc.clone_into_cgroup(cgroup_fd), True
-        except OSError:
-            pass
+        except OSError as e:
+            if e.errno not in _CLONE3_UNSUPPORTED:
+                raise
     return os.fork(), False
 
 
-def _kill_and_reap(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
+def kill_and_reap(pids: list[int], timeout: float = 10.0) -> None:
+    """SIGKILL each, then wait until each is gone: reaped if it is our child, else until the
+    kernel has removed it (a zombie counts as gone: its reaper is not us)."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    pending = set(pids)
+    deadline = time.monotonic() + timeout
+    while pending:
+        for pid in list(pending):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = not _alive(pid)
+            if done:
+                pending.discard(pid)
+        if not pending or time.monotonic() > deadline:
+            return
+        time.sleep(0.001)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except FileNotFoundError:
+        return False
+    return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")
 
 
 def spawn(plan: LaunchPlan, cgroup: CgroupDriver | None,
           on_hooks: Callable[[int], bytes] | None = None) -> int:
-    """Start the plan's process and return its pid once it is ready: blocked on the exec fifo
-    for `create`, exec'ing for `exec`. `on_hooks(pid)` runs the parent's hooks and returns the
-    state JSON the container's own hooks get."""
+    """Start the plan's process and return its pid: for `create`, once it waits on the exec
+    fifo; for `exec`, once it has exec'd. `on_hooks(pid)` runs the parent's hooks and
+    returns the state JSON the container's own hooks get."""
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     cgroup_fd = cgroup.dirfd() if cgroup is not None else None
     try:
         pid, in_cgroup = _fork(cgroup_fd)
         if pid == 0:
-            child.main(plan, child_end.fileno(), parent_end.fileno())
+            try:
+                child.main(plan, child_end.fileno(), (parent_end.fileno(),) + (
+                    (cgroup_fd,) if cgroup_fd is not None else ()))
+            finally:
+                os._exit(127)  # whatever happens, never run the parent's code in the child
     finally:
         if cgroup_fd is not None:
             os.close(cgroup_fd)
         child_end.close()
-    with parent_end, contextlib.ExitStack() as undo:
-        undo.callback(_kill_and_reap, pid)
+    with parent_end, Undo() as undo:
+        undo.callback(kill_and_reap, [pid])
         if cgroup is not None and not in_cgroup:
             cgroup.add(pid)
         parent_end.send(sync.GO)
         init = _exchange(parent_end, pid, plan, on_hooks, undo)
         if init != pid:
             os.waitpid(pid, 0)  # the intermediate child exits once it has sent the init's pid
-        undo.pop_all()
+        undo.keep()
         return init
 
 
 def _exchange(sock: socket.socket, pid: int, plan: LaunchPlan,
-              on_hooks: Callable[[int], bytes] | None, undo: contextlib.ExitStack) -> int:
+              on_hooks: Callable[[int], bytes] | None, undo: Undo) -> int:
     init = pid
     while True:
         message = sock.recv(sync.MAX_MESSAGE)
@@ -82,7 +117,7 @@ def _exchange(sock: socket.socket, pid: int, plan: LaunchPlan,
         elif tag == sync.PID:
             init = sync.decode_pid(message)
             if init != pid:
-                undo.callback(_kill_and_reap, init)
+                undo.callback(kill_and_reap, [init])
         elif tag == sync.HOOKS:
             state = on_hooks(init) if on_hooks is not None else b""
             sock.send(sync.HOOKS_DONE + state)
@@ -91,16 +126,23 @@ def _exchange(sock: socket.socket, pid: int, plan: LaunchPlan,
         elif tag == sync.ERROR:
             failure = sync.decode_failure(message)
             raise ContainerInitError(failure.message(), failure)
+        elif plan.exec_fifo is None:
+            # `exec` sends no READY: the socket is close-on-exec, so EOF without an ERROR means
+            # execve happened (or the process was killed, which waiting for it will show).
+            return init
         else:
             raise ContainerInitError(f"container init exited before it was ready: {exit_status(init)}")
 
 
 def exit_status(pid: int) -> str:
-    """Reap our child `pid` and say how it ended."""
+    """How our child `pid` ended, without reaping it (the caller's undo reaps it, and must not
+    signal a pid that could already belong to another process)."""
     try:
-        done, status = os.waitpid(pid, 0)
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
     except ChildProcessError:
         return "exit status unknown"
-    if os.WIFSIGNALED(status):
-        return f"killed by signal {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exit status {os.WEXITSTATUS(status)}"
+    if info is None:
+        return "exit status unknown"
+    if info.si_code in (os.CLD_KILLED, os.CLD_DUMPED):
+        return f"killed by signal {signal.Signals(info.si_status).name}"
+    return f"exit status {info.si_status}"

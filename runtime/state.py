@@ -67,7 +67,8 @@ class StateStore:
         path = os.path.join(self.dir(record.id), STATE_FILE)
         tmp = path + ".tmp"
         fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
-        with open(tmp, "w") as f:
+        # 0600: the config holds the process's environment, secrets included
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "w") as f:
             json.dump(fields, f)  # shallow: asdict would deep-copy the whole config
         os.rename(tmp, path)
 

@@ -318,6 +318,22 @@ def test_readonly_root_and_masked_and_readonly_paths(containers: Containers) -> 
                                        "sh: can't create /proc/sys/vm/overcommit_memory: Read-only file system"]
 
 
+@pytest.mark.parametrize("propagation", [None, "rshared", "rprivate"])
+def test_rootfs_propagation(containers: Containers, propagation: str | None) -> None:
+    """The propagation of the container's "/" (mountinfo's optional fields). By default a
+    slave (of the host's mount where that is shared, else private): never shared back."""
+    def edit(c: dict[str, Any]) -> None:
+        c["linux"]["rootfsPropagation"] = propagation
+
+    root = next(line for line in containers.run("cat", "/proc/self/mountinfo", edit=edit).out.splitlines()
+                if line.split()[4] == "/")
+    optional = root.split(" - ")[0].split()[6:]
+    shared = any(field.startswith("shared:") for field in optional)
+    assert shared == (propagation == "rshared"), root
+    if propagation == "rprivate":
+        assert optional == []
+
+
 def test_sysctl_in_the_network_namespace(containers: Containers) -> None:
     host = Path("/proc/sys/net/ipv4/ip_forward").read_text()
 
@@ -479,3 +495,50 @@ def test_run_in_the_foreground_copies_its_own_terminal(containers: Containers) -
     result = containers.run("sh", "-c", "tty; echo done", edit=lambda c: c["process"].update(terminal=True))
     assert result.code == 0
     assert result.out.replace("\r", "").splitlines() == ["/dev/pts/0", "done"]
+
+
+@pytest.mark.parametrize("destination, link", [
+    ("/missing/../../../../../../tmp/{victim}", None),
+    ("/etc2/{victim}", "missing/../../../../../../tmp"),
+])
+def test_missing_parts_of_a_mount_target_cannot_climb_out(containers: Containers, destination: str,
+                                                          link: str | None) -> None:
+    rootfs = containers.bundle / "rootfs"
+    victim = f"skiff-escape-{os.getpid()}"
+    if link:
+        os.symlink(link, rootfs / "etc2")
+
+    def edit(c: dict[str, Any]) -> None:
+        c["mounts"].append({"destination": destination.format(victim=victim), "type": "tmpfs", "source": "tmpfs"})
+
+    assert containers.run("true", edit=edit).code == 0
+    assert not (Path("/tmp") / victim).exists()
+    assert (rootfs / "tmp" / victim).is_dir()
+
+
+def test_exec_reports_an_execve_failure(containers: Containers) -> None:
+    """The lookup runs as root; execve as the process's user is what can still fail, and
+    `exec` must say so instead of returning as if it ran."""
+    rootfs = containers.bundle / "rootfs"
+    (rootfs / "root-only").write_text("#!/bin/sh\necho should not run\n")
+    (rootfs / "root-only").chmod(0o700)
+    rt = containers.runtime
+    cid = containers.create("sleep", "60")
+    rt.start(cid)
+    process = _process(containers, "/root-only")
+    from dataclasses import replace
+
+    assert process.user is not None
+    with pytest.raises(ContainerInitError, match=r"execve: /root-only: permission denied \(EACCES\)"):
+        rt.exec(cid, replace(process, user=replace(process.user, uid=1000, gid=1000)))
+    rt.delete(cid, force=True)
+
+
+def test_a_cgroup_that_already_has_processes_is_refused(containers: Containers) -> None:
+    rt = containers.runtime
+    path = f"shared-{os.getpid()}"
+    first = containers.create("sleep", "60", edit=lambda c: c["linux"].update(cgroupsPath=path))
+    with pytest.raises(FailedPrecondition, match="its cgroup already has processes"):
+        containers.create("true", edit=lambda c: c["linux"].update(cgroupsPath=path))
+    assert rt.state(first).status is Status.CREATED  # the refused create took nothing of the first's
+    rt.delete(first)

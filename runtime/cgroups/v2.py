@@ -12,9 +12,9 @@ The hybrid driver (v1.py) reuses this class for the name-only group under
 driven.
 
 Device control on v2 is an eBPF program attached to the cgroup (BPF_CGROUP_DEVICE), not a
-file: skiff does not build one yet, so `linux.resources.devices` is not enforced on v2
-hosts (the container's /dev holds only the devices the spec lists, and no device nodes
-can be made without CAP_MKNOD).
+file: skiff does not build one yet, so `linux.resources.devices` is NOT enforced on v2
+hosts. The container's /dev holds only the devices the spec lists, but a process that keeps
+CAP_MKNOD (containerd's default set has it) can make and open any device node.
 """
 
 from __future__ import annotations

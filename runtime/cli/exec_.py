@@ -29,6 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from skiff.oci import load_process, parse_spec
+    from skiff.oci.spec import LinuxCapabilities
 
     rt = runtime(args)
     if args.process:
@@ -42,15 +43,20 @@ def run(args: argparse.Namespace) -> int:
         user = process.user
         if args.user:
             uid, _, gid = args.user.partition(":")
+            if not uid.isdigit() or (gid and not gid.isdigit()):
+                raise InvalidArgument(f"--user {args.user!r}: expected UID[:GID] as numbers")
             user = dataclasses.replace(user, uid=int(uid), gid=int(gid) if gid else user.gid)
         if args.additional_gids:
             user = dataclasses.replace(user, additional_gids=tuple(args.additional_gids))
         env = process.env + tuple(args.env)
-        caps = process.capabilities
-        if caps is not None and args.cap:
+        caps = process.capabilities or LinuxCapabilities()
+        if args.cap:
+            # as runc: ambient only where the container's config already raises inheritable
             extra = tuple(args.cap)
             caps = dataclasses.replace(caps, bounding=caps.bounding + extra, effective=caps.effective + extra,
-                                       permitted=caps.permitted + extra, ambient=caps.ambient + extra)
+                                       permitted=caps.permitted + extra,
+                                       ambient=caps.ambient + (extra if caps.inheritable else ()),
+                                       inheritable=caps.inheritable + (extra if caps.inheritable else ()))
         process = dataclasses.replace(process, user=user, env=env, cwd=args.cwd or process.cwd,
                                       capabilities=caps,
                                       no_new_privileges=process.no_new_privileges or args.no_new_privs)

@@ -13,7 +13,8 @@ import sys
 import time
 from typing import Any
 
-# command -> (module, one-line help); the module has add_arguments(parser) and run(args) -> int.
+# command -> one-line help; its module (MODULES, else the command's name) has
+# add_arguments(parser) and run(args) -> int.
 COMMANDS = {
     "create": "create a container",
     "start": "start a created container",
@@ -98,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except Exception as e:  # a bug: still one line for the log that containerd reads
+        log.error(f"internal error: {type(e).__name__}: {e}")
+        return 1
 
 
 def runtime(args: argparse.Namespace) -> Any:
