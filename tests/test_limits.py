@@ -119,3 +119,17 @@ def test_init_starts_inside_its_cgroup_with_clone3_and_without(containers: Conta
 
     monkeypatch.setattr(libc, "clone_into_cgroup", refuse)
     assert _cgroup_of_init(containers).endswith(f"/skiff/{containers.last_id}\n")
+
+
+def test_device_rules_deny_what_they_do_not_allow(containers: Containers, driver: str) -> None:
+    """Even with CAP_MKNOD, a device the rules do not allow can be neither made nor opened
+    (v1: devices.deny/allow; v2: a BPF_CGROUP_DEVICE program); the default devices work."""
+    def edit(c: dict[str, Any]) -> None:
+        caps = c["process"]["capabilities"]
+        for kind in ("bounding", "effective", "permitted"):
+            caps[kind] = caps[kind] + ["CAP_MKNOD"]
+
+    result = containers.run("sh", "-c", "mknod /dev/loopx b 7 0 && echo made; echo ok > /dev/null && echo null-ok",
+                            edit=edit)
+    assert "made" not in result.out and "Operation not permitted" in result.err
+    assert "null-ok" in result.out

@@ -12,9 +12,7 @@ The hybrid driver (v1.py) reuses this class for the name-only group under
 driven.
 
 Device control on v2 is an eBPF program attached to the cgroup (BPF_CGROUP_DEVICE), not a
-file: skiff does not build one yet, so `linux.resources.devices` is NOT enforced on v2
-hosts. The container's /dev holds only the devices the spec lists, but a process that keeps
-CAP_MKNOD (containerd's default set has it) can make and open any device node.
+file: devices.py compiles `linux.resources.devices` into one.
 """
 
 from __future__ import annotations
@@ -281,6 +279,10 @@ class V2Driver:
     def apply(self, resources: LinuxResources | None) -> None:
         if resources is not None:
             self.write_all(plan(resources, self.leaf))
+            if resources.devices and self.mode is CgroupMode.UNIFIED:
+                from skiff.runtime.cgroups.devices import attach_device_filter
+
+                attach_device_filter(self.leaf, resources.devices)
 
     def write_all(self, writes: list[tuple[str, str]]) -> None:
         needed = {name.split(".", 1)[0] for name, _ in writes} - {"cgroup"}
