@@ -65,6 +65,8 @@ FEATURES: dict[str, tuple[Callable[[], bool], str]] = {
     "busybox": (lambda: os.path.exists("/bin/busybox"), "/bin/busybox (Debian busybox-static)"),
     "runc": (lambda: shutil.which("runc") is not None, "runc on PATH"),
     "crun": (lambda: shutil.which("crun") is not None, "crun on PATH"),
+    "skopeo": (lambda: shutil.which("skopeo") is not None, "skopeo (Debian package skopeo)"),
+    "registry": (lambda: shutil.which("docker-registry") is not None, "docker-registry (Debian package docker-registry)"),
 }
 
 

@@ -1,0 +1,177 @@
+"""Images as a user sees them: pull, import, list, tag, remove, and a container's root
+filesystem made from an image's layers. The skiff CLI (and later the CRI service) uses this;
+it composes the content store, the registry client, the layer unpacker and snapshots.
+
+    <root>/content/          blobs and image records (store.py)
+    <root>/layers/sha256/<diff_id hex>/   each layer unpacked once, shared by every image
+    <root>/snapshots/<container id>/{upper,work,rootfs}   one overlay per container
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+from skiff.errors import FailedPrecondition, InvalidArgument
+from skiff.images import reference
+from skiff.images.store import ContentStore, ImageRecord
+from skiff.oci import image as oci
+
+DEFAULT_ROOT = "/var/lib/skiff"
+DEFAULT_PLATFORM = "linux/amd64" if os.uname().machine == "x86_64" else "linux/arm64"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResolvedImage:
+    name: str
+    digest: str               # of the platform manifest
+    manifest: oci.Manifest
+    image: oci.Image          # the config blob
+
+
+def normalize(name: str) -> str:
+    """`busybox` -> `docker.io/library/busybox:latest`, as records are keyed."""
+    ref = reference.parse(name)
+    if ref.tag is None and ref.digest is None:
+        ref = reference.Reference(domain=ref.domain, path=ref.path, tag="latest")
+    return str(ref)
+
+
+class Images:
+    def __init__(self, root: str = DEFAULT_ROOT) -> None:
+        self.root = root
+        self.store = ContentStore(os.path.join(root, "content"))
+        self.layers = os.path.join(root, "layers", "sha256")
+        self.snapshots = os.path.join(root, "snapshots")
+
+    # -- records -----------------------------------------------------------------------------
+
+    def pull(self, name: str, *, platform: str | None = None) -> ImageRecord:
+        from skiff.images import registry
+
+        result = registry.pull(normalize(name), self.store, platform=platform or DEFAULT_PLATFORM,
+                               progress=registry.default_progress())
+        return self.store.image(str(result.reference))
+
+    def resolve(self, name: str, *, platform: str | None = None) -> ResolvedImage:
+        record = self.store.image(normalize(name))
+        digest, media_type = record.digest, record.media_type
+        if media_type in oci.INDEX_MEDIA_TYPES:
+            from skiff.images.registry import parse_platform, select_platform
+
+            index = oci.parse_index(self.store.read(digest), source=f"{record.name}@{digest}")
+            chosen = select_platform(index, parse_platform(platform or DEFAULT_PLATFORM), source=record.name)
+            digest, media_type = chosen.digest, chosen.media_type
+        manifest = oci.parse_manifest(self.store.read(digest), source=f"{record.name}@{digest}")
+        image = oci.parse_image(self.store.read(manifest.config.digest), source=manifest.config.digest)
+        if len(image.rootfs.diff_ids) != len(manifest.layers):
+            raise InvalidArgument(f"image {record.name}: {len(manifest.layers)} layers but "
+                                  f"{len(image.rootfs.diff_ids)} diff_ids in its config")
+        return ResolvedImage(name=record.name, digest=digest, manifest=manifest, image=image)
+
+    def remove(self, name: str) -> ImageRecord:
+        """Forget the name; refused while a container's snapshot uses the image's layers."""
+        in_use = self._layers_in_use()
+        resolved = self.resolve(name)
+        if any(_hex(d) in in_use for d in resolved.image.rootfs.diff_ids):
+            raise FailedPrecondition(f"image {resolved.name} is in use by a container")
+        return self.store.remove_image(resolved.name)
+
+    def gc(self) -> list[str]:
+        """Blobs no image reaches, and unpacked layers no image or container uses."""
+        removed = self.store.gc()
+        keep = {_hex(d) for d in self.store.references().diff_ids} | self._layers_in_use()
+        for name in _listdir(self.layers):
+            if name not in keep and not name.startswith("."):
+                shutil.rmtree(os.path.join(self.layers, name))
+                removed.append(f"layer sha256:{name}")
+        return removed
+
+    # -- root filesystems ----------------------------------------------------------------------
+
+    def unpack(self, image: ResolvedImage) -> list[str]:
+        """The image's layer directories, bottom first, unpacking what is not yet there.
+        Each is unpacked into a temporary directory and renamed into place, so a crash or a
+        concurrent unpack of the same layer never leaves a half layer under its name."""
+        from skiff.images.unpack import unpack_layer
+
+        os.makedirs(self.layers, exist_ok=True)
+        dirs = []
+        for layer, diff_id in zip(image.manifest.layers, image.image.rootfs.diff_ids):
+            final = os.path.join(self.layers, _hex(diff_id))
+            if not os.path.isdir(final):
+                tmp = tempfile.mkdtemp(prefix=".unpack-", dir=self.layers)
+                try:
+                    got = unpack_layer(self.store.path(layer.digest), tmp, media_type=layer.media_type)
+                    if got != diff_id:
+                        raise InvalidArgument(f"layer {layer.digest}: its content is {got}, the image config says {diff_id}")
+                    try:
+                        os.rename(tmp, final)
+                    except OSError:  # another process unpacked it first: theirs is as good
+                        shutil.rmtree(tmp)
+                except BaseException:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    raise
+            dirs.append(final)
+        return dirs
+
+    def prepare(self, name: str, container_id: str) -> tuple[str, ResolvedImage]:
+        """A writable root filesystem for `container_id`: an overlay of the image's layers with
+        the container's own upper directory. Returns its path and the image."""
+        from skiff.images.snapshot import mount_overlay
+
+        resolved = self.resolve(name)
+        lower = list(reversed(self.unpack(resolved)))
+        snapshot = os.path.join(self.snapshots, container_id)
+        os.makedirs(self.snapshots, exist_ok=True)
+        try:
+            os.mkdir(snapshot)
+        except FileExistsError:
+            raise FailedPrecondition(f"container {container_id!r}: a snapshot of that name exists") from None
+        try:
+            for part in ("upper", "work", "rootfs"):
+                os.mkdir(os.path.join(snapshot, part))
+            with open(os.path.join(snapshot, "layers"), "w") as f:
+                f.write("\n".join(os.path.basename(d) for d in lower))
+            mount_overlay(lower, os.path.join(snapshot, "rootfs"), upper=os.path.join(snapshot, "upper"),
+                          work=os.path.join(snapshot, "work"))
+        except BaseException:
+            shutil.rmtree(snapshot, ignore_errors=True)
+            raise
+        return os.path.join(snapshot, "rootfs"), resolved
+
+    def release(self, container_id: str) -> None:
+        """Unmount and remove the container's snapshot; a missing one is fine."""
+        from skiff.images.snapshot import unmount
+
+        snapshot = os.path.join(self.snapshots, container_id)
+        if not os.path.isdir(snapshot):
+            return
+        unmount(os.path.join(snapshot, "rootfs"))
+        shutil.rmtree(snapshot)
+
+    def _layers_in_use(self) -> set[str]:
+        used: set[str] = set()
+        for container_id in _listdir(self.snapshots):
+            try:
+                with open(os.path.join(self.snapshots, container_id, "layers")) as f:
+                    used.update(f.read().split())
+            except FileNotFoundError:
+                continue
+        return used
+
+
+def _hex(digest: str) -> str:
+    algorithm, _, value = digest.partition(":")
+    if algorithm != "sha256" or len(value) != 64:
+        raise InvalidArgument(f"digest {digest!r}: expected sha256:<64 hex digits>")
+    return value
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []

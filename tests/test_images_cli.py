@@ -1,0 +1,95 @@
+"""`skiff` with images end to end: build, list, inspect, tag, export/import, run, rmi."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from skiff.demo import make_rootfs
+from skiff.errors import FailedPrecondition
+
+pytestmark = pytest.mark.requires("busybox")
+
+SKIFF = os.path.join(os.path.dirname(sys.executable), "skiff")
+
+
+class Skiff:
+    def __init__(self, tmp: Path) -> None:
+        self.env = dict(os.environ, SKIFF_ROOT=str(tmp / "images"), SKIFF_STATE=str(tmp / "state"))
+        self.root = tmp / "images"
+
+    def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([SKIFF, *args], env=self.env, capture_output=True, text=True, timeout=120)
+        if check and done.returncode != 0:
+            raise AssertionError(f"skiff {' '.join(args)}: exit {done.returncode}: {done.stderr}")
+        return done
+
+
+@pytest.fixture
+def skiff(tmp_path: Path) -> Skiff:
+    s = Skiff(tmp_path)
+    src = tmp_path / "src"
+    make_rootfs(str(src))
+    s("build", str(src), "-t", "localhost/box:1", "--cmd", '["sh", "-c", "echo hi from $(hostname); exit 3"]',
+      "--env", "PATH=/bin", "--env", "GREETING=hello")
+    return s
+
+
+def test_build_list_inspect_tag(skiff: Skiff) -> None:
+    assert skiff("images").stdout.splitlines()[1].split()[0] == "localhost/box:1"
+    inspected = json.loads(skiff("inspect", "localhost/box:1").stdout)
+    assert inspected["config"]["config"]["Env"] == ["PATH=/bin", "GREETING=hello"]
+    assert len(inspected["manifest"]["layers"]) == 1
+    skiff("tag", "localhost/box:1", "localhost/box:2")
+    names = [line.split()[0] for line in skiff("images").stdout.splitlines()[1:]]
+    assert names == ["localhost/box:1", "localhost/box:2"]
+    missing = skiff("inspect", "localhost/nothing", check=False)
+    assert missing.returncode == 1 and "image 'localhost/nothing:latest' not found" in missing.stderr
+
+
+def test_run_gives_the_containers_output_and_exit_code(skiff: Skiff) -> None:
+    done = skiff("run", "localhost/box:1", check=False)
+    assert (done.returncode, done.stdout) == (3, "hi from runc\n")
+    done = skiff("run", "-e", "GREETING=bye", "--memory", "64m", "localhost/box:1", "sh", "-c",
+                 "echo $GREETING; touch /new && echo writable")
+    assert done.stdout == "bye\nwritable\n"
+    assert os.listdir(skiff.root / "snapshots") == []  # the container's snapshot went with it
+
+
+def test_export_rmi_import_run(skiff: Skiff, tmp_path: Path) -> None:
+    archive = tmp_path / "box.tar"
+    skiff("run", "localhost/box:1", check=False)  # unpacks its layer
+    assert len(os.listdir(skiff.root / "layers" / "sha256")) == 1
+    skiff("export", "localhost/box:1", str(archive))
+    skiff("rmi", "localhost/box:1")
+    assert skiff("images").stdout.splitlines()[1:] == []
+    assert os.listdir(skiff.root / "layers" / "sha256") == []  # gc took the unpacked layer too
+    skiff("import", str(archive), "localhost/again:1")
+    assert skiff("run", "localhost/again:1", check=False).returncode == 3
+
+
+@pytest.mark.requires("skopeo")
+def test_skopeo_reads_what_skiff_exports(skiff: Skiff, tmp_path: Path) -> None:
+    layout = tmp_path / "layout"
+    skiff("export", "--layout", "localhost/box:1", str(layout))
+    done = subprocess.run(["skopeo", "inspect", f"oci:{layout}:1"], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout)["Env"] == ["PATH=/bin", "GREETING=hello"]
+
+
+def test_an_image_in_use_cannot_be_removed(skiff: Skiff) -> None:
+    from skiff.images.service import Images
+
+    images = Images(str(skiff.root))
+    rootfs, _ = images.prepare("localhost/box:1", "user")
+    try:
+        assert os.path.exists(os.path.join(rootfs, "bin", "busybox"))
+        with pytest.raises(FailedPrecondition, match="in use by a container"):
+            images.remove("localhost/box:1")
+    finally:
+        images.release("user")
+    images.remove("localhost/box:1")
