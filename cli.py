@@ -239,6 +239,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    except OSError as e:
+        print(f"skiff: {e.filename + ': ' if e.filename else ''}{(e.strerror or str(e)).lower()}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

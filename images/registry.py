@@ -84,6 +84,11 @@ class ContentError(InvalidArgument):
     """What the registry sent does not match its digest or size."""
 
 
+class _StaleIngest(InvalidArgument):
+    """A resumed download did not verify: the kept partial was bad, not necessarily the
+    registry."""
+
+
 # -- what pull writes to -------------------------------------------------------------------
 
 class BlobWriter(Protocol):
@@ -379,8 +384,8 @@ class Client:
         raise RegistryUnavailableError(f"{method} {url}: more than {_REDIRECTS} redirects")
 
     def request(self, ep: Endpoint, method: str, path: str, *, repository: str,
-                headers: dict[str, str] | None = None, body: bytes | None = None,
-                ok_statuses: Sequence[int] = ()) -> http.client.HTTPResponse:
+                headers: dict[str, str] | None = None,
+                body: bytes | None = None) -> http.client.HTTPResponse:
         """`method ep.base+path` with auth, retries and backoff. Returns the response of the
         first attempt that is not a 5xx/429 (callers check 4xx), unread."""
         url = path if "://" in path else ep.base + path
@@ -450,8 +455,9 @@ class Client:
                             skip_verify=ep.skip_verify, ca_file=ep.ca_file)
         headers = {"Authorization": basic} if basic else {}
         parts = urllib.parse.urlsplit(url)
-        if parts.netloc != ep.netloc:
-            token_ep = Endpoint(registry=ep.registry, scheme=parts.scheme, netloc=parts.netloc)
+        if parts.netloc != ep.netloc:  # another host: the configured CA still counts, skip_verify not
+            token_ep = Endpoint(registry=ep.registry, scheme=parts.scheme, netloc=parts.netloc,
+                                ca_file=ep.ca_file)
         for attempt in range(self.retries + 1):
             try:
                 resp = self._once("GET", url, headers, None, token_ep)
@@ -560,7 +566,11 @@ class Client:
             return
         for i, ep in enumerate(endpoints):
             try:
-                self._download(ep, repository, desc, store, progress)
+                try:
+                    self._download(ep, repository, desc, store, progress)
+                except _StaleIngest:
+                    # the store deleted the bad partial at commit: once more from zero
+                    self._download(ep, repository, desc, store, progress)
                 progress.finish(desc.digest)
                 return
             except (NotFound, Unavailable):
@@ -573,7 +583,7 @@ class Client:
         shown = f"{ep.base}{path}"
         with store.writer(expected_digest=desc.digest, expected_size=desc.size,
                           resume_key=desc.digest) as w:
-            done = w.offset
+            done = resumed = w.offset
             progress.start(desc.digest, desc.size, done)
             failures = 0
             while True:
@@ -616,7 +626,12 @@ class Client:
                     raise RegistryUnavailableError(
                         f"{shown}: download failed after {failures} attempts: {reason}")
                 time.sleep(self.backoff * (2 ** (failures - 1)))
-            w.commit()
+            try:
+                w.commit()
+            except InvalidArgument as e:
+                if resumed:
+                    raise _StaleIngest(str(e)) from e
+                raise
 
     def push_blob(self, ep: Endpoint, repository: str, digest: str, data: BinaryIO,
                   size: int) -> None:
@@ -719,7 +734,8 @@ def push(ref: str | Reference, store: ContentStore, manifest_digest: str, *,
         with store.open(manifest_digest) as f:
             body = f.read()
         source = f"{reference.name}@{manifest_digest}"
-        media_type = _media_type(body, None, source)
+        # mediaType is optional in an OCI manifest: without it, it is one
+        media_type = _media_type(body, oci.MEDIA_TYPE_OCI_MANIFEST, source)
         if media_type not in oci.MANIFEST_MEDIA_TYPES:
             raise UnsupportedMediaTypeError(f"{source}: push takes an image manifest, not {media_type}")
         manifest = oci.parse_manifest(body, source=source)
