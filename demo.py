@@ -51,22 +51,33 @@ def make_bundle(bundle: str, args: tuple[str, ...] = ("sh",), *, terminal: bool 
 
 
 def main() -> int:
+    """Build a busybox image, then run it twice: once from an OCI bundle with skiff-runc (the
+    runtime alone), once as an image with `skiff run` (store, layers, overlay snapshot)."""
     if not os.path.exists(BUSYBOX):
         print(f"skiff demo: {BUSYBOX} is missing (Debian package busybox-static)", file=sys.stderr)
         return 1
-    runc = os.path.join(os.path.dirname(sys.executable), "skiff-runc")
+    bin_dir = os.path.dirname(sys.executable)
+    script = ('echo "hello from a skiff container: pid $$, hostname $(hostname)"; '
+              'echo "mounts:"; cut -d" " -f2,3 /proc/self/mounts | sed "s/^/  /"; '
+              'echo "capabilities: $(grep CapEff /proc/self/status)"')
     with tempfile.TemporaryDirectory(prefix="skiff-demo-") as tmp:
-        bundle = make_bundle(os.path.join(tmp, "bundle"), (
-            "sh", "-c",
-            'echo "hello from a skiff container: pid $$, hostname $(hostname)"; '
-            'echo "mounts:"; cat /proc/self/mounts | cut -d" " -f2,3 | sed "s/^/  /"; '
-            'echo "capabilities: $(grep CapEff /proc/self/status)"; ls /sys/fs/cgroup'))
+        bundle = make_bundle(os.path.join(tmp, "bundle"), ("sh", "-c", script))
         print(f"$ skiff-runc run --bundle {bundle} demo")
         sys.stdout.flush()
-        code = subprocess.run([runc, "--root", os.path.join(tmp, "state"), "run", "--bundle", bundle,
-                               f"skiff-demo-{os.getpid()}"]).returncode
+        code = subprocess.run([os.path.join(bin_dir, "skiff-runc"), "--root", os.path.join(tmp, "state"), "run",
+                               "--bundle", bundle, f"skiff-demo-{os.getpid()}"]).returncode
+        print(f"container exited with status {code}\n")
+        env = dict(os.environ, SKIFF_ROOT=os.path.join(tmp, "images"), SKIFF_STATE=os.path.join(tmp, "state"))
+        skiff = os.path.join(bin_dir, "skiff")
+        for argv in (["build", os.path.join(bundle, "rootfs"), "-t", "localhost/busybox:demo", "--cmd", '["sh"]'],
+                     ["images"],
+                     ["run", "--rm", "-e", "WHO=an image", "localhost/busybox:demo", "sh", "-c",
+                      'echo "hello from $WHO: $(cat /proc/self/mounts | head -1)"; exit 7']):
+            print("$ skiff " + " ".join(argv))
+            sys.stdout.flush()
+            code = subprocess.run([skiff, *argv], env=env).returncode
         print(f"container exited with status {code}")
-        return code
+        return 0 if code == 7 else 1
 
 
 if __name__ == "__main__":

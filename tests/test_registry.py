@@ -445,3 +445,18 @@ def test_fake_bearer_with_credentials(fake_app: tuple[FakeRegistry, object], tmp
     with Client(good, retries=0) as client:
         result = pull(f"{fake.host}/test/app:v1", _store(tmp_path / "b"), client=client)
     assert result.digest == img.manifest_digest  # type: ignore[attr-defined]
+
+
+def test_bad_partial_is_refetched(fake_app: tuple[FakeRegistry, object], tmp_path: Path) -> None:
+    """A kept partial download that is wrong fails at commit; the pull starts that blob over."""
+    fake, img = fake_app
+    layer = img.layer_digests[0]  # type: ignore[attr-defined]
+    size = len(fake.blobs[layer])
+    store = _store(tmp_path)
+    with store.writer(expected_digest=layer, expected_size=size, resume_key=layer) as w:
+        w.write(b"\0" * 1000)  # left without commit: kept for resuming
+    with _fast(fake) as client:
+        pull(f"{fake.host}/test/app:v1", store, client=client)
+    assert store.read(layer) == fake.blobs[layer]
+    ranges = [r[2].get("Range") for r in fake.requests if r[1].endswith(layer)]
+    assert ranges == ["bytes=1000-", None]
