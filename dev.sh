@@ -16,8 +16,8 @@ base_packages=(python3 python3-venv python3-dev gcc libcap-dev libseccomp2 busyb
                iproute2 procps)
 # What the tests and benchmarks add: the peers measured against; QEMU for the v2 VM (its
 # kernel is unpacked from Debian's linux-image package by tests/vm, not installed); a local
-# registry (docker-registry, skopeo to push to it, openssl for its TLS certificate).
-test_packages=(runc crun qemu-system-x86 cpio kmod skopeo docker-registry openssl)
+# registry (docker-registry; skopeo to push to it; openssl and htpasswd for TLS and basic auth).
+test_packages=(runc crun qemu-system-x86 cpio kmod skopeo docker-registry openssl apache2-utils)
 
 need_root() { [ "$(id -u)" = 0 ] || { echo "dev.sh: run as root (skiff creates namespaces and cgroups)" >&2; exit 1; }; }
 

@@ -337,12 +337,14 @@ class Client:
                 self._contexts[key] = ctx
             return ctx
 
-    def _conn(self, scheme: str, netloc: str, ep: Endpoint | None) -> http.client.HTTPConnection:
+    def _conn(self, scheme: str, netloc: str,
+              ep: Endpoint | None) -> tuple[http.client.HTTPConnection, bool]:
+        """This thread's connection to `netloc`, and whether it was used before."""
         key = (threading.get_ident(), scheme, netloc)
         with self._lock:
             conn = self._conns.get(key)
         if conn is not None:
-            return conn
+            return conn, True
         if scheme == "https":
             conn = http.client.HTTPSConnection(netloc, timeout=self.timeout, context=self._context(ep))
         elif scheme == "http":
@@ -351,7 +353,7 @@ class Client:
             raise InvalidArgument(f"url scheme {scheme!r}: only http and https")
         with self._lock:
             self._conns[key] = conn
-        return conn
+        return conn, False
 
     def _drop(self, scheme: str, netloc: str) -> None:
         with self._lock:
@@ -365,15 +367,19 @@ class Client:
         for _ in range(_REDIRECTS + 1):
             parts = urllib.parse.urlsplit(url)
             same = parts.netloc == ep.netloc
-            conn = self._conn(parts.scheme, parts.netloc, ep if same else None)
             target = parts.path + (f"?{parts.query}" if parts.query else "")
             sent = headers if same else {k: v for k, v in headers.items() if k != "Authorization"}
-            try:
-                conn.request(method, target, body=body, headers=sent)
-                resp = conn.getresponse()
-            except (OSError, http.client.HTTPException):
-                self._drop(parts.scheme, parts.netloc)
-                raise
+            while True:
+                conn, reused = self._conn(parts.scheme, parts.netloc, ep if same else None)
+                try:
+                    conn.request(method, target, body=body, headers=sent)
+                    resp = conn.getresponse()
+                    break
+                except (OSError, http.client.HTTPException):
+                    self._drop(parts.scheme, parts.netloc)
+                    if not reused:
+                        raise
+                    # the server closed an idle keep-alive connection: a fresh one, no backoff
             if resp.status in (301, 302, 303, 307, 308) and resp.getheader("Location"):
                 resp.read()
                 url = urllib.parse.urljoin(url, resp.getheader("Location", ""))
@@ -615,8 +621,14 @@ class Client:
                         w.write(chunk)
                         done += len(chunk)
                         progress.advance(desc.digest, len(chunk))
+                        if done == desc.size:
+                            break
                     if done >= desc.size:
-                        break
+                        if resp.read(1):
+                            self._drop(ep.scheme, ep.netloc)
+                            raise ContentError(f"{shown}: more than the {desc.size} bytes the "
+                                               "manifest says")
+                        break  # the read marked the response done: the connection is reusable
                     reason = f"body ended at {done} of {desc.size} bytes"
                 except (OSError, http.client.HTTPException) as e:
                     reason = _describe(e)

@@ -23,6 +23,8 @@ Why each step (containerd `core/content/local/writer.go` and `store.go` work the
 - gc deletes what no image reaches. A blob just written is reached by nothing until its
   image is recorded, so whoever writes blobs holds the store (`hold()`, and every writer
   does) and gc waits for all holders: a pull wraps its blobs and `put_image` in one hold().
+  The hold is a flock on an fd that is close-on-exec, but a child forked (not exec'd) while
+  a hold is open shares it, and keeps gc waiting until the child exits.
 """
 
 from __future__ import annotations
@@ -42,7 +44,13 @@ from datetime import datetime, timezone
 from types import TracebackType
 from typing import TYPE_CHECKING, BinaryIO
 
-from skiff.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from skiff.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from skiff.oci import image as oci_image
 
 if TYPE_CHECKING:
@@ -107,7 +115,10 @@ def check_digest(digest: str) -> str:
     reason = oci_image.digest_error(digest)
     if reason is None and not digest.startswith("sha256:"):
         algorithm = digest.partition(":")[0]
-        reason = f"invalid digest {json.dumps(digest)}: unsupported algorithm {json.dumps(algorithm)}, the store keeps sha256 only"
+        reason = (
+            f"invalid digest {json.dumps(digest)}: unsupported algorithm {json.dumps(algorithm)},"
+            " the store keeps sha256 only"
+        )
     if reason is not None:
         raise InvalidDigestError(reason)
     return digest[len("sha256:") :]
@@ -176,7 +187,9 @@ class BlobWriter:
                 os.close(fd)  # committed or collected between our open and our lock
         path = os.path.join(ingest, "t-" + secrets.token_hex(16))
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-        fcntl.flock(fd, fcntl.LOCK_EX)  # so gc does not take it for abandoned
+        # no other process knows the name yet, so this cannot block; it marks the file
+        # as live for gc's abandoned-ingest sweep
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return path, fd, False
 
     def _rehash(self) -> int:
@@ -211,6 +224,12 @@ class BlobWriter:
                 view = view[n:]
                 self.size += n
         except OSError as e:
+            # the hash now runs ahead of the file: this writer is done. What reached the
+            # file is a true prefix, so a resumable ingest stays for the next writer, unless
+            # the disk is full: then its space is worth more than the bytes
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                self._discard()
+            self.close()
             raise _os_error(f"write {self._path}", e) from e
 
     def commit(self) -> str:
@@ -221,8 +240,9 @@ class BlobWriter:
         actual = "sha256:" + self._hash.hexdigest()
         if self._expected_size is not None and self.size != self._expected_size:
             self._discard()
+            name = self._expected_digest or actual
             raise SizeMismatchError(
-                f"blob {self._expected_digest or actual}: truncated, {self.size} of {self._expected_size} bytes"
+                f"blob {name}: truncated, {self.size} of {self._expected_size} bytes"
             )
         if self._expected_digest is not None and actual != self._expected_digest:
             self._discard()
@@ -338,6 +358,13 @@ class ContentStore:
         )
 
     def put(self, data: bytes, expected_digest: str | None = None) -> str:
+        if expected_digest is not None and self.has(expected_digest):
+            # stored already: skip the write and fsync, but the caller's bytes must still
+            # be what they claim, or a caller would go on to use bytes that are not the blob
+            actual = "sha256:" + hashlib.sha256(data).hexdigest()
+            if actual != expected_digest:
+                raise DigestMismatchError(expected_digest, actual)
+            return actual
         with self.writer(expected_digest=expected_digest, expected_size=None) as w:
             w.write(data)
             return w.commit()
@@ -386,19 +413,29 @@ class ContentStore:
     def _db(self) -> Iterator[sqlite3.Connection]:
         import sqlite3  # only callers that touch records pay for it
 
-        db = sqlite3.connect(self._db_path, timeout=30, isolation_level=None)
         try:
-            if not self._schema_ready:
-                self._migrate(db)
-            db.execute("BEGIN IMMEDIATE")
+            db = sqlite3.connect(self._db_path, timeout=30, isolation_level=None)
             try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        finally:
-            db.close()
+                if not self._schema_ready:
+                    self._migrate(db)
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield db
+                except BaseException:
+                    if db.in_transaction:  # sqlite may have rolled back already (SQLITE_FULL)
+                        db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            finally:
+                db.close()
+        except sqlite3.Error as e:
+            reason = f"{self._db_path}: {e}"
+            name = getattr(e, "sqlite_errorname", "")
+            if name == "SQLITE_FULL":
+                raise ResourceExhausted(reason) from e
+            if name in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+                raise Unavailable(reason) from e
+            raise
 
     def _migrate(self, db: sqlite3.Connection) -> None:
         db.execute("BEGIN IMMEDIATE")
@@ -415,7 +452,8 @@ class ContentStore:
                 )
                 db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
         self._schema_ready = True

@@ -230,7 +230,7 @@ def multi_platform_layout(layout: Path, tag: str) -> tuple[str, dict[str, BuiltI
 
 
 def skopeo_copy(layout: Path, tag: str, reg: Registry, dest: str, *, all_images: bool = False,
-                tmp: Path) -> None:
+                tmp: Path, extra: tuple[str, ...] = ()) -> None:
     """skopeo copy oci:<layout>:<tag> docker://<reg>/<dest>, with an empty blob-info cache
     dir and auth file of the test's own."""
     args = ["skopeo", "copy", "--quiet", "--dest-tls-verify=false",
@@ -239,6 +239,7 @@ def skopeo_copy(layout: Path, tag: str, reg: Registry, dest: str, *, all_images:
         args += ["--dest-creds", f"{reg.username}:{reg.password}"]
     if all_images:
         args.append("--all")
+    args += extra
     args += [f"oci:{layout}:{tag}", f"docker://{reg.host}/{dest}"]
     (tmp / "skopeo-auth.json").write_text("{}")
     env = dict(os.environ, HOME=str(tmp), XDG_RUNTIME_DIR=str(tmp))
@@ -272,6 +273,7 @@ class FakeRegistry:
     stalled: threading.Event = field(default_factory=threading.Event)  # a stall has begun
     release: threading.Event = field(default_factory=threading.Event)  # ends every stall
     max_parallel: int = 0                                 # most blob GETs at once
+    parallel_gate: int = 0                                # blob GETs wait for this many at once
     _active: int = 0
     redirect_blobs: bool = False                          # blobs via a 307 to /cdn/<digest>
     token: str | None = None                              # Bearer auth with this token
@@ -292,7 +294,7 @@ class FakeRegistry:
 
 
 def _handler(fake: FakeRegistry) -> type[http.server.BaseHTTPRequestHandler]:
-    lock = threading.Lock()
+    lock = threading.Condition()
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -358,6 +360,10 @@ def _handler(fake: FakeRegistry) -> type[http.server.BaseHTTPRequestHandler]:
             with lock:
                 fake._active += 1
                 fake.max_parallel = max(fake.max_parallel, fake._active)
+                lock.notify_all()
+                # hold each download until enough run at once (or time out): the test then
+                # sees the client's concurrency, not how fast the first layer happened to go
+                lock.wait_for(lambda: fake.max_parallel >= fake.parallel_gate, timeout=5)
             try:
                 self._blob_body(digest)
             finally:

@@ -12,12 +12,14 @@ import multiprocessing
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from skiff.errors import FailedPrecondition, InvalidArgument, NotFound
+from skiff.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from skiff.images.store import (
     BlobNotFoundError,
     ContentStore,
@@ -63,6 +65,9 @@ def test_put_and_read(tmp_path: Path) -> None:
         assert f.read() == data
     assert store.size(digest) == len(data)
     assert store.put(data) == digest  # again, without a digest to check against
+    assert store.put(data, digest) == digest  # again, already there
+    with pytest.raises(DigestMismatchError):
+        store.put(b"other bytes", digest)
     assert blob_files(tmp_path) == [digest[7:]]
     assert ingests(tmp_path) == []
 
@@ -196,9 +201,31 @@ def test_dropping_a_writer_without_resume_key_leaves_nothing(tmp_path: Path) -> 
     assert ingests(tmp_path) == [] and blob_files(tmp_path) == []
 
 
-def _write_same_blob(root: str, data: bytes, barrier: object, out: str) -> None:
+def test_a_full_disk_is_resource_exhausted_and_leaves_nothing(tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "skiff-test", str(small)], check=True)
+    try:
+        store = ContentStore(str(small))
+        data = os.urandom(2 << 20)
+        with store.writer(expected_digest=sha(data), resume_key=sha(data)) as w:
+            with pytest.raises(ResourceExhausted, match="no space left on device \\(ENOSPC\\)"):
+                w.write(data)
+            with pytest.raises(FailedPrecondition):
+                w.commit()
+        assert blob_files(small) == [] and ingests(small) == []  # its space freed
+        with open(small / "filler", "wb") as f:
+            with pytest.raises(OSError):
+                f.write(os.urandom(2 << 20))
+        with pytest.raises(ResourceExhausted, match="images.db: database or disk is full"):
+            store.images()
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def _write_same_blob(root: str, data: bytes, go: object, out: str) -> None:
     store = ContentStore(root)
-    barrier.wait()  # type: ignore[attr-defined]
+    go.wait()  # type: ignore[attr-defined]
     with store.writer(expected_digest=sha(data), expected_size=len(data), resume_key=sha(data)) as w:
         for i in range(w.offset, len(data), 1 << 16):
             w.write(data[i : i + (1 << 16)])
@@ -209,13 +236,14 @@ def test_two_processes_write_the_same_blob(tmp_path: Path) -> None:
     root = tmp_path / "store"
     data = os.urandom(8 << 20)
     ContentStore(str(root))
-    barrier = _fork.Barrier(2)
+    go = _fork.Event()  # not a Barrier: its shared memory outlives the test
     procs = [
-        _fork.Process(target=_write_same_blob, args=(str(root), data, barrier, str(tmp_path / f"out{i}")))
+        _fork.Process(target=_write_same_blob, args=(str(root), data, go, str(tmp_path / f"out{i}")))
         for i in range(2)
     ]
     for p in procs:
         p.start()
+    go.set()
     for p in procs:
         p.join(60)
         assert p.exitcode == 0
@@ -374,25 +402,60 @@ def test_gc_clears_abandoned_ingests(tmp_path: Path) -> None:
     assert ingests(tmp_path) == []
 
 
-def _gc_in_child(root: str) -> None:
-    ContentStore(root).gc()
-
-
 def test_gc_waits_for_holders(tmp_path: Path) -> None:
     store = ContentStore(str(tmp_path))
+    # exec'd, not forked: a forked child would inherit our hold's lock and wait on itself
+    gc = [sys.executable, "-c", f"from skiff.images.store import ContentStore; ContentStore({str(tmp_path)!r}).gc()"]
     with store.hold():
         digest = store.put(b"not yet referenced")
-        p = _fork.Process(target=_gc_in_child, args=(str(tmp_path),))
-        p.start()
-        p.join(0.5)
-        assert p.is_alive()  # blocked on our hold
-        assert store.has(digest)
-        with pytest.raises(FailedPrecondition, match="held by a writer in this process"):
-            store.gc()
-    p.join(30)
-    assert p.exitcode == 0
-    p.close()
+        child = subprocess.Popen(gc)
+        try:
+            with pytest.raises(subprocess.TimeoutExpired):
+                child.wait(1)  # blocked on our hold
+            assert store.has(digest)
+            with pytest.raises(FailedPrecondition, match="held by a writer in this process"):
+                store.gc()
+        except BaseException:
+            child.kill()
+            child.wait()
+            raise
+    assert child.wait(30) == 0
     assert not store.has(digest)
+
+
+def _pull_and_collect(root: str, role: int, go: object) -> None:
+    store = ContentStore(root)
+    go.wait()  # type: ignore[attr-defined]
+    for i in range(15):
+        if role == 2:
+            store.gc()
+            continue
+        with store.hold():  # as a pull does: blobs, then the record that reaches them
+            manifest, _ = make_image(store, [LAYER_A, f"layer {i % 3}".encode()])
+            store.put_image(f"img{role}-{i}", manifest, oi.MEDIA_TYPE_OCI_MANIFEST)
+        store.put(f"garbage {role} {i}".encode())
+
+
+def test_pulls_and_gc_in_parallel_keep_the_store_whole(tmp_path: Path) -> None:
+    go = _fork.Event()
+    procs = [_fork.Process(target=_pull_and_collect, args=(str(tmp_path), role, go)) for role in range(3)]
+    for p in procs:
+        p.start()
+    go.set()
+    for p in procs:
+        p.join(120)
+        assert p.exitcode == 0
+        p.close()
+    store = ContentStore(str(tmp_path))
+    assert len(store.images()) == 30
+    for record in store.images():  # gc took nothing an image needs
+        manifest = oi.parse_manifest(store.read(record.digest))
+        assert all(store.has(d.digest) for d in (manifest.config, *manifest.layers))
+    for digest in store.blobs():
+        assert sha(store.read(digest)) == digest
+    live = store.references().blobs
+    store.gc()
+    assert set(store.blobs()) == live and ingests(tmp_path) == []
 
 
 # --- models ------------------------------------------------------------------------------

@@ -374,11 +374,12 @@ def test_fake_layers_concurrently(fake_registry: FakeRegistry, tmp_path: Path) -
     img = add_image(tmp_path / "layout", files={"a": os.urandom(2_000_000)},
                     more_layers=tuple({f"l{i}": os.urandom(2_000_000)} for i in range(5)))
     fake.add_image("test/app", "v1", img)
+    fake.parallel_gate = 4
     store = _store(tmp_path)
     with _fast(fake) as client:
         pull(f"{fake.host}/test/app:v1", store, client=client, workers=4)
     assert all(store.has(d) for d in img.layer_digests)
-    assert 1 < fake.max_parallel <= 4
+    assert fake.max_parallel == 4
 
 
 _PULL_SCRIPT = """
@@ -460,3 +461,29 @@ def test_bad_partial_is_refetched(fake_app: tuple[FakeRegistry, object], tmp_pat
     assert store.read(layer) == fake.blobs[layer]
     ranges = [r[2].get("Range") for r in fake.requests if r[1].endswith(layer)]
     assert ranges == ["bytes=1000-", None]
+
+
+def test_pull_docker_schema2(registry: Registry, tmp_path: Path) -> None:
+    """skopeo --format v2s2 rewrites the image as a Docker schema 2 manifest."""
+    img = single_image_layout(tmp_path / "layout", "v1", {"docker": b"v2s2\n"})
+    skopeo_copy(tmp_path / "layout", "v1", registry, "test/docker:v1", tmp=tmp_path,
+                extra=("--format", "v2s2"))
+    store = _store(tmp_path)
+    result = pull(f"{registry.host}/test/docker:v1", store, config=_plain(registry))
+    assert result.media_type == "application/vnd.docker.distribution.manifest.v2+json"
+    assert result.manifest.layers[0].media_type == \
+        "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    assert store.read(img.layer_digests[0]) == img.blobs[img.layer_digests[0]]
+
+
+def test_progress_on_a_terminal() -> None:
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+    out = Tty()
+    p = StderrProgress(out)
+    p.start("sha256:aa", 2000, 0)
+    p.advance("sha256:aa", 2000)
+    p.finish("sha256:aa")
+    p.close()
+    assert out.getvalue().endswith("\rblobs 1/1  2.0 KB / 2.0 KB\x1b[K\n")
