@@ -30,6 +30,8 @@ import ssl
 
 import pytest
 
+import support
+
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
@@ -243,13 +245,7 @@ def skopeo_copy(layout: Path, tag: str, reg: Registry, dest: str, *, all_images:
     args += [f"oci:{layout}:{tag}", f"docker://{reg.host}/{dest}"]
     (tmp / "skopeo-auth.json").write_text("{}")
     env = dict(os.environ, HOME=str(tmp), XDG_RUNTIME_DIR=str(tmp))
-    # skopeo (as root) keeps a blob-info cache in /var/lib/containers/cache, with no flag to
-    # move it: give it a private tmpfs there, in a mount namespace that dies with it
-    wrapped = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-               'mount -t tmpfs skiff-test /var/lib && exec "$@"', "skopeo", *args]
-    r = subprocess.run(wrapped, capture_output=True, text=True, env=env)
-    if r.returncode != 0:
-        raise RuntimeError(f"{' '.join(args)}: {r.stderr}")
+    support.skopeo(*args[1:], env=env)
 
 
 def have_tools() -> list[str]:

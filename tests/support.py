@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,3 +76,15 @@ class Containers:
 
 def namespaces(config: dict[str, Any]) -> list[dict[str, Any]]:
     return config["linux"]["namespaces"]  # type: ignore[no-any-return]
+
+
+def skopeo(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """skopeo, which as root keeps a blob-info cache in /var/lib/containers with no flag to
+    move it: run it with a private tmpfs on /var/lib, in a mount namespace that dies with it,
+    so the host keeps nothing of the test."""
+    wrapped = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+               'mount -t tmpfs skiff-test /var/lib && exec "$@"', "skopeo", "skopeo", *args]
+    done = subprocess.run(wrapped, capture_output=True, text=True, env=env, timeout=120)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"skopeo {' '.join(args)}: {done.stderr}")
+    return done

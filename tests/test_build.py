@@ -35,11 +35,10 @@ from skiff.images.runtime_config import (
     runtime_spec,
 )
 from skiff.oci import image as oci
+from support import skopeo
 
 MTIME = 1_700_000_000
-needs_skopeo = pytest.mark.skipif(
-    shutil.which("skopeo") is None, reason="test requires skopeo (Debian package skopeo)"
-)
+needs_skopeo = pytest.mark.requires("skopeo")
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -237,18 +236,13 @@ def test_skopeo_reads_the_layout(tmp_path: Path) -> None:
     (extra / "hello").write_text("hi\n")
     layout = tmp_path / "layout"
     built = build_busybox_layout(str(layout), "v1", extra_layers=[str(extra)])
-    out = subprocess.run(
-        ["skopeo", "inspect", f"oci:{layout}:v1"], capture_output=True, text=True, check=True, timeout=60
-    ).stdout
+    out = skopeo("inspect", f"oci:{layout}:v1").stdout
     inspected = json.loads(out)
     assert inspected["Digest"] == built.manifest.digest
     assert inspected["Layers"] == [d.digest for d in built.layers]
     assert inspected["Architecture"] == host_platform().architecture
     # a copy verifies every blob against its digest
-    subprocess.run(
-        ["skopeo", "copy", "--quiet", f"oci:{layout}:v1", f"dir:{tmp_path / 'copy'}"],
-        check=True, timeout=60, capture_output=True,
-    )
+    skopeo("copy", "--quiet", f"oci:{layout}:v1", f"dir:{tmp_path / 'copy'}")
 
 
 @needs_skopeo
@@ -265,14 +259,9 @@ def test_multi_platform_index(tmp_path: Path) -> None:
     index = oci.parse_index(_blob(tmp_path / "layout", desc.digest))
     assert [d.digest for d in index.manifests] == [i.manifest.digest for i in images]
     assert index.manifests[1].platform == arm
-    raw = subprocess.run(
-        ["skopeo", "inspect", "--raw", f"oci:{layout}:multi"], capture_output=True, check=True, timeout=60
-    ).stdout
+    raw = skopeo("inspect", "--raw", f"oci:{layout}:multi").stdout.encode()
     assert f"sha256:{hashlib.sha256(raw).hexdigest()}" == desc.digest
-    subprocess.run(
-        ["skopeo", "copy", "--quiet", "--all", f"oci:{layout}:multi", f"oci:{tmp_path / 'copy'}:multi"],
-        check=True, timeout=60, capture_output=True,
-    )
+    skopeo("copy", "--quiet", "--all", f"oci:{layout}:multi", f"oci:{tmp_path / 'copy'}:multi")
 
 
 # --- runtime config --------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 
 from skiff.demo import make_rootfs
 from skiff.errors import FailedPrecondition
+from support import skopeo
 
 pytestmark = pytest.mark.requires("busybox")
 
@@ -77,7 +78,7 @@ def test_export_rmi_import_run(skiff: Skiff, tmp_path: Path) -> None:
 def test_skopeo_reads_what_skiff_exports(skiff: Skiff, tmp_path: Path) -> None:
     layout = tmp_path / "layout"
     skiff("export", "--layout", "localhost/box:1", str(layout))
-    done = subprocess.run(["skopeo", "inspect", f"oci:{layout}:1"], capture_output=True, text=True, check=True)
+    done = skopeo("inspect", f"oci:{layout}:1")
     assert json.loads(done.stdout)["Env"] == ["PATH=/bin", "GREETING=hello"]
 
 
