@@ -7,11 +7,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from skiff.demo import make_rootfs
 from skiff.errors import FailedPrecondition
+from registry_fixture import registry  # noqa: F401  (fixture)
 from support import skopeo
 
 pytestmark = pytest.mark.requires("busybox")
@@ -94,3 +96,41 @@ def test_an_image_in_use_cannot_be_removed(skiff: Skiff) -> None:
     finally:
         images.release("user")
     images.remove("localhost/box:1")
+
+
+def test_whiteouts_as_the_running_container_sees_them(skiff: Skiff, tmp_path: Path) -> None:
+    """A file deleted and a directory made opaque by an upper layer, through the kernel's
+    overlayfs in a running container."""
+    lower = tmp_path / "lower"
+    make_rootfs(str(lower))
+    (lower / "etc" / "motd").write_text("old\n")
+    (lower / "data").mkdir()
+    (lower / "data" / "a").write_text("a")
+    upper = tmp_path / "upper"
+    (upper / "etc").mkdir(parents=True)
+    (upper / "etc" / ".wh.motd").write_text("")
+    (upper / "data").mkdir()
+    (upper / "data" / ".wh..wh..opq").write_text("")
+    (upper / "data" / "c").write_text("c")
+    skiff("build", str(lower), str(upper), "-t", "localhost/layers:1")
+    done = skiff("run", "localhost/layers:1", "sh", "-c", "ls /etc/motd; ls /data", check=False)
+    assert done.stdout == "c\n"
+    assert "/etc/motd: No such file or directory" in done.stderr
+
+
+@pytest.mark.requires("registry", "skopeo")
+def test_pull_from_a_registry_then_run(skiff: Skiff, tmp_path: Path, registry: Any) -> None:
+    from registry_fixture import skopeo_copy
+
+    from skiff.images.build import build_busybox_layout
+    from skiff.oci import image as oci
+
+    layout = tmp_path / "layout"
+    build_busybox_layout(str(layout), "v1", oci.ImageConfig(env=("PATH=/bin",), cmd=("echo", "pulled")))
+    skopeo_copy(layout, "v1", registry, "demo/busybox:v1", tmp=tmp_path)
+    config = tmp_path / "registries.toml"
+    config.write_text(f'[registries."{registry.host}"]\ninsecure = true\n')
+    skiff.env["SKIFF_REGISTRIES"] = str(config)
+    pulled = skiff("pull", f"{registry.host}/demo/busybox:v1")
+    assert pulled.stdout.startswith(f"{registry.host}/demo/busybox:v1 sha256:")
+    assert skiff("run", f"{registry.host}/demo/busybox:v1").stdout == "pulled\n"
