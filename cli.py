@@ -88,22 +88,40 @@ def cmd_rmi(args: argparse.Namespace) -> int:
 
 
 def cmd_import(args: argparse.Namespace) -> int:
-    from skiff.images import layout
+    """An OCI layout directory, an oci-archive, or a docker-archive (`docker save`); a
+    docker-archive has a top-level manifest.json (docker 25 writes index.json too)."""
+    from skiff.images import docker_archive, layout
     from skiff.images.service import normalize
 
     store = images(args).store
     name = normalize(args.name) if args.name else None
-    load = layout.import_layout if os.path.isdir(args.source) else layout.import_archive
+    if os.path.isdir(args.source):
+        load = layout.import_layout
+    elif _has_member(args.source, "manifest.json"):
+        load = docker_archive.import_docker_archive
+    else:
+        load = layout.import_archive
     for record in load(store, args.source, name=name):
         print(f"{record.name} {record.digest}")
     return 0
 
 
+def _has_member(archive: str, member: str) -> bool:
+    import tarfile
+
+    try:
+        with tarfile.open(archive) as tar:
+            return any(m.name.lstrip("./") == member for m in tar)
+    except (OSError, tarfile.TarError) as e:
+        raise InvalidArgument(f"{archive}: not a tar archive: {e}") from e
+
+
 def cmd_export(args: argparse.Namespace) -> int:
-    from skiff.images import layout
+    from skiff.images import docker_archive, layout
     from skiff.images.service import normalize
 
-    write = layout.export_layout if args.layout else layout.export_archive
+    write = {"oci-archive": layout.export_archive, "oci": layout.export_layout,
+             "docker-archive": docker_archive.export_docker_archive}[args.format]
     write(images(args).store, normalize(args.image), args.destination)
     return 0
 
@@ -196,13 +214,13 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("target")
     c = command("rmi", "remove images (and what no other image uses)")
     c.add_argument("images", nargs="+")
-    c = command("import", "import an OCI layout directory or oci-archive")
+    c = command("import", "import an OCI layout directory, an oci-archive or a docker-archive")
     c.add_argument("source")
     c.add_argument("name", nargs="?")
-    c = command("export", "export an image as an oci-archive (or a layout directory)")
+    c = command("export", "export an image as an oci-archive, an OCI layout directory or a docker-archive")
     c.add_argument("image")
     c.add_argument("destination")
-    c.add_argument("--layout", action="store_true", help="write an OCI layout directory")
+    c.add_argument("--format", choices=("oci-archive", "oci", "docker-archive"), default="oci-archive")
     c = command("build", "build an image from directories or tarballs, one layer each")
     c.add_argument("sources", nargs="+")
     c.add_argument("--tag", "-t", required=True)

@@ -74,12 +74,17 @@ def test_export_rmi_import_run(skiff: Skiff, tmp_path: Path) -> None:
     assert os.listdir(skiff.root / "layers" / "sha256") == []  # gc took the unpacked layer too
     skiff("import", str(archive), "localhost/again:1")
     assert skiff("run", "localhost/again:1", check=False).returncode == 3
+    docker = tmp_path / "box.docker.tar"
+    skiff("export", "--format", "docker-archive", "localhost/again:1", str(docker))
+    skiff("rmi", "localhost/again:1")
+    assert skiff("import", str(docker)).stdout.startswith("localhost/again:1 sha256:")
+    assert skiff("run", "localhost/again:1", check=False).returncode == 3
 
 
 @pytest.mark.requires("skopeo")
 def test_skopeo_reads_what_skiff_exports(skiff: Skiff, tmp_path: Path) -> None:
     layout = tmp_path / "layout"
-    skiff("export", "--layout", "localhost/box:1", str(layout))
+    skiff("export", "--format", "oci", "localhost/box:1", str(layout))
     done = skopeo("inspect", f"oci:{layout}:1")
     assert json.loads(done.stdout)["Env"] == ["PATH=/bin", "GREETING=hello"]
 
