@@ -96,12 +96,12 @@ def cmd_import(args: argparse.Namespace) -> int:
     store = images(args).store
     name = normalize(args.name) if args.name else None
     if os.path.isdir(args.source):
-        load = layout.import_layout
+        records = layout.import_layout(store, args.source, name=name)
     elif _has_member(args.source, "manifest.json"):
-        load = docker_archive.import_docker_archive
+        records = docker_archive.import_docker_archive(store, args.source, name=name)
     else:
-        load = layout.import_archive
-    for record in load(store, args.source, name=name):
+        records = layout.import_archive(store, args.source, name=name)
+    for record in records:
         print(f"{record.name} {record.digest}")
     return 0
 

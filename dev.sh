@@ -2,9 +2,10 @@
 # dev.sh: set up a Debian 12 machine (as root) for skiff, then run its demo or its tests.
 # Every step is idempotent, so running it again only does what is missing.
 #
-#   ./dev.sh demo    install, build a busybox bundle, run a container from it with skiff-runc
+#   ./dev.sh demo    install, run a busybox container from a bundle (skiff-runc) and an image (skiff run)
 #   ./dev.sh test    install (with the test peers and the cgroup v2 VM's parts), run pytest
 #   ./dev.sh bench   install, run bench/start_latency.py side by side with runc and crun
+#   ./dev.sh bench pull   bench/pull_unpack.py: skiff against skopeo + umoci and containerd
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 top=$PWD
@@ -18,6 +19,8 @@ base_packages=(python3 python3-venv python3-dev gcc libcap-dev libseccomp2 busyb
 # kernel is unpacked from Debian's linux-image package by tests/vm, not installed); a local
 # registry (docker-registry; skopeo to push to it; openssl and htpasswd for TLS and basic auth).
 test_packages=(runc crun qemu-system-x86 cpio kmod skopeo docker-registry openssl apache2-utils)
+# The pull benchmark's peers.
+bench_packages=(umoci containerd)
 
 need_root() { [ "$(id -u)" = 0 ] || { echo "dev.sh: run as root (skiff creates namespaces and cgroups)" >&2; exit 1; }; }
 
@@ -68,12 +71,13 @@ case "${1:-}" in
         exec "$venv/bin/python" -m pytest "$@"
         ;;
     bench)
-        setup "${test_packages[@]}"
+        setup "${test_packages[@]}" "${bench_packages[@]}"
         shift
+        if [ "${1:-}" = pull ]; then shift; exec "$venv/bin/python" bench/pull_unpack.py "$@"; fi
         exec "$venv/bin/python" bench/start_latency.py "$@"
         ;;
     *)
-        sed -n '2,8s/^# \{0,1\}//p' "$0" >&2
+        sed -n '2,9s/^# \{0,1\}//p' "$0" >&2
         exit 2
         ;;
 esac

@@ -6,7 +6,8 @@ library called in-process, on one busybox bundle (issue 3's benchmark).
 Each sample is one whole `run` (create, start, wait for the exit, delete), timed with
 perf_counter_ns around posix_spawn + waitpid for the three CLIs and around `Runtime.run`
 for the library. The runtimes take turns (round-robin), so that noise on this shared machine
-hits them all alike. docs/benchmarks.md, which this script writes, says what and why.
+hits them all alike. docs/benchmarks.md, whose start_latency section this script writes,
+says what and why.
 
 Debian 12's crun 1.8 refuses a hybrid cgroup host ("cgroups in hybrid mode not supported,
 drop all controllers from cgroupv2"), so the script re-executes itself in a private mount
@@ -34,6 +35,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from typing import Protocol
+
+from report import write_section  # bench/report.py: this script's directory is on sys.path
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CGROUP_ROOT = "/sys/fs/cgroup"
@@ -297,9 +300,7 @@ def markdown(m: Machine, rows: list[list[str]], by_name: dict[str, Summary], arg
     load_after = load_average()
     interp, bare = by_name["python -c pass"], by_name["python -c pass, no venv"]
     cli, lib, runc = by_name["skiff-runc"], by_name["skiff library"], by_name["runc"]
-    body = f"""# Benchmarks
-
-## Container start latency
+    body = f"""## Container start latency
 
 What is measured: the start-to-exit time of one container running `/bin/true`, one container
 at a time, for
@@ -342,7 +343,7 @@ Set-up that the script does, and why:
   the bundle says `{OCI_VERSION}`, which none of the runtimes uses for anything else.
 
 Reproduce (as root, Debian 12): `./dev.sh bench` (options: `--count N`, `--warmup N`,
-`--markdown PATH`); it installs runc and crun when missing and rewrites this file.
+`--markdown PATH`); it installs runc and crun when missing and rewrites this section of the file.
 
 ### Machine
 
@@ -507,10 +508,8 @@ def inner_main(args: argparse.Namespace) -> int:
     for n in notes:
         print(f"note: {n}")
     path = args.markdown
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(markdown(m, rows, by_name, args, notes))
-    print(f"\nwrote {path}")
+    write_section(path, "start_latency", markdown(m, rows, by_name, args, notes))
+    print(f"\nwrote its section of {path}")
     return 0
 
 

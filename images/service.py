@@ -92,30 +92,38 @@ class Images:
     # -- root filesystems ----------------------------------------------------------------------
 
     def unpack(self, image: ResolvedImage) -> list[str]:
-        """The image's layer directories, bottom first, unpacking what is not yet there.
-        Each is unpacked into a temporary directory and renamed into place, so a crash or a
-        concurrent unpack of the same layer never leaves a half layer under its name."""
-        from skiff.images.unpack import unpack_layer
+        """The image's layer directories, bottom first, unpacking what is not yet there, the
+        layers side by side (creating files is most of the work, and it runs outside the GIL)."""
+        from concurrent.futures import ThreadPoolExecutor
 
         os.makedirs(self.layers, exist_ok=True)
-        dirs = []
-        for layer, diff_id in zip(image.manifest.layers, image.image.rootfs.diff_ids):
-            final = os.path.join(self.layers, _hex(diff_id))
-            if not os.path.isdir(final):
-                tmp = tempfile.mkdtemp(prefix=".unpack-", dir=self.layers)
-                try:
-                    got = unpack_layer(self.store.path(layer.digest), tmp, media_type=layer.media_type)
-                    if got != diff_id:
-                        raise InvalidArgument(f"layer {layer.digest}: its content is {got}, the image config says {diff_id}")
-                    try:
-                        os.rename(tmp, final)
-                    except OSError:  # another process unpacked it first: theirs is as good
-                        shutil.rmtree(tmp)
-                except BaseException:
-                    shutil.rmtree(tmp, ignore_errors=True)
-                    raise
-            dirs.append(final)
+        pairs = list(zip(image.manifest.layers, image.image.rootfs.diff_ids))
+        dirs = [os.path.join(self.layers, _hex(diff_id)) for _, diff_id in pairs]
+        missing = [(layer, diff_id, final) for (layer, diff_id), final in zip(pairs, dirs)
+                   if not os.path.isdir(final)]
+        if missing:
+            with ThreadPoolExecutor(max_workers=min(4, len(missing)), thread_name_prefix="skiff-unpack") as pool:
+                for done in [pool.submit(self._unpack_layer, *m) for m in missing]:
+                    done.result()
         return dirs
+
+    def _unpack_layer(self, layer: oci.Descriptor, diff_id: str, final: str) -> None:
+        """Into a temporary directory, renamed into place: a crash or a concurrent unpack of
+        the same layer never leaves a half layer under its name."""
+        from skiff.images.unpack import unpack_layer
+
+        tmp = tempfile.mkdtemp(prefix=".unpack-", dir=self.layers)
+        try:
+            got = unpack_layer(self.store.path(layer.digest), tmp, media_type=layer.media_type)
+            if got != diff_id:
+                raise InvalidArgument(f"layer {layer.digest}: its content is {got}, the image config says {diff_id}")
+            try:
+                os.rename(tmp, final)
+            except OSError:  # another process unpacked it first: theirs is as good
+                shutil.rmtree(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
 
     def prepare(self, name: str, container_id: str) -> tuple[str, ResolvedImage]:
         """A writable root filesystem for `container_id`: an overlay of the image's layers with
