@@ -387,7 +387,7 @@ image of {facts.layers} gzip layers ({mb(facts.compressed)} compressed, {mb(fact
 - **skiff library**: `Images(root).pull(ref)` then `Images.unpack(Images.resolve(ref))`,
   called in the benchmark's own process: blobs fetched 4 at a time into the content store
   (each verified and fsynced), then each layer unpacked into its own directory (the overlay
-  snapshot's lower directories), one after the other;
+  snapshot's lower directories), up to 4 layers side by side;
 - **skiff CLI**: the `skiff pull REF` command, then the same unpack in a new interpreter
   (`skiff run` unpacks on first use; there is no unpack command);
 - **skopeo + umoci**: `skopeo copy --src-tls-verify=false docker://HOST/REPO:TAG oci:DIR:TAG`
@@ -412,8 +412,8 @@ registry's files are in the page cache for all of them. Every run's unpacked fil
 checked against the image's. Timed with `time.perf_counter_ns()` around each command
 (`subprocess.run`, output discarded) or call.
 
-Reproduce (as root, Debian 12, with `apt-get install docker-registry skopeo umoci containerd`):
-`.venv/bin/python bench/pull_unpack.py` (options: `--runs N`, `--warmup N`,
+Reproduce (as root, Debian 12): `./dev.sh bench pull`, which installs docker-registry,
+skopeo, umoci and containerd (options: `--runs N`, `--warmup N`,
 `--markdown PATH`); it rewrites this section of the file.
 
 ### Machine
