@@ -179,6 +179,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         imgs.release(container_id)
 
 
+def cmd_cri(args: argparse.Namespace) -> int:
+    if args.cri_command != "serve":
+        raise InvalidArgument(f"cri {args.cri_command}: unknown command")
+    import logging
+
+    from skiff.cri.server import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(args.socket, images_root=args.root)
+    return 0
+
+
 def _human(n: int) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
@@ -243,6 +255,9 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--interactive", "-i", action="store_true", help="accepted: stdin is always passed on")
     c.add_argument("image")
     c.add_argument("args", nargs=argparse.REMAINDER)
+    c = command("cri", "the Kubernetes CRI v1 service")
+    c.add_argument("cri_command", choices=("serve",), help="serve: run the CRI service in the foreground")
+    c.add_argument("--socket", default="/run/skiff/skiff.sock")
     return p
 
 

@@ -1,0 +1,83 @@
+"""The CRI service over its real unix socket, with the generated stubs kubelet's protocol
+uses: Version, Status, and the ImageService on images skiff built."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2 as pb
+from cri_api.v1 import api_pb2_grpc
+
+from skiff.cri.server import build_server
+from skiff.demo import make_rootfs
+from skiff.images.service import Images
+
+pytestmark = pytest.mark.requires("busybox")
+
+
+@pytest.fixture
+def cri(tmp_path: Path) -> Iterator[tuple[api_pb2_grpc.RuntimeServiceStub, api_pb2_grpc.ImageServiceStub, Images]]:
+    images = Images(str(tmp_path / "images"))
+    socket_path = str(tmp_path / "run" / "skiff.sock")
+    server = build_server(socket_path, images, workers=2)
+    server.start()
+    channel = grpc.insecure_channel(f"unix://{socket_path}")
+    try:
+        assert stat.S_IMODE(os.stat(socket_path).st_mode) == 0o660
+        yield api_pb2_grpc.RuntimeServiceStub(channel), api_pb2_grpc.ImageServiceStub(channel), images
+    finally:
+        channel.close()
+        server.stop(grace=None).wait()
+
+
+def _build(images: Images, tmp_path: Path, name: str) -> None:
+    from skiff.images import build, layout
+
+    src = tmp_path / "src"
+    if not src.exists():
+        make_rootfs(str(src))
+    build.build(str(tmp_path / "layout"), [str(src)], tag="t")
+    layout.import_layout(images.store, str(tmp_path / "layout"), name=name)
+
+
+def test_version_and_status(cri: tuple[object, object, Images]) -> None:
+    runtime = cri[0]
+    version = runtime.Version(pb.VersionRequest())  # type: ignore[attr-defined]
+    assert (version.version, version.runtime_name, version.runtime_api_version) == ("0.1.0", "skiff", "v1")
+    conditions = {c.type: c.status for c in runtime.Status(pb.StatusRequest()).status.conditions}  # type: ignore[attr-defined]
+    assert conditions["RuntimeReady"] is True
+
+
+def test_image_service(cri: tuple[object, object, Images], tmp_path: Path) -> None:
+    _, image, images = cri
+    _build(images, tmp_path, "docker.io/library/box:1")
+    listed = image.ListImages(pb.ListImagesRequest()).images  # type: ignore[attr-defined]
+    assert len(listed) == 1 and listed[0].repo_tags == ["docker.io/library/box:1"]
+    assert listed[0].id.startswith("sha256:") and listed[0].size > 1_000_000
+    status = image.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image="box:1")))  # type: ignore[attr-defined]
+    assert status.image.id == listed[0].id
+    by_id = image.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=listed[0].id)))  # type: ignore[attr-defined]
+    assert by_id.image.repo_tags == ["docker.io/library/box:1"]
+    missing = image.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image="nothing:here")))  # type: ignore[attr-defined]
+    assert not missing.HasField("image")  # empty, not an error: kubelet pulls then
+    fs = image.ImageFsInfo(pb.ImageFsInfoRequest()).image_filesystems[0]  # type: ignore[attr-defined]
+    assert fs.used_bytes.value > 1_000_000
+    image.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image="box:1")))  # type: ignore[attr-defined]
+    assert image.ListImages(pb.ListImagesRequest()).images == []  # type: ignore[attr-defined]
+    image.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image="box:1")))  # type: ignore[attr-defined]
+
+
+def test_errors_carry_grpc_codes_and_name_the_field(cri: tuple[object, object, Images]) -> None:
+    _, image, _ = cri
+    with pytest.raises(grpc.RpcError) as err:
+        image.ImageStatus(pb.ImageStatusRequest())  # type: ignore[attr-defined]
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "image.image: must name an image" in err.value.details()
+    with pytest.raises(grpc.RpcError) as err:
+        image.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image="bad reference!")))  # type: ignore[attr-defined]
+    assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
