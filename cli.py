@@ -182,12 +182,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_cri(args: argparse.Namespace) -> int:
     if args.cri_command != "serve":
         raise InvalidArgument(f"cri {args.cri_command}: unknown command")
+    import dataclasses
     import logging
 
+    from skiff.cri import config
     from skiff.cri.server import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    serve(args.socket, images_root=args.root)
+    settings = config.load(args.config)
+    if args.socket:
+        settings = dataclasses.replace(settings, socket=args.socket)
+    serve(settings)
     return 0
 
 
@@ -257,7 +262,8 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("args", nargs=argparse.REMAINDER)
     c = command("cri", "the Kubernetes CRI v1 service")
     c.add_argument("cri_command", choices=("serve",), help="serve: run the CRI service in the foreground")
-    c.add_argument("--socket", default="/run/skiff/skiff.sock")
+    c.add_argument("--config", help="the service's TOML configuration (default /etc/skiff/cri.toml if it exists)")
+    c.add_argument("--socket", help="override the configuration's socket")
     return p
 
 

@@ -10,6 +10,7 @@ from concurrent import futures
 import grpc
 from cri_api.v1 import api_pb2_grpc
 
+from skiff.cri.config import CriConfig
 from skiff.cri.grpc_errors import ErrorInterceptor
 from skiff.cri.image_service import ImageService
 from skiff.cri.runtime_service import RuntimeService
@@ -46,10 +47,11 @@ def build_server(socket_path: str, images: Images, *, workers: int = 8) -> grpc.
     return server
 
 
-def serve(socket_path: str = DEFAULT_SOCKET, *, images_root: str = "/var/lib/skiff") -> None:
+def serve(config: CriConfig) -> None:
     import signal
 
-    server = build_server(socket_path, Images(images_root))
+    socket_path = config.socket
+    server = build_server(socket_path, Images(config.images_root))
     server.start()
     # SIGTERM (systemd's stop) ends the wait below like ^C does, so the socket goes too.
     signal.signal(signal.SIGTERM, lambda *_: server.stop(grace=2))
