@@ -1,0 +1,245 @@
+"""The bridge network: one Linux bridge holding the gateway address, one veth pair per pod.
+
+setup, in this order, each step undone if a later one fails (containerd sandbox_run.go):
+  1. an address from IPAM (the pod's own again if a setup is retried)
+  2. the bridge, created if missing, with the gateway address, up
+  3. a veth pair: the host end `skv<12 hex of sha256(pod id)>` on the bridge and up, the peer
+     moved into the pod's netns, renamed eth0, addressed, up; lo up; default via the gateway
+  4. masquerade and hostPort rules (portmap.py)
+
+Links skiff creates carry a mark in their alias (`ip link` shows it): teardown deletes a
+host veth only if it has the pod's mark, and `remove_bridge` only a marked bridge without
+ports. Inside the pod's netns, a netlink socket is opened by a short-lived thread that joins
+that netns (a netns is per thread) rather than by forking, as pyroute2's `netns=` does: the
+CRI daemon is threaded (gRPC), and a fork there can deadlock (pyroute2 #1213).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import ipaddress
+import os
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from pyroute2 import IPRoute  # type: ignore[import-untyped, unused-ignore]
+from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped, unused-ignore]
+
+from skiff.cri.network import BridgeConfig, NetworkError, PodNetwork, PortMapping, portmap
+from skiff.cri.network.ipam import IPAM
+from skiff.runtime import libc
+from skiff.runtime.undo import Undo
+
+CLONE_NEWNET = 0x40000000
+POD_INTERFACE = "eth0"
+BRIDGE_MARK = "skiff bridge"
+
+
+def host_veth_name(pod_id: str) -> str:
+    """15 characters at most (IFNAMSIZ - 1); a hash, since pod ids are longer."""
+    return "skv" + hashlib.sha256(pod_id.encode()).hexdigest()[:12]
+
+
+def _peer_name(pod_id: str) -> str:
+    return "skp" + hashlib.sha256(pod_id.encode()).hexdigest()[:12]
+
+
+def ipam_for(config: BridgeConfig) -> IPAM:
+    return IPAM(config.state_dir / "ipam", config.pod_cidr)
+
+
+@contextlib.contextmanager
+def _kernel(what: str) -> Iterator[None]:
+    """Netlink and OS errors become NetworkError naming the step and the errno."""
+    try:
+        yield
+    except NetlinkError as e:
+        name = errno.errorcode.get(e.code, str(e.code))
+        raise NetworkError(f"{what}: {os.strerror(e.code).lower()} ({name})") from e
+    except OSError as e:
+        name = errno.errorcode.get(e.errno or 0, str(e.errno))
+        raise NetworkError(f"{what}: {(e.strerror or str(e)).lower()} ({name})") from e
+
+
+def _netns_socket(netns_path: str) -> socket.socket:
+    """A NETLINK_ROUTE socket in the netns at netns_path, made by a thread that joins it and
+    ends: the caller's own threads never change netns."""
+    result: list[socket.socket | BaseException] = []
+
+    def join_and_open() -> None:
+        try:
+            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                libc.setns(fd, CLONE_NEWNET)
+            finally:
+                os.close(fd)
+            result.append(socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
+                                        socket.NETLINK_ROUTE))
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            result.append(e)
+
+    thread = threading.Thread(target=join_and_open, name="skiff-netns")
+    thread.start()
+    thread.join()
+    if isinstance(result[0], BaseException):
+        raise result[0]
+    return result[0]
+
+
+@contextlib.contextmanager
+def _iproute(netns_path: str | None = None) -> Iterator[Any]:
+    if netns_path is None:
+        ipr = IPRoute()
+    else:
+        with _kernel(f"join netns {netns_path}"):
+            sock = _netns_socket(netns_path)
+        ipr = IPRoute(fileno=sock.detach())
+    try:
+        yield ipr
+    finally:
+        ipr.close()
+
+
+def _index(ipr: Any, name: str) -> int | None:
+    found = ipr.link_lookup(ifname=name)
+    return int(found[0]) if found else None
+
+
+def _alias(ipr: Any, index: int) -> str | None:
+    link = ipr.link("get", index=index)[0]
+    value = link.get("IFLA_IFALIAS")
+    return str(value) if value is not None else None
+
+
+def _ensure_bridge(ipr: Any, config: BridgeConfig, gateway: ipaddress.IPv4Address, prefix: int) -> int:
+    name = config.bridge
+    index = _index(ipr, name)
+    if index is None:
+        try:
+            with _kernel(f"create bridge {name}"):
+                ipr.link("add", ifname=name, kind="bridge")
+        except NetworkError as e:
+            # Another process may have created it meanwhile; that is the same bridge.
+            if not (isinstance(e.__cause__, NetlinkError) and e.__cause__.code == errno.EEXIST):
+                raise
+        index = _index(ipr, name)
+        if index is None:
+            raise NetworkError(f"bridge {name}: gone right after it was created")
+        with _kernel(f"mark bridge {name}"):
+            ipr.link("set", index=index, ifalias=BRIDGE_MARK)
+    held = {(str(a.get("IFA_ADDRESS")), int(a["prefixlen"])) for a in ipr.get_addr(index=index, family=socket.AF_INET)}
+    if (str(gateway), prefix) not in held:
+        try:
+            with _kernel(f"add {gateway}/{prefix} to bridge {name}"):
+                ipr.addr("add", index=index, address=str(gateway), prefixlen=prefix)
+        except NetworkError as e:
+            if not (isinstance(e.__cause__, NetlinkError) and e.__cause__.code == errno.EEXIST):
+                raise
+    with _kernel(f"set bridge {name} up"):
+        ipr.link("set", index=index, state="up")
+    return index
+
+
+def _delete_host_veth(pod_id: str) -> None:
+    """Deletes the pod's host veth (its peer in the pod goes with it) if it is there and
+    marked as this pod's; a link of that name without the mark is not skiff's to delete."""
+    name = host_veth_name(pod_id)
+    with _iproute() as ipr:
+        index = _index(ipr, name)
+        if index is None:
+            return
+        if _alias(ipr, index) != portmap.tag(pod_id):
+            raise NetworkError(f"link {name}: exists but is not skiff's veth for pod {pod_id}")
+        try:
+            with _kernel(f"delete veth {name}"):
+                ipr.link("del", index=index)
+        except NetworkError as e:
+            if not (isinstance(e.__cause__, NetlinkError) and e.__cause__.code == errno.ENODEV):
+                raise
+
+
+def setup(netns_path: str, pod_id: str, config: BridgeConfig,
+          port_mappings: Sequence[PortMapping] = ()) -> PodNetwork:
+    """Connects the pod's netns to the bridge; a retry after a failed or interrupted setup of
+    the same pod starts over and keeps the pod's address."""
+    mark = portmap.tag(pod_id)  # validates the id before anything is created
+    ipam = ipam_for(config)
+    host_name, peer_name = host_veth_name(pod_id), _peer_name(pod_id)
+    with Undo() as undo:
+        ip = ipam.allocate(pod_id)
+        undo.callback(ipam.release, pod_id)
+        _delete_host_veth(pod_id)
+        with _iproute() as ipr:
+            bridge = _ensure_bridge(ipr, config, ipam.gateway, ipam.prefix)
+            stale_peer = _index(ipr, peer_name)  # a setup that died before moving it
+            if stale_peer is not None and _alias(ipr, stale_peer) == mark:
+                with _kernel(f"delete stale veth {peer_name}"):
+                    ipr.link("del", index=stale_peer)
+            with _kernel(f"create veth {host_name} for pod {pod_id}"):
+                ipr.link("add", ifname=host_name, kind="veth", peer={"ifname": peer_name})
+            undo.callback(_delete_host_veth, pod_id)
+            host = _index(ipr, host_name)
+            peer = _index(ipr, peer_name)
+            if host is None or peer is None:
+                raise NetworkError(f"veth {host_name}: gone right after it was created")
+            extra = {} if config.mtu is None else {"mtu": config.mtu}
+            with _kernel(f"attach veth {host_name} to bridge {config.bridge}"):
+                ipr.link("set", index=host, ifalias=mark)
+                ipr.link("set", index=peer, ifalias=mark)
+                ipr.link("set", index=host, master=bridge, state="up", **extra)
+                if extra:
+                    ipr.link("set", index=peer, **extra)
+            with _kernel(f"move veth {peer_name} into netns {netns_path}"):
+                nsfd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    ipr.link("set", index=peer, net_ns_fd=nsfd)
+                finally:
+                    os.close(nsfd)
+        with _iproute(netns_path) as ns:
+            inside = _index(ns, peer_name)
+            if inside is None:
+                raise NetworkError(f"veth {peer_name}: not found in netns {netns_path} after the move")
+            with _kernel(f"rename veth {peer_name} to {POD_INTERFACE} in netns {netns_path}"):
+                ns.link("set", index=inside, ifname=POD_INTERFACE)
+            with _kernel(f"add {ip}/{ipam.prefix} to {POD_INTERFACE} in netns {netns_path}"):
+                ns.addr("add", index=inside, address=str(ip), prefixlen=ipam.prefix)
+            with _kernel(f"set {POD_INTERFACE} and lo up in netns {netns_path}"):
+                ns.link("set", index=inside, state="up")
+                lo = _index(ns, "lo")
+                if lo is not None:
+                    ns.link("set", index=lo, state="up")
+            with _kernel(f"add default route via {ipam.gateway} in netns {netns_path}"):
+                ns.route("add", dst="0.0.0.0/0", gateway=str(ipam.gateway), oif=inside)
+        portmap.add(config.state_dir, pod_id, ip, ipam.network,
+                    masquerade=config.masquerade, port_mappings=port_mappings)
+        undo.callback(portmap.remove, config.state_dir, pod_id)
+        undo.keep()
+    return PodNetwork(ip=ip, gateway=ipam.gateway, prefix=ipam.prefix,
+                      interface=POD_INTERFACE, veth_host=host_name)
+
+
+def teardown(netns_path: str | None, pod_id: str, config: BridgeConfig) -> None:
+    """Removes the pod's veth, rules and address. Idempotent: what is already gone (the
+    netns, the veth, the rules) is fine. netns_path is not needed (deleting the host end
+    deletes the peer) and may be None once the pod's netns is gone."""
+    portmap.tag(pod_id)
+    _delete_host_veth(pod_id)
+    portmap.remove(config.state_dir, pod_id)
+    ipam_for(config).release(pod_id)
+
+
+def remove_bridge(config: BridgeConfig) -> bool:
+    """Deletes the bridge if skiff created it (its mark) and no port is left on it."""
+    with _iproute() as ipr:
+        index = _index(ipr, config.bridge)
+        if index is None or _alias(ipr, index) != BRIDGE_MARK:
+            return False
+        if ipr.link_lookup(master=index):
+            return False
+        with _kernel(f"delete bridge {config.bridge}"):
+            ipr.link("del", index=index)
+        return True
