@@ -82,6 +82,12 @@ class Net:
         return pid, bridge.setup(f"/run/netns/{ns}", pid, self.config, port_mappings=ports)
 
 
+def _is_mount_point(path: str) -> bool:
+    """From mountinfo: os.path.ismount misses a directory bind-mounted onto itself."""
+    with open("/proc/self/mountinfo") as f:
+        return any(line.split()[4] == path for line in f)
+
+
 @pytest.fixture
 def ip_forward() -> Iterator[str]:
     before = portmap.IP_FORWARD.read_text()
@@ -99,6 +105,10 @@ def net(tmp_path: Path, ip_forward: str) -> Iterator[Net]:
     config = BridgeConfig(pod_cidr=free_subnet(), bridge=f"skt{uuid.uuid4().hex[:8]}",
                           state_dir=tmp_path / "network")
     n = Net(config)
+    # `ip netns add` makes /run/netns a mount point the first time it runs on a machine:
+    # that mount is this test's to undo, when it made it.
+    had_netns_mount = _is_mount_point("/run/netns")
+    had_netns_dir = os.path.isdir("/run/netns")
     try:
         yield n
     finally:
@@ -115,6 +125,11 @@ def net(tmp_path: Path, ip_forward: str) -> Iterator[Net]:
         run("ip", "link", "del", config.bridge, check=False)  # the test's own, whatever happened
         for ns in n.netns:
             run("ip", "netns", "del", ns, check=False)
+        if not had_netns_mount and _is_mount_point("/run/netns") and not os.listdir("/run/netns"):
+            while _is_mount_point("/run/netns"):  # ip may have stacked a bind on a bind
+                run("umount", "/run/netns")
+            if not had_netns_dir:
+                os.rmdir("/run/netns")
         if errors:
             raise ExceptionGroup("network cleanup", errors)
 

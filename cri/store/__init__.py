@@ -1,0 +1,370 @@
+"""Persistent CRI state: one JSON file per pod sandbox or container, and the names they reserve.
+
+Modelled on containerd `internal/cri/store/{sandbox,container}/` and its `registrar`, with
+two differences. containerd keeps records in memory and rebuilds them from its metadata
+store at start; skiff keeps no cache: every call reads the files under a lock, so a second
+process (a CLI next to the daemon) never sees or writes stale state. And the name
+reservations are persisted, because containerd's in-memory registrar is what left nodes on
+"failed to reserve sandbox name" when its state and the kernel disagreed after a restart
+(containerd/cri#1014, containerd #10842): `cri/recovery.py` checks these records against
+the kernel and releases what the dead held.
+
+Layout under a store's directory (`<state_root>/sandboxes/`, `<state_root>/containers/`):
+
+    <id>.json        one record: {"version": 1, ...fields}
+    _names.json      {"version": 1, "names": {reserved name: id}}
+    .<file>.tmp      a write in progress; a leftover one is an interrupted write, removed by load()
+    .lock            flock'ed around every read-modify-write
+
+Every write goes to the temp file, is fsync'ed, renamed over the record and the directory
+fsync'ed (STYLE.md §6), so a reader sees the old record or the new one, never half of one.
+`version` is the record format: a record written by a newer skiff is refused rather than
+misread.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import enum
+import fcntl
+import json
+import os
+import re
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, Protocol, TypeVar
+
+from skiff.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+
+RECORD_VERSION = 1
+"""The record format this skiff writes and the newest it reads."""
+
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+_SUFFIX = ".json"
+_NAMES = "_names.json"  # ids cannot start with "_", so it never shadows a record
+_TMP = ".tmp"
+
+
+class RecordError(FailedPrecondition):
+    """A record file that cannot be used as it is on disk."""
+
+
+class CorruptRecord(RecordError):
+    pass
+
+
+class UnsupportedRecordVersion(RecordError):
+    pass
+
+
+class StoredRecord(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+R = TypeVar("R", bound=StoredRecord)
+E = TypeVar("E", bound=enum.Enum)
+
+
+class Fields:
+    """Typed reads from a decoded record, each failure naming the file and the field."""
+
+    def __init__(self, data: Mapping[str, Any], source: str) -> None:
+        self._data = data
+        self._source = source
+
+    def _get(self, key: str, kind: type | tuple[type, ...], what: str) -> Any:
+        if key not in self._data:
+            raise CorruptRecord(f"{self._source}: {key}: missing")
+        value = self._data[key]
+        # bool is an int to isinstance; a record never stores one where an int belongs
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is int):
+            raise CorruptRecord(f"{self._source}: {key}: must be {what}, not {value!r}")
+        return value
+
+    def text(self, key: str) -> str:
+        value: str = self._get(key, str, "a string")
+        return value
+
+    def integer(self, key: str) -> int:
+        value: int = self._get(key, int, "an integer")
+        return value
+
+    def str_map(self, key: str) -> dict[str, str]:
+        value: dict[str, Any] = self._get(key, dict, "an object")
+        for k, v in value.items():
+            if not isinstance(v, str):
+                raise CorruptRecord(f"{self._source}: {key}.{k}: must be a string, not {v!r}")
+        return dict(value)
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        value: list[Any] = self._get(key, list, "a list")
+        if not all(isinstance(v, str) for v in value):
+            raise CorruptRecord(f"{self._source}: {key}: must be a list of strings")
+        return tuple(value)
+
+    def blob(self, key: str) -> bytes:
+        text = self.text(key)
+        try:
+            return base64.b64decode(text, validate=True)
+        except binascii.Error as e:
+            raise CorruptRecord(f"{self._source}: {key}: not base64: {e}") from e
+
+    def enum(self, key: str, kind: type[E]) -> E:
+        name = self.text(key)
+        try:
+            return kind[name]
+        except KeyError:
+            raise CorruptRecord(
+                f"{self._source}: {key}: {name!r} is not one of {', '.join(kind.__members__)}"
+            ) from None
+
+
+def encode_bytes(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoadReport(Generic[R]):
+    """What `RecordStore.load` found: the usable records and one line per skipped file."""
+
+    records: tuple[R, ...]
+    problems: tuple[str, ...]
+
+
+def check_id(value: str, kind: str) -> str:
+    if not _ID.fullmatch(value):
+        raise InvalidArgument(
+            f"{kind} id {value!r}: must be 1-200 letters, digits, '_', '.' or '-', "
+            "not starting with '_', '.' or '-'"
+        )
+    return value
+
+
+class RecordStore(Generic[R]):
+    """Records of one kind under one directory, plus the names they reserve.
+
+    Names follow containerd's registrar: `reserve_name` binds a name to one id (again for the
+    same id is fine), `release_name` undoes it on a failed create, and `delete` releases every
+    name of the id. Reserving is separate from `add` because the CRI reserves a name before it
+    creates what the record will describe, so a racing create with the same name fails fast.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], *, kind: str,
+                 decode: Callable[[Fields], R]) -> None:
+        self.root = Path(root)
+        self.kind = kind
+        self._decode = decode
+        self._thread_lock = threading.Lock()
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    # -- locking and files ---------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        # The thread lock serializes the daemon's own threads; flock (on a fresh open file
+        # description each time) serializes against other processes sharing the directory.
+        with self._thread_lock:
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                yield
+            finally:
+                os.close(fd)
+
+    def _path(self, id: str) -> Path:
+        return self.root / (check_id(id, self.kind) + _SUFFIX)
+
+    def _write(self, path: Path, data: dict[str, Any]) -> None:
+        tmp = path.with_name(f".{path.name}{_TMP}")
+        text = json.dumps(data, sort_keys=True, indent=1).encode()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, text)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+        dirfd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dirfd)
+        finally:
+            os.close(dirfd)
+
+    def _read(self, path: Path) -> R:
+        """The record in `path`; FileNotFoundError if there is none."""
+        raw = path.read_bytes()
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CorruptRecord(f"{path}: not JSON: {e}") from e
+        if not isinstance(data, dict):
+            raise CorruptRecord(f"{path}: must hold a JSON object")
+        fields = Fields(data, str(path))
+        version = fields.integer("version")
+        if version > RECORD_VERSION:
+            raise UnsupportedRecordVersion(
+                f"{path}: record version {version} is newer than {RECORD_VERSION}, "
+                "the newest this skiff reads; was it written by a newer skiff?"
+            )
+        if version < 1:
+            raise CorruptRecord(f"{path}: version: must be at least 1, not {version}")
+        record = self._decode(fields)
+        if record.id + _SUFFIX != path.name:
+            raise CorruptRecord(f"{path}: id: {record.id!r} does not match the file name")
+        return record
+
+    def _read_names(self) -> dict[str, str]:
+        path = self.root / _NAMES
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CorruptRecord(f"{path}: not JSON: {e}") from e
+        if not isinstance(data, dict):
+            raise CorruptRecord(f"{path}: must hold a JSON object")
+        fields = Fields(data, str(path))
+        if fields.integer("version") > RECORD_VERSION:
+            raise UnsupportedRecordVersion(
+                f"{path}: version {data['version']} is newer than {RECORD_VERSION}, "
+                "the newest this skiff reads; was it written by a newer skiff?"
+            )
+        return fields.str_map("names")
+
+    def _write_names(self, names: dict[str, str]) -> None:
+        self._write(self.root / _NAMES, {"version": RECORD_VERSION, "names": names})
+
+    def _ids(self) -> list[str]:
+        return sorted(
+            p.name[: -len(_SUFFIX)]
+            for p in self.root.iterdir()
+            if p.name.endswith(_SUFFIX) and p.name != _NAMES and not p.name.startswith(".")
+        )
+
+    # -- the API -------------------------------------------------------------------------
+
+    def load(self) -> LoadReport[R]:
+        """Start-up scan: remove the temp files of interrupted writes, read every record,
+        skip corrupt ones naming why (one bad file must not keep the daemon down), and refuse
+        a record from a newer skiff with `UnsupportedRecordVersion` (skipping it would let
+        this skiff reuse its name or leak what it holds)."""
+        problems: list[str] = []
+        records: list[R] = []
+        with self._locked():
+            for p in self.root.iterdir():
+                if p.name.startswith(".") and p.name.endswith(_TMP):
+                    p.unlink(missing_ok=True)
+            try:
+                self._read_names()
+            except CorruptRecord as e:
+                # Records are the truth; recovery re-reserves the names of the live ones.
+                problems.append(f"{e}; name reservations reset")
+                self._write_names({})
+            for id in self._ids():
+                try:
+                    records.append(self._read(self._path(id)))
+                except InvalidArgument as e:
+                    problems.append(f"{self.root / (id + _SUFFIX)}: skipped: {e}")
+                except CorruptRecord as e:
+                    problems.append(f"{e}: skipped")
+        return LoadReport(records=tuple(records), problems=tuple(problems))
+
+    def add(self, record: R) -> None:
+        path = self._path(record.id)
+        with self._locked():
+            if path.exists():
+                raise AlreadyExists(f'{self.kind} "{record.id}" already exists')
+            self._write(path, record.to_json())
+
+    def get(self, id: str) -> R:
+        path = self._path(id)
+        with self._locked():
+            try:
+                return self._read(path)
+            except FileNotFoundError:
+                raise NotFound(f'{self.kind} "{id}" not found') from None
+
+    def update(self, id: str, change: Callable[[R], R]) -> R:
+        """Apply `change` to the current record and write the result, all under the lock,
+        so concurrent updates from threads or processes are never lost. Nothing is written
+        if `change` raises."""
+        path = self._path(id)
+        with self._locked():
+            try:
+                old = self._read(path)
+            except FileNotFoundError:
+                raise NotFound(f'{self.kind} "{id}" not found') from None
+            new = change(old)
+            if new.id != id:
+                raise InvalidArgument(f"{self.kind} {id!r}: an update may not change the id "
+                                      f"(to {new.id!r})")
+            self._write(path, new.to_json())
+            return new
+
+    def delete(self, id: str) -> None:
+        """Remove the record and release its names; an unknown id is fine, as CRI Remove of
+        an unknown id succeeds."""
+        path = self._path(id)
+        with self._locked():
+            names = self._read_names()
+            kept = {name: owner for name, owner in names.items() if owner != id}
+            if kept != names:
+                self._write_names(kept)
+            path.unlink(missing_ok=True)
+
+    def list(self) -> list[R]:
+        """Every readable record, by id; corrupt ones are left to `load`'s report."""
+        records: list[R] = []
+        with self._locked():
+            for id in self._ids():
+                with contextlib.suppress(FileNotFoundError, CorruptRecord, InvalidArgument):
+                    records.append(self._read(self._path(id)))
+        return records
+
+    def resolve(self, prefix: str) -> str:
+        """The one id starting with `prefix` (crictl accepts unique prefixes)."""
+        if not prefix:
+            raise InvalidArgument(f"{self.kind} id: must not be empty")
+        with self._locked():
+            matches = [id for id in self._ids() if id.startswith(prefix)]
+        if not matches:
+            raise NotFound(f'{self.kind} "{prefix}" not found')
+        if len(matches) > 1:
+            raise InvalidArgument(
+                f'{self.kind} id prefix "{prefix}" is ambiguous: it matches '
+                f"{', '.join(matches[:5])}{', ...' if len(matches) > 5 else ''}"
+            )
+        return matches[0]
+
+    def reserve_name(self, name: str, id: str) -> None:
+        if not name:
+            raise InvalidArgument(f"{self.kind} name: must not be empty")
+        check_id(id, self.kind)
+        with self._locked():
+            names = self._read_names()
+            owner = names.get(name)
+            if owner == id:
+                return
+            if owner is not None:
+                raise AlreadyExists(f'{self.kind} name "{name}" is reserved for {owner}')
+            names[name] = id
+            self._write_names(names)
+
+    def release_name(self, name: str) -> None:
+        """Free `name`; a name not reserved is fine."""
+        with self._locked():
+            names = self._read_names()
+            if names.pop(name, None) is not None:
+                self._write_names(names)
+
+    def reserved_names(self) -> dict[str, str]:
+        """Every reservation, name to id: recovery compares them with the records."""
+        with self._locked():
+            return self._read_names()

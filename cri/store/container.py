@@ -1,0 +1,128 @@
+"""Container records (containerd `internal/cri/store/container/`).
+
+States are the CRI ContainerState, as containerd's `container/status.go` draws them:
+
+       CreateContainer      StartContainer       process exits
+    ─────────────────► CREATED ─────────► RUNNING ─────────► EXITED ──► RemoveContainer
+                          │                  │                  ▲
+                          │                  │ restart: state   │ recovery finds
+                          └── undo failed ───┴──► UNKNOWN ──────┘ the process gone
+
+`started_at` and `finished_at` are 0 until the event happens, as in the CRI status.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from skiff.cri.store import RECORD_VERSION, Fields, RecordStore, encode_bytes
+
+__all__ = ["ContainerRecord", "ContainerState", "ContainerStore", "ExitReason",
+           "container_name"]
+
+
+class ContainerState(enum.Enum):
+    # values are the CRI ContainerState numbers
+    CREATED = 0
+    RUNNING = 1
+    EXITED = 2
+    UNKNOWN = 3
+
+
+class ExitReason(enum.Enum):
+    # values are the strings kubelet reads in ContainerStatus.reason
+    COMPLETED = "Completed"
+    ERROR = "Error"
+    OOM_KILLED = "OOMKilled"
+
+
+def container_name(*, name: str, attempt: int, sandbox_name: str, sandbox_namespace: str,
+                   sandbox_uid: str) -> str:
+    """The name a container reserves (containerd `makeContainerName`): its own name and
+    attempt with its sandbox's metadata, so one pod cannot hold two of the same attempt."""
+    return "_".join((name, sandbox_name, sandbox_namespace, sandbox_uid, str(attempt)))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContainerRecord:
+    id: str
+    sandbox_id: str
+    name: str
+    attempt: int = 0
+    image_ref: str = ""
+    """The image as the request named it."""
+    image_id: str = ""
+    """The resolved image id (config digest)."""
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    created_at: int = 0
+    started_at: int = 0
+    finished_at: int = 0
+    exit_code: int = 0
+    reason: ExitReason | None = None
+    message: str = ""
+    state: ContainerState = ContainerState.UNKNOWN
+    log_path: str = ""
+    runtime_id: str = ""
+    """The id of the container in skiff's OCI runtime."""
+    config: bytes = b""
+    """The CRI ContainerConfig, `SerializeToString()` bytes, kept whole."""
+    version: int = RECORD_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "id": self.id,
+            "sandbox_id": self.sandbox_id,
+            "name": self.name,
+            "attempt": self.attempt,
+            "image_ref": self.image_ref,
+            "image_id": self.image_id,
+            "labels": self.labels,
+            "annotations": self.annotations,
+            "created_at": self.created_at,
+            "started_at": self.started_at,
+            "finished_at": self.finished_at,
+            "exit_code": self.exit_code,
+            "reason": "" if self.reason is None else self.reason.name,
+            "message": self.message,
+            "state": self.state.name,
+            "log_path": self.log_path,
+            "runtime_id": self.runtime_id,
+            "config": encode_bytes(self.config),
+        }
+
+    @classmethod
+    def from_json(cls, f: Fields) -> ContainerRecord:
+        return cls(
+            version=f.integer("version"),
+            id=f.text("id"),
+            sandbox_id=f.text("sandbox_id"),
+            name=f.text("name"),
+            attempt=f.integer("attempt"),
+            image_ref=f.text("image_ref"),
+            image_id=f.text("image_id"),
+            labels=f.str_map("labels"),
+            annotations=f.str_map("annotations"),
+            created_at=f.integer("created_at"),
+            started_at=f.integer("started_at"),
+            finished_at=f.integer("finished_at"),
+            exit_code=f.integer("exit_code"),
+            reason=None if f.text("reason") == "" else f.enum("reason", ExitReason),
+            message=f.text("message"),
+            state=f.enum("state", ContainerState),
+            log_path=f.text("log_path"),
+            runtime_id=f.text("runtime_id"),
+            config=f.blob("config"),
+        )
+
+
+class ContainerStore(RecordStore[ContainerRecord]):
+    """`<state_root>/containers/`: one record per container, names as `container_name`."""
+
+    def __init__(self, state_root: str | os.PathLike[str]) -> None:
+        super().__init__(os.path.join(state_root, "containers"), kind="container",
+                         decode=ContainerRecord.from_json)
