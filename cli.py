@@ -135,8 +135,8 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     config = oci.ImageConfig(
         env=tuple(args.env) or (f"PATH={build.DEFAULT_PATH}",),
-        entrypoint=tuple(json.loads(args.entrypoint)) if args.entrypoint else None,
-        cmd=tuple(json.loads(args.cmd)) if args.cmd else None,
+        entrypoint=tuple(_json_list(args.entrypoint, "--entrypoint")) if args.entrypoint else None,
+        cmd=tuple(_json_list(args.cmd, "--cmd")) if args.cmd else None,
         working_dir=args.workdir, user=args.user,
         exposed_ports={port: oci.EmptyObject() for port in args.expose},
     )
@@ -159,11 +159,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     imgs = images(args)
     container_id = args.name or f"skiff-{secrets.token_hex(6)}"
+    entrypoint = _json_list(args.entrypoint, "--entrypoint") if args.entrypoint else None
     rootfs, resolved = imgs.prepare(args.image, container_id)
     try:
         spec = runtime_spec(resolved.image.config, rootfs, args=args.args, env=args.env, user=args.user,
-                            working_dir=args.workdir,
-                            entrypoint=json.loads(args.entrypoint) if args.entrypoint else None)
+                            working_dir=args.workdir, entrypoint=entrypoint)
         resources = LinuxResources(
             memory=LinuxMemory(limit=parse_size(args.memory)) if args.memory else None,
             cpu=LinuxCPU(quota=int(args.cpus * 100000), period=100000) if args.cpus else None)
@@ -175,8 +175,22 @@ def cmd_run(args: argparse.Namespace) -> int:
             json.dump(spec_to_dict(spec), f)
         return int(Runtime(args.state).run(container_id, bundle))
     finally:
-        # The container is gone once it exits (as with --rm): so is its snapshot.
-        imgs.release(container_id)
+        # The container is gone once it exits (as with --rm): so is its snapshot. A failure
+        # here is reported without replacing the container's exit code.
+        try:
+            imgs.release(container_id)
+        except (SkiffError, OSError) as e:
+            print(f"skiff: removing the snapshot of {container_id}: {e}", file=sys.stderr)
+
+
+def _json_list(text: str, flag: str) -> list[str]:
+    try:
+        value = json.loads(text)
+    except ValueError as e:
+        raise InvalidArgument(f"{flag} {text!r}: not JSON: {e}") from e
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidArgument(f"{flag} {text!r}: expected a JSON list of strings")
+    return value
 
 
 def cmd_cri(args: argparse.Namespace) -> int:
@@ -269,18 +283,21 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # `run` exits with the container's code; its own failures use podman's 125, so that the
+    # two never look alike.
+    failed = 125 if args.command == "run" else 1
     try:
         return int(args.func(args))
     except SkiffError as e:
         print(f"skiff: {e}", file=sys.stderr)
         for note in getattr(e, "__notes__", ()):
             print(f"skiff: {note}", file=sys.stderr)
-        return 1
+        return failed
     except KeyboardInterrupt:
         return 130
     except OSError as e:
         print(f"skiff: {e.filename + ': ' if e.filename else ''}{(e.strerror or str(e)).lower()}", file=sys.stderr)
-        return 1
+        return failed
 
 
 if __name__ == "__main__":

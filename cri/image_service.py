@@ -7,6 +7,7 @@ missing image is an empty answer (kubelet then pulls), RemoveImage of a missing 
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -14,8 +15,11 @@ import grpc
 from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc
 
-from skiff.errors import InvalidArgument, NotFound
+from skiff.errors import FailedPrecondition, InvalidArgument, SkiffError
 from skiff.images.service import Images, normalize
+
+
+log = logging.getLogger("skiff.cri")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -32,32 +36,47 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         self.images = images
 
     def _entries(self) -> dict[str, _Entry]:
+        """By image id. A name goes to repo_tags when it has a tag (domain/path:tag), and every
+        name gives a repo digest domain/path@<the digest it points at>, as containerd shows them."""
+        from skiff.images import reference
+
         entries: dict[str, _Entry] = {}
         for record in self.images.store.images():
             try:
                 resolved = self.images.resolve(record.name)
-            except NotFound:
-                continue  # a record whose platform manifest is missing: not runnable here
+            except SkiffError as e:  # one broken record must not hide every other image
+                log.warning("image %s: %s: left out of the CRI image list", record.name, e)
+                continue
             config = resolved.manifest.config
             entry = entries.get(config.digest)
             if entry is None:
                 size = config.size + sum(layer.size for layer in resolved.manifest.layers)
                 user = resolved.image.config.user if resolved.image.config and resolved.image.config.user else ""
                 entry = entries[config.digest] = _Entry(id=config.digest, tags=[], digests=[], size=size, user=user)
-            entry.tags.append(record.name)
-            entry.digests.append(f"{record.name.rpartition(':')[0] if '@' not in record.name else record.name.partition('@')[0]}@{resolved.digest}")
+            ref = reference.parse(record.name)
+            if ref.tag is not None:
+                entry.tags.append(f"{ref.name}:{ref.tag}")
+            entry.digests.append(f"{ref.name}@{record.digest}")
         return entries
 
     def _find(self, image: str) -> _Entry | None:
+        """By id, unique id prefix (as crictl passes them), or any name."""
         if not image:
             raise InvalidArgument("image.image: must name an image")
         entries = self._entries()
-        if image in entries:
-            return entries[image]
-        if image.startswith("sha256:") or len(image) == 64:
-            wanted = image if image.startswith("sha256:") else f"sha256:{image}"
-            return entries.get(wanted)
-        name = normalize(image)
+        hexdigits = image.removeprefix("sha256:")
+        if all(c in "0123456789abcdef" for c in hexdigits) and len(hexdigits) >= 6:
+            matches = [e for digest, e in entries.items() if digest.removeprefix("sha256:").startswith(hexdigits)]
+            if len(matches) > 1:
+                raise InvalidArgument(f"image.image: id prefix {image!r} matches {len(matches)} images")
+            if matches:
+                return matches[0]
+        try:
+            name = normalize(image)
+        except InvalidArgument:
+            if image.startswith("sha256:"):
+                return None
+            raise
         return next((e for e in entries.values() if name in e.tags or name in e.digests), None)
 
     @staticmethod
@@ -92,22 +111,38 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
     def RemoveImage(self, request: pb.RemoveImageRequest, context: grpc.ServicerContext) -> pb.RemoveImageResponse:
         entry = self._find(request.image.image)
         if entry is not None:  # removing a missing image succeeds (CRI)
-            for tag in entry.tags:
-                self.images.remove(tag)
-            self.images.gc()
+            for name in {r.name for r in self.images.store.images()}:
+                if self._belongs(name, entry):
+                    self.images.remove(name)
+            try:
+                self.images.gc()
+            except FailedPrecondition:  # a pull holds the store meanwhile: the next gc frees it
+                pass
         return pb.RemoveImageResponse()
+
+    def _belongs(self, name: str, entry: _Entry) -> bool:
+        try:
+            return self.images.resolve(name).manifest.config.digest == entry.id
+        except SkiffError:
+            return False
 
     def ImageFsInfo(self, request: pb.ImageFsInfoRequest, context: grpc.ServicerContext) -> pb.ImageFsInfoResponse:
         import time
 
         used = inodes = 0
+        seen: set[tuple[int, int]] = set()
         for top, dirs, files in os.walk(self.images.root):
-            inodes += len(dirs) + len(files)
-            for name in files:
+            if os.path.dirname(top) == self.images.snapshots:
+                dirs[:] = [d for d in dirs if d != "rootfs"]  # overlay mounts: counted as layers
+            for name in dirs + files:
                 try:
-                    used += os.lstat(os.path.join(top, name)).st_size
+                    st = os.lstat(os.path.join(top, name))
                 except FileNotFoundError:
-                    pass
+                    continue
+                if (st.st_dev, st.st_ino) not in seen:  # hard links count once, by blocks
+                    seen.add((st.st_dev, st.st_ino))
+                    inodes += 1
+                    used += st.st_blocks * 512
         usage = pb.FilesystemUsage(timestamp=time.time_ns(), fs_id=pb.FilesystemIdentifier(mountpoint=self.images.root))
         usage.used_bytes.value = used
         usage.inodes_used.value = inodes

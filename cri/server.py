@@ -51,7 +51,7 @@ def serve(config: CriConfig) -> None:
     import signal
 
     socket_path = config.socket
-    server = build_server(socket_path, Images(config.images_root))
+    server = build_server(socket_path, Images(config.images_root, registries=config.registries, progress=False))
     server.start()
     # SIGTERM (systemd's stop) ends the wait below like ^C does, so the socket goes too.
     signal.signal(signal.SIGTERM, lambda *_: server.stop(grace=2))

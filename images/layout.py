@@ -4,17 +4,21 @@ this imports; `skiff export` writes one (or its archive) for skopeo, podman or c
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import stat
 import tarfile
 import tempfile
+from typing import BinaryIO
 
 from skiff.errors import InvalidArgument, NotFound
 from skiff.images.store import ContentStore, ImageRecord
 from skiff.oci import image as oci
 
 REF_NAME = "org.opencontainers.image.ref.name"
+_MAX_JSON = 4 << 20  # an index or manifest bigger than this is not one
 
 
 def import_layout(store: ContentStore, layout: str, *, name: str | None = None) -> list[ImageRecord]:
@@ -22,8 +26,8 @@ def import_layout(store: ContentStore, layout: str, *, name: str | None = None) 
     its digest), recorded under its ref-name annotation, or `name` (which then must pick out a
     layout with one image)."""
     try:
-        with open(os.path.join(layout, "index.json"), "rb") as f:
-            index = oci.parse_index(f.read(), source=f"{layout}/index.json")
+        with _open_regular(layout, "index.json") as f:
+            index = oci.parse_index(f.read(_MAX_JSON), source=f"{layout}/index.json")
     except FileNotFoundError:
         raise NotFound(f"{layout}: not an OCI image layout (no index.json)") from None
     if name is not None and len(index.manifests) != 1:
@@ -42,14 +46,14 @@ def import_layout(store: ContentStore, layout: str, *, name: str | None = None) 
 def _copy_tree(store: ContentStore, layout: str, descriptor: oci.Descriptor) -> None:
     """The descriptor's blob and, for a manifest or index, every blob it reaches; children first,
     so the store never holds a manifest whose blobs are missing."""
-    path = _blob_path(layout, descriptor.digest)
+    path = f"{layout}/blobs/{descriptor.digest.replace(':', '/')}"
     if descriptor.media_type in oci.INDEX_MEDIA_TYPES:
-        with open(path, "rb") as f:
-            for child in oci.parse_index(f.read(), source=path).manifests:
+        with _open_blob(layout, descriptor.digest) as f:
+            for child in oci.parse_index(f.read(_MAX_JSON), source=path).manifests:
                 _copy_tree(store, layout, child)
     elif descriptor.media_type in oci.MANIFEST_MEDIA_TYPES:
-        with open(path, "rb") as f:
-            manifest = oci.parse_manifest(f.read(), source=path)
+        with _open_blob(layout, descriptor.digest) as f:
+            manifest = oci.parse_manifest(f.read(_MAX_JSON), source=path)
         for blob in (manifest.config, *manifest.layers):
             _copy_blob(store, layout, blob)
     _copy_blob(store, layout, descriptor)
@@ -58,20 +62,50 @@ def _copy_tree(store: ContentStore, layout: str, descriptor: oci.Descriptor) -> 
 def _copy_blob(store: ContentStore, layout: str, descriptor: oci.Descriptor) -> None:
     if store.has(descriptor.digest):
         return
-    path = _blob_path(layout, descriptor.digest)
-    with open(path, "rb") as src, store.writer(expected_digest=descriptor.digest,
-                                               expected_size=descriptor.size) as out:
+    with _open_blob(layout, descriptor.digest) as src, store.writer(expected_digest=descriptor.digest,
+                                                                    expected_size=descriptor.size) as out:
         while chunk := src.read(1 << 20):
             out.write(chunk)
         out.commit()
 
 
-def _blob_path(layout: str, digest: str) -> str:
+def _open_blob(layout: str, digest: str) -> BinaryIO:
     algorithm, _, hexdigest = digest.partition(":")
-    path = os.path.join(layout, "blobs", algorithm, hexdigest)
-    if not hexdigest or "/" in hexdigest or not os.path.isfile(path):
-        raise NotFound(f"{layout}: blob {digest} is missing")
-    return path
+    if not hexdigest or "/" in hexdigest or "/" in algorithm or algorithm.startswith("."):
+        raise InvalidArgument(f"{layout}: blob digest {digest!r} is malformed")
+    try:
+        return _open_regular(layout, "blobs", algorithm, hexdigest)
+    except FileNotFoundError:
+        raise NotFound(f"{layout}: blob {digest} is missing") from None
+
+
+def _open_regular(layout: str, *parts: str) -> BinaryIO:
+    """A regular file inside the layout, reached without following any symlink: a layout
+    unpacked from someone's archive may hold links to host files or to /dev/zero."""
+    fd = os.open(layout, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for part in parts[:-1]:
+            next_fd = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = next_fd
+        try:
+            file_fd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=fd)
+        except OSError as e:
+            if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise InvalidArgument(f"{layout}/{'/'.join(parts)}: a symlink, not a file") from None
+            raise
+    except NotADirectoryError:
+        raise InvalidArgument(f"{layout}/{'/'.join(parts)}: a path through something not a directory") from None
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InvalidArgument(f"{layout}/{'/'.join(parts)}: a path through a symlink") from None
+        raise
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(os.fstat(file_fd).st_mode):
+        os.close(file_fd)
+        raise InvalidArgument(f"{layout}/{'/'.join(parts)}: not a regular file")
+    return os.fdopen(file_fd, "rb")
 
 
 def export_layout(store: ContentStore, name: str, layout: str, *, tag: str | None = None) -> None:

@@ -366,7 +366,8 @@ class Client:
         """One request, redirects followed. Authorization goes only to the endpoint's host."""
         for _ in range(_REDIRECTS + 1):
             parts = urllib.parse.urlsplit(url)
-            same = parts.netloc == ep.netloc
+            # same host AND scheme: a redirect from https to http must not carry the credentials
+            same = parts.netloc == ep.netloc and parts.scheme == ep.scheme
             target = parts.path + (f"?{parts.query}" if parts.query else "")
             sent = headers if same else {k: v for k, v in headers.items() if k != "Authorization"}
             while True:
@@ -459,8 +460,9 @@ class Client:
         url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
         token_ep = Endpoint(registry=ep.registry, scheme=ep.scheme, netloc=ep.netloc,
                             skip_verify=ep.skip_verify, ca_file=ep.ca_file)
-        headers = {"Authorization": basic} if basic else {}
         parts = urllib.parse.urlsplit(url)
+        # Basic credentials never go to a plain-HTTP realm of an HTTPS registry.
+        headers = {"Authorization": basic} if basic and (parts.scheme == "https" or ep.scheme == "http") else {}
         if parts.netloc != ep.netloc:  # another host: the configured CA still counts, skip_verify not
             token_ep = Endpoint(registry=ep.registry, scheme=parts.scheme, netloc=parts.netloc,
                                 ca_file=ep.ca_file)

@@ -9,12 +9,15 @@ it composes the content store, the registry client, the layer unpacker and snaps
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from skiff.errors import FailedPrecondition, InvalidArgument
+from skiff.errors import FailedPrecondition, InvalidArgument, NotFound, SkiffError
 from skiff.images import reference
 from skiff.images.store import ContentStore, ImageRecord
 from skiff.oci import image as oci
@@ -40,19 +43,37 @@ def normalize(name: str) -> str:
 
 
 class Images:
-    def __init__(self, root: str = DEFAULT_ROOT) -> None:
+    def __init__(self, root: str = DEFAULT_ROOT, *, registries: str | None = None,
+                 progress: bool = True) -> None:
+        """`registries`: the registry configuration file (images/hosts.py; default its own
+        default). `progress`: draw pull progress on stderr (a CLI), or not (a daemon)."""
         self.root = root
         self.store = ContentStore(os.path.join(root, "content"))
         self.layers = os.path.join(root, "layers", "sha256")
         self.snapshots = os.path.join(root, "snapshots")
+        self.registries = registries
+        self.progress = progress
+
+    @contextlib.contextmanager
+    def _layers_lock(self, exclusive: bool) -> Iterator[None]:
+        """Shared while a snapshot is being made from layers, exclusive while gc removes
+        layers: gc never takes a layer a container is about to mount."""
+        os.makedirs(self.layers, exist_ok=True)
+        fd = os.open(os.path.join(self.layers, ".lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
 
     # -- records -----------------------------------------------------------------------------
 
     def pull(self, name: str, *, platform: str | None = None) -> ImageRecord:
-        from skiff.images import registry
+        from skiff.images import hosts, registry
 
         result = registry.pull(normalize(name), self.store, platform=platform or DEFAULT_PLATFORM,
-                               progress=registry.default_progress())
+                               progress=registry.default_progress() if self.progress else None,
+                               config=hosts.load(self.registries))
         return self.store.image(str(result.reference))
 
     def resolve(self, name: str, *, platform: str | None = None) -> ResolvedImage:
@@ -72,21 +93,26 @@ class Images:
         return ResolvedImage(name=record.name, digest=digest, manifest=manifest, image=image)
 
     def remove(self, name: str) -> ImageRecord:
-        """Forget the name; refused while a container's snapshot uses the image's layers."""
-        in_use = self._layers_in_use()
-        resolved = self.resolve(name)
-        if any(_hex(d) in in_use for d in resolved.image.rootfs.diff_ids):
-            raise FailedPrecondition(f"image {resolved.name} is in use by a container")
-        return self.store.remove_image(resolved.name)
+        """Forget the name; refused while a container runs this very image (sharing base
+        layers with it is fine: gc keeps layers that snapshots use)."""
+        record = self.store.image(normalize(name))
+        try:
+            config = self.resolve(record.name).manifest.config.digest
+        except SkiffError:  # a record that cannot be resolved here (another platform, a lost blob)
+            return self.store.remove_image(record.name)
+        if config in self._images_in_use():
+            raise FailedPrecondition(f"image {record.name} is in use by a container")
+        return self.store.remove_image(record.name)
 
     def gc(self) -> list[str]:
         """Blobs no image reaches, and unpacked layers no image or container uses."""
         removed = self.store.gc()
-        keep = {_hex(d) for d in self.store.references().diff_ids} | self._layers_in_use()
-        for name in _listdir(self.layers):
-            if name not in keep and not name.startswith("."):
-                shutil.rmtree(os.path.join(self.layers, name))
-                removed.append(f"layer sha256:{name}")
+        with self._layers_lock(exclusive=True):
+            keep = {_hex(d) for d in self.store.references().diff_ids} | self._layers_in_use()
+            for name in _listdir(self.layers):
+                if name not in keep and not name.startswith("."):
+                    shutil.rmtree(os.path.join(self.layers, name))
+                    removed.append(f"layer sha256:{name}")
         return removed
 
     # -- root filesystems ----------------------------------------------------------------------
@@ -128,11 +154,17 @@ class Images:
     def prepare(self, name: str, container_id: str) -> tuple[str, ResolvedImage]:
         """A writable root filesystem for `container_id`: an overlay of the image's layers with
         the container's own upper directory. Returns its path and the image."""
+        snapshot = self._snapshot_dir(container_id)
+        resolved = self.resolve(name)
+        with self._layers_lock(exclusive=False):
+            # Top first, each layer once: overlayfs refuses a lowerdir named twice (ELOOP), and
+            # the upper copy of a repeated layer already shows all of it.
+            lower = list(dict.fromkeys(reversed(self.unpack(resolved))))
+            return self._mount_snapshot(snapshot, container_id, lower, resolved), resolved
+
+    def _mount_snapshot(self, snapshot: str, container_id: str, lower: list[str], resolved: ResolvedImage) -> str:
         from skiff.images.snapshot import mount_overlay
 
-        resolved = self.resolve(name)
-        lower = list(reversed(self.unpack(resolved)))
-        snapshot = os.path.join(self.snapshots, container_id)
         os.makedirs(self.snapshots, exist_ok=True)
         try:
             os.mkdir(snapshot)
@@ -143,22 +175,43 @@ class Images:
                 os.mkdir(os.path.join(snapshot, part))
             with open(os.path.join(snapshot, "layers"), "w") as f:
                 f.write("\n".join(os.path.basename(d) for d in lower))
+            with open(os.path.join(snapshot, "image"), "w") as f:
+                f.write(resolved.manifest.config.digest)
             mount_overlay(lower, os.path.join(snapshot, "rootfs"), upper=os.path.join(snapshot, "upper"),
                           work=os.path.join(snapshot, "work"))
         except BaseException:
             shutil.rmtree(snapshot, ignore_errors=True)
             raise
-        return os.path.join(snapshot, "rootfs"), resolved
+        return os.path.join(snapshot, "rootfs")
 
     def release(self, container_id: str) -> None:
         """Unmount and remove the container's snapshot; a missing one is fine."""
         from skiff.images.snapshot import unmount
 
-        snapshot = os.path.join(self.snapshots, container_id)
+        snapshot = self._snapshot_dir(container_id)
         if not os.path.isdir(snapshot):
             return
-        unmount(os.path.join(snapshot, "rootfs"))
+        try:
+            unmount(os.path.join(snapshot, "rootfs"))
+        except NotFound:  # not mounted any more (a reboot, a killed `skiff run`): nothing to undo
+            pass
         shutil.rmtree(snapshot)
+
+    def _snapshot_dir(self, container_id: str) -> str:
+        if not container_id or "/" in container_id or container_id in (".", "..") or container_id.startswith("."):
+            raise InvalidArgument(f"container id {container_id!r}: not a valid name for a snapshot")
+        return os.path.join(self.snapshots, container_id)
+
+    def _images_in_use(self) -> set[str]:
+        """The config digests of the images that containers' snapshots were made from."""
+        used: set[str] = set()
+        for container_id in _listdir(self.snapshots):
+            try:
+                with open(os.path.join(self.snapshots, container_id, "image")) as f:
+                    used.add(f.read().strip())
+            except FileNotFoundError:
+                continue
+        return used
 
     def _layers_in_use(self) -> set[str]:
         used: set[str] = set()

@@ -192,11 +192,11 @@ class _Extractor:
         for parts, mtime in self.dirs:
             try:
                 parent = self._parent(parts, parts[-1], create=False)
-            except FileNotFoundError:
-                continue  # removed again by a later entry
+            except (OSError, UnpackError):
+                continue  # removed or replaced by a later entry: only its time was left to set
             try:
                 os.utime(parts[-1], ns=(mtime, mtime), dir_fd=parent, follow_symlinks=False)
-            except FileNotFoundError:
+            except OSError:
                 pass
             finally:
                 os.close(parent)

@@ -67,11 +67,11 @@ def test_run_gives_the_containers_output_and_exit_code(skiff: Skiff) -> None:
 def test_export_rmi_import_run(skiff: Skiff, tmp_path: Path) -> None:
     archive = tmp_path / "box.tar"
     skiff("run", "localhost/box:1", check=False)  # unpacks its layer
-    assert len(os.listdir(skiff.root / "layers" / "sha256")) == 1
+    assert len(_layers(skiff)) == 1
     skiff("export", "localhost/box:1", str(archive))
     skiff("rmi", "localhost/box:1")
     assert skiff("images").stdout.splitlines()[1:] == []
-    assert os.listdir(skiff.root / "layers" / "sha256") == []  # gc took the unpacked layer too
+    assert _layers(skiff) == []  # gc took the unpacked layer too
     skiff("import", str(archive), "localhost/again:1")
     assert skiff("run", "localhost/again:1", check=False).returncode == 3
     docker = tmp_path / "box.docker.tar"
@@ -79,6 +79,10 @@ def test_export_rmi_import_run(skiff: Skiff, tmp_path: Path) -> None:
     skiff("rmi", "localhost/again:1")
     assert skiff("import", str(docker)).stdout.startswith("localhost/again:1 sha256:")
     assert skiff("run", "localhost/again:1", check=False).returncode == 3
+
+
+def _layers(skiff: Skiff) -> list[str]:
+    return [n for n in os.listdir(skiff.root / "layers" / "sha256") if not n.startswith(".")]
 
 
 @pytest.mark.requires("skopeo")
@@ -139,3 +143,27 @@ def test_pull_from_a_registry_then_run(skiff: Skiff, tmp_path: Path, registry: A
     pulled = skiff("pull", f"{registry.host}/demo/busybox:v1")
     assert pulled.stdout.startswith(f"{registry.host}/demo/busybox:v1 sha256:")
     assert skiff("run", f"{registry.host}/demo/busybox:v1").stdout == "pulled\n"
+
+
+def test_a_repeated_layer_and_a_shared_base(skiff: Skiff, tmp_path: Path) -> None:
+    """An image whose layers repeat (one diff_id twice) still runs (overlayfs refuses a lower
+    dir named twice), and an image sharing its base with a running one can be removed."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    skiff("build", str(tmp_path / "src"), str(empty), str(empty), "-t", "localhost/repeat:1", "--cmd", '["true"]')
+    assert skiff("run", "localhost/repeat:1").returncode == 0
+    from skiff.images.service import Images
+
+    images = Images(str(skiff.root))
+    images.prepare("localhost/box:1", "holder")
+    try:
+        images.remove("localhost/repeat:1")  # shares the busybox layer with box:1, which is in use
+    finally:
+        images.release("holder")
+
+
+def test_run_reports_its_own_failures_as_125(skiff: Skiff) -> None:
+    done = skiff("run", "localhost/absent:1", check=False)
+    assert done.returncode == 125 and "image 'localhost/absent:1' not found" in done.stderr
+    done = skiff("run", "--entrypoint", "not json", "localhost/box:1", check=False)
+    assert done.returncode == 125 and "--entrypoint 'not json': not JSON" in done.stderr
