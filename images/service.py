@@ -204,24 +204,21 @@ class Images:
 
     def _images_in_use(self) -> set[str]:
         """The config digests of the images that containers' snapshots were made from."""
-        used: set[str] = set()
+        return self._snapshot_words("image")
+
+    def _snapshot_words(self, name: str) -> set[str]:
+        words: set[str] = set()
         for container_id in _listdir(self.snapshots):
             try:
-                with open(os.path.join(self.snapshots, container_id, "image")) as f:
-                    used.add(f.read().strip())
+                with open(os.path.join(self.snapshots, container_id, name)) as f:
+                    words.update(f.read().split())
             except FileNotFoundError:
                 continue
-        return used
+        return words
 
     def _layers_in_use(self) -> set[str]:
-        used: set[str] = set()
-        for container_id in _listdir(self.snapshots):
-            try:
-                with open(os.path.join(self.snapshots, container_id, "layers")) as f:
-                    used.update(f.read().split())
-            except FileNotFoundError:
-                continue
-        return used
+        """The diff_id hexes of the layers containers' snapshots are made of."""
+        return self._snapshot_words("layers")
 
 
 def _hex(digest: str) -> str:

@@ -101,13 +101,18 @@ def _load_json(path: str | os.PathLike[str]) -> object:
         code = errno.errorcode.get(e.errno or 0, "")
         reason = (e.strerror or str(e)).lower() + (f" ({code})" if code else "")
         raise SpecError("", f"cannot read: {reason}", source=source) from e
+    return decode_json(raw, source)
+
+
+def decode_json(raw: bytes | str, source: str | None) -> object:
+    """json.loads with an error that says where (`config.json: invalid json at line 3 ...`)."""
     try:
         return json.loads(raw)
     except json.JSONDecodeError as e:
         reason = f"invalid json at line {e.lineno} column {e.colno}: {e.msg[:1].lower()}{e.msg[1:]}"
-        raise SpecError("", reason, source=source) from e
+        raise SpecError("", reason, source=source) from None
     except UnicodeDecodeError as e:
-        raise SpecError("", f"invalid json: not utf-8 at byte {e.start}", source=source) from e
+        raise SpecError("", f"invalid json: not utf-8 at byte {e.start}", source=source) from None
 
 
 def _show(value: object) -> str:

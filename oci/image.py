@@ -16,7 +16,7 @@ import re
 from dataclasses import field
 from typing import Any, TypeVar
 
-from skiff.oci.codec import from_json, spec_to_dict
+from skiff.oci.codec import decode_json, from_json, spec_to_dict
 from skiff.oci.spec import SpecError, _model, _Model
 
 MEDIA_TYPE_OCI_DESCRIPTOR = "application/vnd.oci.descriptor.v1+json"
@@ -196,15 +196,7 @@ _M = TypeVar("_M")
 
 
 def _decode(raw: bytes | str | object, source: str | None) -> object:
-    if not isinstance(raw, (bytes, str)):
-        return raw
-    try:
-        return json.loads(raw)
-    except json.JSONDecodeError as e:
-        reason = f"invalid json at line {e.lineno} column {e.colno}: {e.msg[:1].lower()}{e.msg[1:]}"
-        raise SpecError("", reason, source=source) from None
-    except UnicodeDecodeError as e:
-        raise SpecError("", f"invalid json: not utf-8 at byte {e.start}", source=source) from None
+    return decode_json(raw, source) if isinstance(raw, (bytes, str)) else raw
 
 
 def _parse(cls: type[_M], raw: bytes | str | object, source: str | None) -> _M:

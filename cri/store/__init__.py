@@ -186,7 +186,9 @@ class RecordStore(Generic[R]):
         text = json.dumps(data, sort_keys=True, indent=1).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
-            os.write(fd, text)
+            view = memoryview(text)
+            while view:  # a short write (ENOSPC on the way) must not leave a truncated record
+                view = view[os.write(fd, view):]
             os.fsync(fd)
         finally:
             os.close(fd)
