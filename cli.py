@@ -8,9 +8,12 @@ import argparse
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from skiff.errors import InvalidArgument, SkiffError
+
+if TYPE_CHECKING:
+    from skiff.cri.client import Cri  # imported when a `cri` command runs: it brings grpc
 
 IMAGES_ROOT = os.environ.get("SKIFF_ROOT", "/var/lib/skiff")
 STATE_ROOT = os.environ.get("SKIFF_STATE", "/run/skiff")
@@ -194,8 +197,26 @@ def _json_list(text: str, flag: str) -> list[str]:
 
 
 def cmd_cri(args: argparse.Namespace) -> int:
-    if args.cri_command != "serve":
-        raise InvalidArgument(f"cri {args.cri_command}: unknown command")
+    """`serve` runs the service; every other command is a client of a CRI socket (crictl's
+    commands, crictl's output). A gRPC error prints its status code and details."""
+    if args.cri_command == "serve":
+        return _cri_serve(args)
+    import grpc
+
+    from skiff.cri.client import Cri, socket_path
+
+    try:
+        with Cri(socket_path(args.socket)) as cri:
+            return int(args.cri_func(cri, args))
+    except grpc.RpcError as e:
+        print(f"skiff cri {args.cri_command}: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    except SkiffError as e:
+        print(f"skiff cri {args.cri_command}: {e}", file=sys.stderr)
+        return 1
+
+
+def _cri_serve(args: argparse.Namespace) -> int:
     import dataclasses
     import logging
 
@@ -208,6 +229,156 @@ def cmd_cri(args: argparse.Namespace) -> int:
         settings = dataclasses.replace(settings, socket=args.socket)
     serve(settings)
     return 0
+
+
+def _cri_pods(cri: Cri, args: argparse.Namespace) -> int:
+    from skiff.cri import client
+
+    pods = client.find_pods(cri, name=args.name, namespace=args.namespace, state=args.state,
+                            labels=client.parse_labels(args.label), id_prefix=args.id)
+    for line in [p.id for p in pods] if args.quiet else [client.pods_table(pods)]:
+        print(line)
+    return 0
+
+
+def _cri_ps(cri: Cri, args: argparse.Namespace) -> int:
+    from skiff.cri import client
+
+    state = args.state or (None if args.all else "running")
+    containers = client.find_containers(cri, pod=args.pod, name=args.name, state=state,
+                                        labels=client.parse_labels(args.label))
+    for line in [c.id for c in containers] if args.quiet else [client.containers_table(containers)]:
+        print(line)
+    return 0
+
+
+def _cri_inspect(cri: Cri, args: argparse.Namespace) -> int:
+    from skiff.cri import client
+
+    print(client.container_status_json(cri.container_status(cri.container_id(args.id), verbose=True)))
+    return 0
+
+
+def _cri_inspectp(cri: Cri, args: argparse.Namespace) -> int:
+    from skiff.cri import client
+
+    response = cri.pod_status(cri.pod_id(args.id))
+    print(client.status_json(response.status, response.info))
+    return 0
+
+
+def _cri_inspecti(cri: Cri, args: argparse.Namespace) -> int:
+    from skiff.cri import client
+
+    response = cri.image_status(args.image)
+    print(client.status_json(response.image, response.info))
+    return 0
+
+
+def _cri_info(cri: Cri, args: argparse.Namespace) -> int:
+    from skiff.cri import client
+
+    response = cri.status()
+    print(client.status_json(response.status, response.info))
+    return 0
+
+
+def _cri_version(cri: Cri, args: argparse.Namespace) -> int:
+    from skiff.cri import client
+
+    print(client.version_text(cri.version()))
+    return 0
+
+
+def _cri_images(cri: Cri, args: argparse.Namespace) -> int:
+    from skiff.cri import client
+
+    print(client.images_table(cri.list_images()))
+    return 0
+
+
+def _cri_logs(cri: Cri, args: argparse.Namespace) -> int:
+    from skiff.cri import client
+
+    container_id = cri.container_id(args.id)
+    until = client.exit_watch(cri, container_id) if args.follow else None
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        client.print_logs(cri.log_path(container_id), out=sys.stdout.buffer, err=sys.stderr.buffer, tail=args.tail,
+                          timestamps=args.timestamps, until=until,
+                          warn=lambda message: print(f"skiff cri logs: {message}", file=sys.stderr))
+    finally:
+        sys.stdout.buffer.flush()
+        sys.stderr.buffer.flush()
+    return 0
+
+
+def _cri_exec(cri: Cri, args: argparse.Namespace) -> int:
+    if not args.command:
+        raise InvalidArgument("exec: name the command to run after the container id")
+    response = cri.exec_sync(cri.container_id(args.id), args.command, args.timeout)
+    for stream, data in ((sys.stdout, response.stdout), (sys.stderr, response.stderr)):
+        stream.flush()
+        stream.buffer.write(data)
+        stream.buffer.flush()
+    return int(response.exit_code)
+
+
+def _cri_runp(cri: Cri, args: argparse.Namespace) -> int:
+    from skiff.cri import client
+
+    print(cri.run_pod(client.load_pod_config(args.pod_config)))
+    return 0
+
+
+def _cri_create(cri: Cri, args: argparse.Namespace) -> int:
+    from skiff.cri import client
+
+    config, pod_config = client.load_container_config(args.container_config), client.load_pod_config(args.pod_config)
+    print(cri.create_container(cri.pod_id(args.pod_id), config, pod_config))
+    return 0
+
+
+def _cri_start(cri: Cri, args: argparse.Namespace) -> int:
+    container_id = cri.container_id(args.id)
+    cri.start(container_id)
+    print(container_id)
+    return 0
+
+
+def _cri_stop(cri: Cri, args: argparse.Namespace) -> int:
+    container_id = cri.container_id(args.id)
+    cri.stop(container_id, args.timeout)
+    print(container_id)
+    return 0
+
+
+def _cri_rm(cri: Cri, args: argparse.Namespace) -> int:
+    container_id = cri.container_id(args.id)
+    cri.remove(container_id)
+    print(container_id)
+    return 0
+
+
+def _cri_stopp(cri: Cri, args: argparse.Namespace) -> int:
+    pod_id = cri.pod_id(args.id)
+    cri.stop_pod(pod_id)
+    print(f"Stopped sandbox {pod_id}")
+    return 0
+
+
+def _cri_rmp(cri: Cri, args: argparse.Namespace) -> int:
+    pod_id = cri.pod_id(args.id)
+    cri.remove_pod(pod_id)
+    print(f"Removed sandbox {pod_id}")
+    return 0
+
+
+def _cri_pull(cri: Cri, args: argparse.Namespace) -> int:
+    print(f"Image is up to date for {cri.pull(args.image)}")
+    return 0
+
 
 
 def _human(n: int) -> str:
@@ -274,11 +445,67 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--interactive", "-i", action="store_true", help="accepted: stdin is always passed on")
     c.add_argument("image")
     c.add_argument("args", nargs=argparse.REMAINDER)
-    c = command("cri", "the Kubernetes CRI v1 service")
-    c.add_argument("cri_command", choices=("serve",), help="serve: run the CRI service in the foreground")
+    _cri_parser(command("cri", "the Kubernetes CRI v1 service (serve) and a client for any CRI socket, as crictl"))
+    return p
+
+
+def _cri_parser(cri: argparse.ArgumentParser) -> None:
+    """`skiff cri serve`, and the client commands with crictl's names and flags."""
+    sub = cri.add_subparsers(dest="cri_command", required=True, metavar="command")
+    c = sub.add_parser("serve", help="run the CRI service in the foreground")
     c.add_argument("--config", help="the service's TOML configuration (default /etc/skiff/cri.toml if it exists)")
     c.add_argument("--socket", help="override the configuration's socket")
-    return p
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--socket", help="the CRI socket (default $SKIFF_CRI_SOCKET, else /run/skiff/skiff.sock)")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help, parents=[common])
+        c.set_defaults(cri_func=globals()[f"_cri_{name}"])
+        return c
+
+    c = command("pods", "list pod sandboxes, newest first")
+    c.add_argument("--name", help="regular expression the pod's name must match")
+    c.add_argument("--namespace", help="regular expression the pod's namespace must match")
+    c.add_argument("--state", type=str.lower, choices=("ready", "notready"))
+    c.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--id", default="", metavar="PREFIX", help="only pods whose id starts with PREFIX")
+    c.add_argument("--quiet", "-q", action="store_true", help="print only pod ids")
+    c = command("ps", "list containers (only running ones without -a), newest first")
+    c.add_argument("--all", "-a", action="store_true")
+    c.add_argument("--pod", "-p", metavar="POD_ID", help="only the containers of this pod (an id or a unique prefix)")
+    c.add_argument("--name", help="regular expression the container's name must match")
+    c.add_argument("--label", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--state", type=str.lower, choices=("created", "running", "exited", "unknown"))
+    c.add_argument("--quiet", "-q", action="store_true", help="print only container ids")
+    for name, what in (("inspect", "a container's status, as JSON"), ("inspectp", "a pod's status, as JSON")):
+        command(name, what).add_argument("id")
+    command("inspecti", "an image's status, as JSON").add_argument("image")
+    c = command("logs", "print a container's log (read from its log file on this host)")
+    c.add_argument("--follow", "-f", action="store_true", help="go on printing until the container exits")
+    c.add_argument("--tail", type=int, metavar="N", help="start with the last N lines")
+    c.add_argument("--timestamps", "-t", action="store_true", help="begin each line with its time")
+    c.add_argument("id")
+    c = command("exec", "run a command in a running container (ExecSync), exit with its code")
+    c.add_argument("--timeout", type=int, default=0, metavar="S", help="stop it after S seconds (default: never)")
+    c.add_argument("id")
+    c.add_argument("command", nargs=argparse.REMAINDER)
+    command("runp", "run a pod sandbox from a JSON PodSandboxConfig; print its id").add_argument("pod_config")
+    c = command("create", "create a container in a pod from JSON ContainerConfig and PodSandboxConfig")
+    c.add_argument("pod_id")
+    c.add_argument("container_config")
+    c.add_argument("pod_config")
+    command("start", "start a created container").add_argument("id")
+    c = command("stop", "stop a running container")
+    c.add_argument("--timeout", "-t", type=int, default=0, metavar="S",
+                   help="seconds to wait after the stop signal before killing (default %(default)s)")
+    c.add_argument("id")
+    command("rm", "remove a container").add_argument("id")
+    command("stopp", "stop a pod sandbox and its containers").add_argument("id")
+    command("rmp", "remove a pod sandbox").add_argument("id")
+    command("pull", "pull an image through the image service").add_argument("image")
+    command("images", "list the image service's images")
+    command("version", "the runtime's name and versions")
+    command("info", "the runtime's status conditions and verbose info, as JSON")
 
 
 def main(argv: list[str] | None = None) -> int:

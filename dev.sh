@@ -12,13 +12,16 @@ top=$PWD
 venv=$top/.venv
 
 # What the runtime needs: python-prctl builds from source (gcc, python3-dev, libcap-dev);
-# libseccomp2 is loaded through ctypes; busybox-static is the demo's root filesystem.
+# libseccomp2 is loaded through ctypes; busybox-static is the demo's root filesystem; nftables
+# for pod networking's masquerade and hostPort rules.
 base_packages=(python3 python3-venv python3-dev gcc libcap-dev libseccomp2 busybox-static
-               iproute2 procps)
+               iproute2 procps nftables)
 # What the tests and benchmarks add: the peers measured against; QEMU for the v2 VM (its
 # kernel is unpacked from Debian's linux-image package by tests/vm, not installed); a local
-# registry (docker-registry; skopeo to push to it; openssl and htpasswd for TLS and basic auth).
-test_packages=(runc crun qemu-system-x86 cpio kmod skopeo docker-registry openssl apache2-utils)
+# registry (docker-registry; skopeo to push to it; openssl and htpasswd for TLS and basic auth);
+# the standard CNI plugins for the CRI's "cni" network mode (portmap drives iptables).
+test_packages=(runc crun qemu-system-x86 cpio kmod skopeo docker-registry openssl apache2-utils
+               containernetworking-plugins iptables)
 # The pull benchmark's peers.
 bench_packages=(umoci containerd)
 

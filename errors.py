@@ -7,8 +7,9 @@ SkiffError              root; raised bare it is a bug         -> INTERNAL
  ├─ AlreadyExists        reused name or attempt                -> ALREADY_EXISTS
  ├─ FailedPrecondition   wrong state for the call              -> FAILED_PRECONDITION
  ├─ ResourceExhausted    no address left in the pod CIDR       -> RESOURCE_EXHAUSTED
- └─ Unavailable          daemon still recovering, host lacks   -> UNAVAILABLE
-                         a kernel feature
+ ├─ Unavailable          daemon still recovering, host lacks   -> UNAVAILABLE
+ │                       a kernel feature
+ └─ DeadlineExceeded     an exec past its timeout              -> DEADLINE_EXCEEDED
 """
 
 
@@ -37,4 +38,8 @@ class ResourceExhausted(SkiffError):
 
 
 class Unavailable(SkiffError):
+    pass
+
+
+class DeadlineExceeded(SkiffError):
     pass

@@ -59,7 +59,7 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
             entry.digests.append(f"{ref.name}@{record.digest}")
         return entries
 
-    def _find(self, image: str) -> _Entry | None:
+    def find(self, image: str) -> _Entry | None:
         """By id, unique id prefix (as crictl passes them), or any name."""
         if not image:
             raise InvalidArgument("image.image: must name an image")
@@ -90,11 +90,11 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
 
     def ListImages(self, request: pb.ListImagesRequest, context: grpc.ServicerContext) -> pb.ListImagesResponse:
         wanted = request.filter.image.image if request.HasField("filter") and request.filter.HasField("image") else ""
-        entries = [self._find(wanted)] if wanted else list(self._entries().values())
+        entries = [self.find(wanted)] if wanted else list(self._entries().values())
         return pb.ListImagesResponse(images=[self._message(e) for e in entries if e is not None])
 
     def ImageStatus(self, request: pb.ImageStatusRequest, context: grpc.ServicerContext) -> pb.ImageStatusResponse:
-        entry = self._find(request.image.image)
+        entry = self.find(request.image.image)
         if entry is None:
             return pb.ImageStatusResponse()  # kubelet pulls on an empty answer
         return pb.ImageStatusResponse(image=self._message(entry))
@@ -109,7 +109,7 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         return pb.PullImageResponse(image_ref=self.images.resolve(record.name).manifest.config.digest)
 
     def RemoveImage(self, request: pb.RemoveImageRequest, context: grpc.ServicerContext) -> pb.RemoveImageResponse:
-        entry = self._find(request.image.image)
+        entry = self.find(request.image.image)
         if entry is not None:  # removing a missing image succeeds (CRI)
             for name in {r.name for r in self.images.store.images()}:
                 if self._belongs(name, entry):

@@ -8,6 +8,12 @@ restarting, as CRI-O's per-container conmon does (containerd copies in the daemo
 It exits when both pipes reach EOF.
 SIGUSR1 reopens LOG_PATH (ReopenContainerLog: kubelet renames the file, then asks for a new one).
 
+As the CRI service's container monitor (`--init PID --exit-file PATH`, see cri/monitor.py)
+it is also the parent of the container's init: the monitor process created the container and
+then exec'd this script, keeping its child. It reaps the init when it exits and writes
+`{"exit_code", "signal", "finished_at"}` to PATH (temp file and rename), so an exit while
+the daemon is down is still known when it comes back, as conmon's exit file is for CRI-O.
+
 It runs per container, so the module imports only the standard library's built-in modules
 (no `skiff` package, no site-packages: `-S`), and it never blocks the container on the log
 file: when a write fails (disk full) the line is dropped, said once on its stderr.
@@ -169,8 +175,25 @@ class _LogFile:
             self._fd = -1
 
 
-def run(log_path: str, streams: dict[int, Stream], *, max_line: int = MAX_LINE_SIZE) -> None:
-    """Copies each fd of `streams` into `log_path` until all reach EOF."""
+def write_exit_file(path: str, status: int, finished_at: int) -> None:
+    """The init's end as the service reads it: exit code, or the signal that killed it."""
+    signum = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
+    code = 128 + signum if signum else os.WEXITSTATUS(status)
+    tmp = f"{path}.tmp"
+    data = b'{"exit_code": %d, "signal": %d, "finished_at": %d}\n' % (code, signum, finished_at)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+
+
+def run(log_path: str, streams: dict[int, Stream], *, max_line: int = MAX_LINE_SIZE,
+        init: int | None = None, exit_file: str | None = None) -> None:
+    """Copies each fd of `streams` into `log_path` until all reach EOF; with `init`, also
+    reaps that child and records its end in `exit_file`."""
     log = _LogFile(log_path)
     writer = LogWriter(log.write, max_line=max_line)
     reopen = False
@@ -193,8 +216,20 @@ def run(log_path: str, streams: dict[int, Stream], *, max_line: int = MAX_LINE_S
     for fd in streams:
         poller.register(fd, select.POLLIN)
     open_fds = set(streams)
-    while open_fds:
+    pidfd = -1
+    if init is not None:
+        pidfd = os.pidfd_open(init)  # readable once the init has exited
+        poller.register(pidfd, select.POLLIN)
+    while open_fds or pidfd >= 0:
         for fd, _ in poller.poll():
+            if fd == pidfd:
+                assert init is not None and exit_file is not None
+                _, status = os.waitpid(init, 0)
+                write_exit_file(exit_file, status, time.time_ns())
+                poller.unregister(pidfd)
+                os.close(pidfd)
+                pidfd = -1
+                continue
             if fd == wake_r:
                 try:
                     while os.read(wake_r, 512):
@@ -219,13 +254,26 @@ def run(log_path: str, streams: dict[int, Stream], *, max_line: int = MAX_LINE_S
     log.close()
 
 
+USAGE = "usage: log_copier.py [--init PID --exit-file PATH] LOG_PATH (stdout pipe on fd 3, stderr pipe on fd 4)"
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        _say("usage: log_copier.py LOG_PATH (stdout pipe on fd 3, stderr pipe on fd 4)")
+    args = argv[1:]
+    init: int | None = None
+    exit_file: str | None = None
+    try:
+        if args[:1] == ["--init"]:
+            if args[2] != "--exit-file":
+                raise ValueError
+            init, exit_file, args = int(args[1]), args[3], args[4:]
+    except (IndexError, ValueError):
+        args = []
+    if len(args) != 1:
+        _say(USAGE)
         return 2
     # An inherited write end of some container's pipe would keep that pipe open forever.
     os.closerange(STDERR_FD + 1, os.sysconf("SC_OPEN_MAX"))
-    run(argv[1], {STDOUT_FD: Stream.STDOUT, STDERR_FD: Stream.STDERR})
+    run(args[0], {STDOUT_FD: Stream.STDOUT, STDERR_FD: Stream.STDERR}, init=init, exit_file=exit_file)
     return 0
 
 

@@ -1,44 +1,61 @@
 """`skiff cri serve`: the CRI v1 gRPC service on a unix socket (default /run/skiff/skiff.sock,
 mode 0660, root's), RuntimeService and ImageService, with skiff's errors mapped to gRPC
-codes in one interceptor (grpc_errors.py)."""
+codes in one interceptor (grpc_errors.py).
+
+Start-up order matters: the fork server is forked first, while this process has one thread
+and before grpc is even imported (STYLE §3); then recovery brings records and kernel in line
+(recovery.py); only then does the socket accept calls.
+"""
 
 from __future__ import annotations
 
 import os
-from concurrent import futures
-
-import grpc
-from cri_api.v1 import api_pb2_grpc
+from typing import TYPE_CHECKING
 
 from skiff.cri.config import CriConfig
-from skiff.cri.grpc_errors import ErrorInterceptor
-from skiff.cri.image_service import ImageService
-from skiff.cri.runtime_service import RuntimeService
 from skiff.errors import FailedPrecondition
-from skiff.images.service import Images
+
+if TYPE_CHECKING:
+    import grpc
+
+    from skiff.cri.service.context import ServiceContext
 
 DEFAULT_SOCKET = "/run/skiff/skiff.sock"
 
 
-def build_server(socket_path: str, images: Images, *, workers: int = 8) -> grpc.Server:
-    """A server bound to `socket_path` (not yet started). A stale socket file of a dead
-    daemon is replaced; a live one is refused."""
-    os.makedirs(os.path.dirname(socket_path) or ".", mode=0o750, exist_ok=True)
-    if os.path.exists(socket_path):
-        import socket
+def _claim_socket(socket_path: str) -> None:
+    """A stale socket file of a dead daemon is replaced; a live one is refused."""
+    import socket
 
-        probe = socket.socket(socket.AF_UNIX)
-        try:
-            probe.connect(socket_path)
-            raise FailedPrecondition(f"{socket_path}: another CRI service is listening there")
-        except ConnectionRefusedError:
-            os.unlink(socket_path)
-        finally:
-            probe.close()
+    os.makedirs(os.path.dirname(socket_path) or ".", mode=0o750, exist_ok=True)
+    if not os.path.exists(socket_path):
+        return
+    probe = socket.socket(socket.AF_UNIX)
+    try:
+        probe.connect(socket_path)
+        raise FailedPrecondition(f"{socket_path}: another CRI service is listening there")
+    except ConnectionRefusedError:
+        os.unlink(socket_path)
+    finally:
+        probe.close()
+
+
+def build_server(socket_path: str, ctx: ServiceContext, *, workers: int = 16) -> grpc.Server:
+    """A server bound to `socket_path` (not yet started)."""
+    from concurrent import futures
+
+    import grpc
+    from cri_api.v1 import api_pb2_grpc
+
+    from skiff.cri.grpc_errors import ErrorInterceptor
+    from skiff.cri.image_service import ImageService
+    from skiff.cri.runtime_service import RuntimeService
+
+    _claim_socket(socket_path)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="skiff-cri"),
                          interceptors=[ErrorInterceptor()])
-    api_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeService(), server)
-    api_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(images), server)
+    api_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeService(ctx), server)
+    api_pb2_grpc.add_ImageServiceServicer_to_server(ImageService(ctx.images), server)
     old = os.umask(0o117)  # the socket is created 0660: root and the socket's group only
     try:
         server.add_insecure_port(f"unix://{socket_path}")
@@ -50,16 +67,24 @@ def build_server(socket_path: str, images: Images, *, workers: int = 8) -> grpc.
 def serve(config: CriConfig) -> None:
     import signal
 
-    socket_path = config.socket
-    server = build_server(socket_path, Images(config.images_root, registries=config.registries, progress=False))
-    server.start()
-    # SIGTERM (systemd's stop) ends the wait below like ^C does, so the socket goes too.
-    signal.signal(signal.SIGTERM, lambda *_: server.stop(grace=2))
+    from skiff.cri.recovery import recover
+    from skiff.cri.service.context import open_context, start_forkserver
+
+    forkserver = start_forkserver()
     try:
-        server.wait_for_termination()
-    finally:
-        server.stop(grace=2).wait()
+        ctx = open_context(config, forkserver)
+        recover(ctx)
+        server = build_server(config.socket, ctx)
+        server.start()
+        # SIGTERM (systemd's stop) ends the wait below like ^C does, so the socket goes too.
+        signal.signal(signal.SIGTERM, lambda *_: server.stop(grace=2))
         try:
-            os.unlink(socket_path)
-        except FileNotFoundError:
-            pass
+            server.wait_for_termination()
+        finally:
+            server.stop(grace=2).wait()
+            try:
+                os.unlink(config.socket)
+            except FileNotFoundError:
+                pass
+    finally:
+        forkserver.stop()

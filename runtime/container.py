@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Iterator
 
 from skiff.errors import FailedPrecondition, NotFound
-from skiff.oci.spec import Process, Spec
+from skiff.oci.spec import LinuxResources, Process, Spec
 from skiff.runtime import console
 from skiff.runtime.cgroups import CgroupDriver, load_cgroup, open_cgroup
 from skiff.runtime.state import EXEC_FIFO, ContainerRecord, StateStore
@@ -341,6 +341,13 @@ class Runtime:
                     os.kill(pid, sig)
         else:
             os.kill(record.pid, sig)
+
+    def update(self, container_id: str, resources: LinuxResources) -> None:
+        """New limits for a live container's cgroup (runc `update`)."""
+        record = self.store.load(container_id)
+        if self._status(record) is Status.STOPPED:
+            raise FailedPrecondition(f"cannot update container {container_id!r}: container not running")
+        self._cgroup(record).apply(resources)
 
     def pause(self, container_id: str) -> None:
         record = self.store.load(container_id)

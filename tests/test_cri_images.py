@@ -13,7 +13,7 @@ import pytest
 from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc
 
-from skiff.cri.server import build_server
+from cri_fixture import in_process, service_config
 from skiff.demo import make_rootfs
 from skiff.images.service import Images
 
@@ -22,17 +22,10 @@ pytestmark = pytest.mark.requires("busybox")
 
 @pytest.fixture
 def cri(tmp_path: Path) -> Iterator[tuple[api_pb2_grpc.RuntimeServiceStub, api_pb2_grpc.ImageServiceStub, Images]]:
-    images = Images(str(tmp_path / "images"))
-    socket_path = str(tmp_path / "run" / "skiff.sock")
-    server = build_server(socket_path, images, workers=2)
-    server.start()
-    channel = grpc.insecure_channel(f"unix://{socket_path}")
-    try:
-        assert stat.S_IMODE(os.stat(socket_path).st_mode) == 0o660
-        yield api_pb2_grpc.RuntimeServiceStub(channel), api_pb2_grpc.ImageServiceStub(channel), images
-    finally:
-        channel.close()
-        server.stop(grace=None).wait()
+    config = service_config(tmp_path, str(tmp_path / "images"), mode="none")
+    with in_process(config) as service:
+        assert stat.S_IMODE(os.stat(config.socket).st_mode) == 0o660
+        yield service.runtime, service.images, Images(config.images_root)
 
 
 def _build(images: Images, tmp_path: Path, name: str) -> None:

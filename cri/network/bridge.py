@@ -243,3 +243,12 @@ def remove_bridge(config: BridgeConfig) -> bool:
         with _kernel(f"delete bridge {config.bridge}"):
             ipr.link("del", index=index)
         return True
+
+
+def loopback_up(netns_path: str) -> None:
+    """Network mode "none": the pod's netns gets `lo` up and nothing else."""
+    with _iproute(netns_path) as ns:
+        lo = _index(ns, "lo")
+        if lo is not None:
+            with _kernel(f"set lo up in netns {netns_path}"):
+                ns.link("set", index=lo, state="up")

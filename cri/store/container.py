@@ -68,6 +68,10 @@ class ContainerRecord:
     log_path: str = ""
     runtime_id: str = ""
     """The id of the container in skiff's OCI runtime."""
+    pid: int = 0
+    """The init's pid once created."""
+    monitor_pid: int = 0
+    """The container's monitor (cri/monitor.py): it copies the logs and reaps the init."""
     config: bytes = b""
     """The CRI ContainerConfig, `SerializeToString()` bytes, kept whole."""
     version: int = RECORD_VERSION
@@ -92,6 +96,8 @@ class ContainerRecord:
             "state": self.state.name,
             "log_path": self.log_path,
             "runtime_id": self.runtime_id,
+            "pid": self.pid,
+            "monitor_pid": self.monitor_pid,
             "config": encode_bytes(self.config),
         }
 
@@ -116,6 +122,8 @@ class ContainerRecord:
             state=f.enum("state", ContainerState),
             log_path=f.text("log_path"),
             runtime_id=f.text("runtime_id"),
+            pid=f.integer("pid"),
+            monitor_pid=f.integer("monitor_pid"),
             config=f.blob("config"),
         )
 

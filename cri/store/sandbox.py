@@ -59,6 +59,11 @@ class SandboxRecord:
     additional_ips: tuple[str, ...] = ()
     log_directory: str = ""
     cgroup_parent: str = ""
+    pod_cgroup: str = ""
+    """The pod cgroup's driver record (runtime/cgroups `record()`), as JSON text."""
+    pause_pid: int = 0
+    pause_start: int = 0
+    """The pause process of a pod-shared PID namespace and its start time, to know it is it."""
     config: bytes = b""
     """The CRI PodSandboxConfig, `SerializeToString()` bytes: kept whole so a field skiff
     does not model yet is not lost across a restart."""
@@ -88,6 +93,9 @@ class SandboxRecord:
             "additional_ips": list(self.additional_ips),
             "log_directory": self.log_directory,
             "cgroup_parent": self.cgroup_parent,
+            "pod_cgroup": self.pod_cgroup,
+            "pause_pid": self.pause_pid,
+            "pause_start": self.pause_start,
             "config": encode_bytes(self.config),
         }
 
@@ -111,6 +119,9 @@ class SandboxRecord:
             additional_ips=f.strings("additional_ips"),
             log_directory=f.text("log_directory"),
             cgroup_parent=f.text("cgroup_parent"),
+            pod_cgroup=f.text("pod_cgroup"),
+            pause_pid=f.integer("pause_pid"),
+            pause_start=f.integer("pause_start"),
             config=f.blob("config"),
         )
 

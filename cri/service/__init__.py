@@ -1,0 +1,1 @@
+"""The CRI RuntimeService RPCs, one module per object and verb."""

@@ -1,0 +1,98 @@
+"""CreateContainer (containerd `internal/cri/server/container_create.go`).
+
+  reserve the name → record (UNKNOWN) → snapshot of the image → OCI spec and bundle →
+  a fork-server worker creates the container and becomes its monitor → record CREATED.
+On failure `remove_container_files` undoes what exists; the record stays (UNKNOWN) only if
+that fails too, so RemoveContainer can finish.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import time
+from dataclasses import replace
+
+from cri_api.v1 import api_pb2 as pb
+
+from skiff.cri.container_spec import PodContext, container_spec
+from skiff.cri.image_service import ImageService
+from skiff.cri.service.container_remove import remove_container_files
+from skiff.cri.service.context import ServiceContext
+from skiff.cri.service.sandbox_run import require
+from skiff.cri.store.container import ContainerRecord, ContainerState, container_name
+from skiff.cri.store.sandbox import SandboxState
+from skiff.errors import FailedPrecondition, InvalidArgument, NotFound
+from skiff.oci import spec_to_dict
+
+CREATE_TIMEOUT = 120.0  # seconds for the worker to answer: hooks may run long
+
+
+def create_container(ctx: ServiceContext, request: pb.CreateContainerRequest) -> pb.CreateContainerResponse:
+    require(request.pod_sandbox_id, "pod_sandbox_id")
+    config = request.config
+    require(config.metadata.name, "config.metadata.name")
+    require(config.image.image, "config.image.image")
+    sandbox = ctx.sandboxes.get(ctx.sandboxes.resolve(request.pod_sandbox_id))
+    if sandbox.state is not SandboxState.READY:
+        raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready: {sandbox.state.name.lower()}")
+    if os.path.isabs(config.log_path) or ".." in config.log_path.split("/"):
+        raise InvalidArgument(f"config.log_path: {config.log_path!r}: must be relative to the pod's "
+                              "log_directory, without '..'")
+    entry = ImageService(ctx.images).find(config.image.image)
+    if entry is None:
+        raise NotFound(f"config.image.image: image {config.image.image!r} not found: pull it first")
+    image_name = (entry.tags or entry.digests)[0]
+
+    container_id = secrets.token_hex(32)
+    name = container_name(name=config.metadata.name, attempt=config.metadata.attempt, sandbox_name=sandbox.name,
+                          sandbox_namespace=sandbox.namespace, sandbox_uid=sandbox.uid)
+    log_path = os.path.join(sandbox.log_directory, config.log_path) if sandbox.log_directory and config.log_path else ""
+    ctx.containers.reserve_name(name, container_id)
+    try:
+        record = ContainerRecord(
+            id=container_id, sandbox_id=sandbox.id, name=config.metadata.name, attempt=config.metadata.attempt,
+            image_ref=config.image.image, image_id=entry.id, labels=dict(config.labels),
+            annotations=dict(config.annotations), created_at=time.time_ns(), state=ContainerState.UNKNOWN,
+            log_path=log_path, runtime_id=container_id, config=config.SerializeToString())
+        ctx.containers.add(record)
+    except BaseException:
+        ctx.containers.release_name(name)
+        raise
+    try:
+        pid, monitor_pid = _create(ctx, record, config, sandbox_config=pb.PodSandboxConfig.FromString(sandbox.config),
+                                   namespace_paths=sandbox.namespace_paths, pod_cgroup=sandbox.cgroup_parent,
+                                   image_name=image_name)
+    except BaseException as cause:
+        try:
+            remove_container_files(ctx, record)
+            ctx.containers.delete(record.id)
+        except Exception as undo_error:
+            cause.add_note(f"while undoing: {undo_error}; RemoveContainer {container_id} cleans up")
+        raise
+    ctx.containers.update(container_id, lambda r: replace(r, state=ContainerState.CREATED, pid=pid,
+                                                          monitor_pid=monitor_pid))
+    return pb.CreateContainerResponse(container_id=container_id)
+
+
+def _create(ctx: ServiceContext, record: ContainerRecord, config: pb.ContainerConfig, *,
+            sandbox_config: pb.PodSandboxConfig, namespace_paths: dict[str, str], pod_cgroup: str,
+            image_name: str) -> tuple[int, int]:
+    rootfs, resolved = ctx.images.prepare(image_name, record.id)
+    pod = PodContext(sandbox_id=record.sandbox_id, config=sandbox_config, namespace_paths=namespace_paths,
+                     pod_dir=ctx.pod_dir(record.sandbox_id), cgroups_path=f"{pod_cgroup}/{record.id}")
+    spec = container_spec(config, pod, image=resolved.image.config, rootfs=rootfs, container_id=record.id)
+    bundle = ctx.bundle_dir(record.id)
+    os.makedirs(bundle, mode=0o700)
+    with open(os.path.join(bundle, "config.json"), "w") as f:
+        json.dump(spec_to_dict(spec), f)
+    log_path = record.log_path or os.devnull
+    if record.log_path:
+        os.makedirs(os.path.dirname(log_path), mode=0o755, exist_ok=True)
+    reply = ctx.forkserver.run("create_container", {
+        "runtime_root": ctx.runtime_root, "cgroup_parent": ctx.config.cgroup_parent,
+        "container_id": record.runtime_id, "bundle": bundle, "log_path": log_path,
+        "exit_file": ctx.exit_file(record.id), "monitor_log": os.path.join(bundle, "monitor.log"),
+    }, timeout=CREATE_TIMEOUT)
+    return int(reply["pid"]), int(reply["monitor_pid"])

@@ -1,0 +1,87 @@
+"""ExecSync: run a command in a running container and return its output and exit code,
+as kubelet's exec probes use it. The process runs through a fork-server worker (the
+runtime forks); its output comes back over pipes, each capped, read until EOF or timeout.
+Past the timeout the process is killed and the call fails with DEADLINE_EXCEEDED, which
+kubelet reports as a probe timeout."""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import time
+
+from cri_api.v1 import api_pb2 as pb
+
+from skiff.cri.service.container_status import lookup
+from skiff.cri.service.context import ServiceContext
+from skiff.cri.store.container import ContainerState
+from skiff.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
+
+MAX_OUTPUT = 16 << 20  # bytes kept per stream (containerd's maxExecSyncSize is 16 MiB too)
+
+
+def exec_process_json(ctx: ServiceContext, container_id: str, cmd: list[str]) -> dict[str, object]:
+    """The container's own process settings (user, env, cwd, capabilities...) with `cmd`."""
+    with open(os.path.join(ctx.bundle_dir(container_id), "config.json")) as f:
+        process: dict[str, object] = dict(json.load(f)["process"])
+    process["args"] = cmd
+    process["terminal"] = False
+    process.pop("consoleSize", None)
+    return process
+
+
+def exec_sync(ctx: ServiceContext, request: pb.ExecSyncRequest) -> pb.ExecSyncResponse:
+    record = lookup(ctx, request.container_id)
+    if not request.cmd:
+        raise InvalidArgument("cmd: must not be empty")
+    if record.state is not ContainerState.RUNNING:
+        raise FailedPrecondition(f"container {record.id} is {record.state.name.lower()}, not running")
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    try:
+        worker = ctx.forkserver.call("exec", {
+            "runtime_root": ctx.runtime_root, "cgroup_parent": ctx.config.cgroup_parent,
+            "container_id": record.runtime_id,
+            "process": exec_process_json(ctx, record.id, list(request.cmd))}, fds=[out_w, err_w])
+    finally:
+        os.close(out_w)
+        os.close(err_w)
+    deadline = time.monotonic() + request.timeout if request.timeout > 0 else None
+    with worker:
+        try:
+            reply, _ = worker.receive(None if deadline is None else max(deadline - time.monotonic(), 0.01))
+            pid = int(reply["pid"])
+            stdout, stderr, timed_out = _read(out_r, err_r, deadline)
+        finally:
+            os.close(out_r)
+            os.close(err_r)
+        if timed_out:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            raise DeadlineExceeded(f"exec in container {record.id}: command {list(request.cmd)!r} "
+                                   f"timed out after {request.timeout}s")
+        reply, _ = worker.receive(None if deadline is None else max(deadline - time.monotonic(), 1.0))
+    return pb.ExecSyncResponse(stdout=stdout, stderr=stderr, exit_code=int(reply["exit_code"]))
+
+
+def _read(out_fd: int, err_fd: int, deadline: float | None) -> tuple[bytes, bytes, bool]:
+    """Both pipes until EOF; True as third when the deadline passed first."""
+    chunks: dict[int, bytearray] = {out_fd: bytearray(), err_fd: bytearray()}
+    with selectors.DefaultSelector() as sel:
+        for fd in chunks:
+            sel.register(fd, selectors.EVENT_READ)
+        while sel.get_map():
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return bytes(chunks[out_fd]), bytes(chunks[err_fd]), True
+            for key, _ in sel.select(left):
+                data = os.read(key.fd, 65536)
+                if not data:
+                    sel.unregister(key.fd)
+                elif len(chunks[key.fd]) < MAX_OUTPUT:
+                    chunks[key.fd] += data[:MAX_OUTPUT - len(chunks[key.fd])]
+    return bytes(chunks[out_fd]), bytes(chunks[err_fd]), False

@@ -1,0 +1,32 @@
+"""StartContainer: let the created init go on to exec (runtime `start`)."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+from cri_api.v1 import api_pb2 as pb
+
+from skiff.cri.service.container_status import lookup, refreshed
+from skiff.cri.service.context import ServiceContext
+from skiff.cri.store.container import ContainerState
+from skiff.cri.store.sandbox import SandboxState
+from skiff.errors import FailedPrecondition
+
+
+def start_container(ctx: ServiceContext, request: pb.StartContainerRequest) -> pb.StartContainerResponse:
+    record = lookup(ctx, request.container_id)
+    if record.state is not ContainerState.CREATED:
+        raise FailedPrecondition(f"container {record.id} is {record.state.name.lower()}, not created")
+    sandbox = ctx.sandboxes.get(record.sandbox_id)
+    if sandbox.state is not SandboxState.READY:
+        raise FailedPrecondition(f"container {record.id}: its pod sandbox {sandbox.id} is not ready")
+    try:
+        ctx.runtime.start(record.runtime_id)
+    except FailedPrecondition:
+        record = refreshed(ctx, record)  # it died before exec: its exit says how
+        raise
+    started = time.time_ns()
+    ctx.containers.update(record.id, lambda r: replace(r, state=ContainerState.RUNNING, started_at=started)
+                          if r.state is ContainerState.CREATED else r)
+    return pb.StartContainerResponse()

@@ -1,0 +1,78 @@
+"""What every CRI RPC works with: the configuration, the stores, the runtime, the image
+service, the network mode and the fork server, and where each pod's and container's files
+live under the state root:
+
+    <state_root>/sandboxes/<id>.json     sandbox records (store/sandbox.py)
+    <state_root>/containers/<id>.json    container records (store/container.py)
+    <state_root>/pods/<id>/              hostname, hosts, resolv.conf, shm/, ns/{net,ipc,uts}
+    <state_root>/bundles/<id>/           config.json, exit (the monitor's exit file), monitor.log
+    <state_root>/runtime/                the OCI runtime's own state (runtime/state.py)
+    <state_root>/network/                IPAM and the nftables lock (network/)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from skiff.cri import monitor, pod_namespaces
+from skiff.cri.config import CriConfig
+from skiff.cri.network.driver import PodNetworking, networking_for
+from skiff.cri.store.container import ContainerStore
+from skiff.cri.store.sandbox import SandboxStore
+from skiff.images.service import Images
+from skiff.runtime.container import Runtime
+from skiff.runtime.forkserver import ForkServer
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceContext:
+    config: CriConfig
+    images: Images
+    sandboxes: SandboxStore
+    containers: ContainerStore
+    runtime: Runtime
+    forkserver: ForkServer
+    network: PodNetworking
+
+    @property
+    def runtime_root(self) -> str:
+        return os.path.join(self.config.state_root, "runtime")
+
+    def pod_dir(self, sandbox_id: str) -> str:
+        return os.path.join(self.config.state_root, "pods", sandbox_id)
+
+    def bundle_dir(self, container_id: str) -> str:
+        return os.path.join(self.config.state_root, "bundles", container_id)
+
+    def exit_file(self, container_id: str) -> str:
+        return os.path.join(self.bundle_dir(container_id), "exit")
+
+
+def start_forkserver() -> ForkServer:
+    """The fork server with every job of the service. Call it before any thread starts.
+    What the jobs use is imported first, so no worker pays for imports."""
+    import skiff.oci.codec  # noqa: F401
+    import skiff.runtime.hooks  # noqa: F401
+    import skiff.runtime.plan  # noqa: F401
+    import skiff.runtime.rootfs  # noqa: F401
+    import skiff.runtime.spawn  # noqa: F401
+
+    return ForkServer.start({**monitor.JOBS, **pod_namespaces.JOBS})
+
+
+def open_context(config: CriConfig, forkserver: ForkServer, *, images: Images | None = None) -> ServiceContext:
+    state = config.state_root
+    os.makedirs(state, mode=0o700, exist_ok=True)
+    for sub in ("pods", "bundles", "runtime", "network"):
+        os.makedirs(os.path.join(state, sub), mode=0o700, exist_ok=True)
+    return ServiceContext(
+        config=config,
+        images=images or Images(config.images_root, registries=config.registries, progress=False),
+        sandboxes=SandboxStore(state),
+        containers=ContainerStore(state),
+        runtime=Runtime(os.path.join(state, "runtime"), cgroup_parent=config.cgroup_parent),
+        forkserver=forkserver,
+        network=networking_for(config.network, Path(state) / "network"),
+    )

@@ -1,0 +1,21 @@
+"""RemovePodSandbox: stop if needed, then remove the containers and everything of the pod.
+An unknown id is success (containerd `sandbox_remove.go`)."""
+
+from __future__ import annotations
+
+from cri_api.v1 import api_pb2 as pb
+
+from skiff.cri.service.context import ServiceContext
+from skiff.cri.service.sandbox_run import require
+from skiff.cri.service.sandbox_stop import teardown_sandbox
+from skiff.errors import NotFound
+
+
+def remove_pod_sandbox(ctx: ServiceContext, request: pb.RemovePodSandboxRequest) -> pb.RemovePodSandboxResponse:
+    require(request.pod_sandbox_id, "pod_sandbox_id")
+    try:
+        record = ctx.sandboxes.get(ctx.sandboxes.resolve(request.pod_sandbox_id))
+    except NotFound:
+        return pb.RemovePodSandboxResponse()
+    teardown_sandbox(ctx, record, remove=True)
+    return pb.RemovePodSandboxResponse()

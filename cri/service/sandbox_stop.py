@@ -1,0 +1,73 @@
+"""StopPodSandbox and the teardown every sandbox path shares (containerd `sandbox_stop.go`,
+`sandbox_remove.go`). Idempotent at each step, so it also finishes a RunPodSandbox that
+failed or was interrupted half way, a Stop that failed, and a Remove after a restart."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+from dataclasses import replace
+
+from cri_api.v1 import api_pb2 as pb
+
+from skiff.cri import pod_namespaces
+from skiff.cri.service.context import ServiceContext
+from skiff.cri.store.sandbox import SandboxRecord, SandboxState
+from skiff.errors import NotFound
+from skiff.runtime import libc
+
+
+def stop_pod_sandbox(ctx: ServiceContext, request: pb.StopPodSandboxRequest) -> pb.StopPodSandboxResponse:
+    from skiff.cri.service.sandbox_run import require
+
+    require(request.pod_sandbox_id, "pod_sandbox_id")
+    try:
+        record = ctx.sandboxes.get(ctx.sandboxes.resolve(request.pod_sandbox_id))
+    except NotFound:
+        return pb.StopPodSandboxResponse()  # kubelet may stop what is already removed
+    teardown_sandbox(ctx, record, remove=False)
+    return pb.StopPodSandboxResponse()
+
+
+def teardown_sandbox(ctx: ServiceContext, record: SandboxRecord, *, remove: bool) -> None:
+    """Stop: the pod's containers are killed, its network, namespaces and shm go; the record
+    says NOTREADY. With `remove`, the containers, the pod cgroup, the pod's files and the
+    record go too."""
+    from skiff.cri.service.container_remove import remove as remove_container
+    from skiff.cri.service.container_status import refreshed
+    from skiff.cri.service.container_stop import stop as stop_container
+
+    for container in ctx.containers.list():
+        if container.sandbox_id == record.id:
+            stop_container(ctx, refreshed(ctx, container), timeout=0)
+            if remove:
+                remove_container(ctx, container)
+    pod_namespaces.stop_pause(record.pause_pid, record.pause_start)
+    config = pb.PodSandboxConfig.FromString(record.config)
+    if config.linux.security_context.namespace_options.network != pb.NODE:
+        netns = os.path.join(ctx.pod_dir(record.id), "ns", "net")
+        ctx.network.teardown(netns if os.path.exists(netns) else None, record.id)
+    pod_namespaces.unpin(os.path.join(ctx.pod_dir(record.id), "ns"))
+    unmount(os.path.join(ctx.pod_dir(record.id), "shm"))
+    if not remove:
+        if record.state is not SandboxState.NOTREADY:
+            ctx.sandboxes.update(record.id, lambda r: replace(r, state=SandboxState.NOTREADY))
+        return
+    if record.pod_cgroup:
+        from skiff.runtime.cgroups import load_cgroup
+
+        load_cgroup(json.loads(record.pod_cgroup)).destroy()
+    pod_dir = ctx.pod_dir(record.id)
+    if os.path.isdir(pod_dir):
+        shutil.rmtree(pod_dir)
+    ctx.sandboxes.delete(record.id)
+
+
+def unmount(path: str) -> None:
+    try:
+        libc.umount2(path, libc.MNT_DETACH)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOENT):
+            raise

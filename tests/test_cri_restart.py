@@ -1,0 +1,98 @@
+"""`skiff cri serve` killed with SIGKILL and started again: containers keep running, and
+are reported with the right state, exit code and logs; what a killed call half-created is
+cleaned up on start (cri/recovery.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cri_api.v1 import api_pb2 as pb
+from cri_fixture import CriDaemon, cri_images_root, service_config  # noqa: F401
+
+from skiff.cri.logs import parse_line
+
+pytestmark = pytest.mark.requires("busybox")
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, cri_images_root: str) -> Iterator[CriDaemon]:
+    d = CriDaemon(service_config(tmp_path, cri_images_root), tmp_path)
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+def _texts(log_path: str) -> list[bytes]:
+    return [parse_line(line).text for line in Path(log_path).read_bytes().splitlines(keepends=True)]
+
+
+def test_sigkill_and_restart_keeps_pods_and_reports_exits(daemon: CriDaemon) -> None:
+    cri = daemon.start()
+    pod_id, pod = cri.run_pod("survivor", labels={"io.kubernetes.pod.name": "survivor"})
+    steady = cri.start(pod_id, pod, "steady", "sh", "-c", "while :; do echo beat; sleep 0.1; done")
+    ending = cri.start(pod_id, pod, "ending", "sh", "-c", "sleep 1; echo done while down; exit 3")
+    created_only = str(cri.runtime.CreateContainer(pb.CreateContainerRequest(
+        pod_sandbox_id=pod_id, config=pb.ContainerConfig(
+            metadata=pb.ContainerMetadata(name="waiting"), image=pb.ImageSpec(image="skiff.test/busybox:1"),
+            command=["true"], annotations={"kept": "exactly"}))).container_id)
+    steady_pid = json.loads(cri.runtime.ContainerStatus(pb.ContainerStatusRequest(
+        container_id=steady, verbose=True)).info["info"])["pid"]
+    cri.channel.close()
+
+    daemon.kill()
+    time.sleep(1.5)  # `ending` exits, and `steady` logs, while no daemon runs
+
+    cri = daemon.start()
+    try:
+        status = cri.status(steady)
+        assert status.state == pb.CONTAINER_RUNNING
+        assert os.path.exists(f"/proc/{steady_pid}")
+        ended = cri.status(ending)
+        assert (ended.state, ended.exit_code, ended.reason) == (pb.CONTAINER_EXITED, 3, "Error")
+        assert b"done while down" in _texts(ended.log_path)
+        waiting = cri.status(created_only)
+        assert waiting.state == pb.CONTAINER_CREATED and waiting.annotations == {"kept": "exactly"}
+        pods = cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items
+        assert [(p.id, p.state, dict(p.labels)) for p in pods] == [
+            (pod_id, pb.SANDBOX_READY, {"io.kubernetes.pod.name": "survivor"})]
+        beats = _texts(status.log_path).count(b"beat")
+        time.sleep(0.3)
+        assert _texts(status.log_path).count(b"beat") > beats  # the log still flows
+        assert cri.exec(steady, "echo", "still here").stdout == b"still here\n"
+        cri.remove_all()
+    finally:
+        cri.channel.close()
+
+
+def test_recovery_cleans_up_an_interrupted_run(daemon: CriDaemon, tmp_path: Path) -> None:
+    """A RunPodSandbox killed half way leaves an UNKNOWN record, a pod directory and pinned
+    namespaces; the next start removes them and frees the name."""
+    cri = daemon.start()
+    pod_id, pod = cri.run_pod("interrupted")
+    cri.channel.close()
+    daemon.kill()
+    state = Path(daemon.config.state_root)
+    record_path = state / "sandboxes" / f"{pod_id}.json"
+    record = json.loads(record_path.read_text())
+    record["state"] = "UNKNOWN"
+    record_path.write_text(json.dumps(record))
+    orphan = state / "bundles" / ("ab" * 32)
+    orphan.mkdir()
+    (orphan / "config.json").write_text("{}")
+
+    cri = daemon.start()
+    try:
+        assert not cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items
+        assert not orphan.exists()
+        assert not os.listdir(state / "pods")
+        again, _ = cri.run_pod("interrupted")  # the name is free again
+        assert again != pod_id
+        cri.remove_all()
+    finally:
+        cri.channel.close()
