@@ -137,7 +137,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from skiff.oci import image as oci
 
     config = oci.ImageConfig(
-        env=tuple(args.env) or (f"PATH={build.DEFAULT_PATH}",),
+        env=tuple(args.env) or (build.DEFAULT_PATH,),
         entrypoint=tuple(_json_list(args.entrypoint, "--entrypoint")) if args.entrypoint else None,
         cmd=tuple(_json_list(args.cmd, "--cmd")) if args.cmd else None,
         working_dir=args.workdir, user=args.user,

@@ -1,4 +1,5 @@
-"""`./dev.sh demo`: build a busybox bundle and run a container from it with skiff-runc.
+"""`./dev.sh demo`: build a busybox bundle and run a container from it with skiff-runc, then
+as an image with `skiff run`, then as a pod of two containers through the CRI service.
 
 The bundle builder is also what the tests and benchmarks use: Debian's busybox-static is a
 complete root filesystem in one binary (runc's tests do the same with a busybox tarball).
@@ -76,8 +77,86 @@ def main() -> int:
             print("$ skiff " + " ".join(argv))
             sys.stdout.flush()
             code = subprocess.run([skiff, *argv], env=env).returncode
-        print(f"container exited with status {code}")
-        return 0 if code == 7 else 1
+        print(f"container exited with status {code}\n")
+        if code != 7:
+            return 1
+        return 0 if _cri_demo(tmp, skiff, os.path.join(tmp, "images")) else 1
+
+
+def _cri_demo(tmp: str, skiff: str, images_root: str) -> bool:
+    """`skiff cri serve` on a private socket, state and bridge; a pod whose two containers
+    share localhost; logs, exec, stop, remove, all with `skiff cri` as a crictl user would."""
+    import socket
+    import time
+
+    from skiff.cri.network import BridgeConfig
+    from skiff.cri.network.bridge import remove_bridge
+
+    sock = os.path.join(tmp, "cri.sock")
+    config = os.path.join(tmp, "cri.toml")
+    with open(config, "w") as f:
+        f.write(f'socket = "{sock}"\nimages_root = "{images_root}"\nstate_root = "{tmp}/cri"\n'
+                f'log_root = "{tmp}/logs"\n[network]\nmode = "bridge"\nbridge = "skiffdemo0"\n'
+                'pod_cidr = "10.89.0.0/24"\n')
+    pod = {"metadata": {"name": "hello", "namespace": "demo", "uid": "demo-1"}, "hostname": "hello",
+           "log_directory": f"{tmp}/logs/hello",
+           "linux": {"security_context": {"namespace_options": {"pid": "CONTAINER"}}}}
+    web = {"metadata": {"name": "web"}, "image": {"image": "localhost/busybox:demo"}, "log_path": "web.log",
+           "command": ["sh", "-c", "mkdir /www && echo hello from pod $(hostname) > /www/index.html && "
+                       "exec httpd -f -p 8080 -h /www"]}
+    client = {"metadata": {"name": "client"}, "image": {"image": "localhost/busybox:demo"}, "log_path": "client.log",
+              "command": ["sh", "-c", "sleep 0.5; wget -qO- http://127.0.0.1:8080/; sleep 3600"]}
+    for name, data in (("pod", pod), ("web", web), ("client", client)):
+        with open(os.path.join(tmp, f"{name}.json"), "w") as f:
+            json.dump(data, f)
+
+    def cri(*argv: str) -> str:
+        shown = [os.path.basename(a) if a.startswith("/") else a[:13] if len(a) == 64 else a for a in argv]
+        print("$ skiff cri " + " ".join(shown))
+        sys.stdout.flush()
+        out = subprocess.run([skiff, "cri", *argv], capture_output=True, text=True,
+                             env=dict(os.environ, SKIFF_CRI_SOCKET=sock))
+        sys.stdout.write(out.stdout)
+        sys.stderr.write(out.stderr)
+        if out.returncode != 0:
+            raise RuntimeError(f"skiff cri {argv[0]} failed")
+        return out.stdout.strip()
+
+    print(f"$ skiff cri serve --config {config} &")
+    daemon = subprocess.Popen([skiff, "cri", "serve", "--config", config], stdout=subprocess.DEVNULL,
+                              stderr=open(os.path.join(tmp, "cri.log"), "w"))
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket(socket.AF_UNIX) as probe:
+                try:
+                    probe.connect(sock)
+                    break
+                except OSError:
+                    if daemon.poll() is not None or time.monotonic() > deadline:
+                        print("skiff cri serve did not start:\n" + open(os.path.join(tmp, "cri.log")).read(),
+                              file=sys.stderr)
+                        return False
+                    time.sleep(0.05)
+        pod_id = cri("runp", os.path.join(tmp, "pod.json"))
+        ids = [cri("create", pod_id, os.path.join(tmp, f"{c}.json"), os.path.join(tmp, "pod.json"))
+               for c in ("web", "client")]
+        for cid in ids:
+            cri("start", cid)
+        cri("ps")
+        time.sleep(1.0)
+        cri("logs", ids[1])
+        cri("exec", ids[0], "wget", "-qO-", "http://127.0.0.1:8080/")
+        cri("stopp", pod_id)
+        cri("rmp", pod_id)
+        return True
+    except RuntimeError as e:
+        print(f"skiff demo: {e}", file=sys.stderr)
+        return False
+    finally:
+        daemon.terminate()
+        daemon.wait()
+        remove_bridge(BridgeConfig(bridge="skiffdemo0", pod_cidr="10.89.0.0/24"))
 
 
 if __name__ == "__main__":

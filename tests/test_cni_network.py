@@ -449,3 +449,29 @@ def test_bad_arguments_are_refused_before_any_plugin_runs(cni_env: Cni) -> None:
     with pytest.raises(InvalidArgument, match="port_mappings.host_port: 0 is not a port"):
         cni.setup("/proc/self/ns/net", pod_id(), cni_env.config, [PortMapping(host_port=0, container_port=1)])
     assert not link_exists(cni_env.bridge)
+
+
+# -- through the CRI service ---------------------------------------------------------------
+
+@pytest.mark.requires("busybox")
+def test_cri_pods_on_a_cni_conflist(cni_env: Cni, tmp_path: Path, cri_images_root: str) -> None:
+    import dataclasses
+
+    from cri_api.v1 import api_pb2 as pb
+    from cri_fixture import in_process, service_config
+
+    cni_env.write()
+    config = service_config(tmp_path, cri_images_root, mode="cni")
+    config = dataclasses.replace(config, network=dataclasses.replace(
+        config.network, cni_conf_dir=cni_env.config.conf_dir, cni_bin_dir=BIN_DIR))
+    with in_process(config) as service:
+        conditions = {c.type: c.status for c in service.runtime.Status(pb.StatusRequest()).status.conditions}
+        assert conditions["NetworkReady"] is True
+        pod_id, pod = service.run_pod("cni-pod")
+        ip = ipaddress.IPv4Address(service.pod_status(pod_id).network.ip)
+        assert ip in cni_env.subnet and cni_env.reservations() == {str(ip)}
+        cid = service.start(pod_id, pod, "main", "sleep", "3600")
+        assert service.exec(cid, "ping", "-c", "1", "-W", "2", str(cni_env.gateway)).exit_code == 0
+        assert ping(None, ip)
+        service.remove_all()
+        assert cni_env.reservations() == set()

@@ -12,7 +12,7 @@ from pathlib import Path
 import grpc
 import pytest
 from cri_api.v1 import api_pb2 as pb
-from cri_fixture import IMAGE, POD_CIDR, Cri, cri, cri_images_root  # noqa: F401
+from cri_fixture import IMAGE, POD_CIDR, Cri
 
 pytestmark = pytest.mark.requires("busybox")
 
@@ -334,3 +334,17 @@ def test_cli_client_on_the_real_service(cri: Cri) -> None:
     assert cid[:13] in ps and "Running" in ps or "RUNNING" in ps
     out = subprocess.run([*skiff, "cri", "exec", cid[:8], "echo", "hi"], env=env, capture_output=True, text=True)
     assert (out.returncode, out.stdout) == (0, "hi\n")
+
+
+@pytest.mark.requires("cgroup2")
+def test_pods_on_a_pure_cgroup2_host(tmp_path: Path, cri_images_root: str) -> None:
+    from cri_fixture import in_process, service_config
+
+    with in_process(service_config(tmp_path, cri_images_root, mode="none")) as v2:
+        pod_id, pod = v2.run_pod("unified")
+        cid = v2.start(pod_id, pod, "main", "sleep", "3600", memory=48 << 20)
+        assert v2.exec(cid, "cat", "/sys/fs/cgroup/memory.max").stdout == str(48 << 20).encode() + b"\n"
+        stats = v2.runtime.PodSandboxStats(pb.PodSandboxStatsRequest(pod_sandbox_id=pod_id)).stats
+        assert stats.linux.memory.working_set_bytes.value > 0
+        hungry = v2.start(pod_id, pod, "eater", "sh", "-c", "head -c 268435456 /dev/zero | tail", memory=32 << 20)
+        assert v2.wait_exited(hungry, timeout=60).reason == "OOMKilled"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from cri_api.v1 import api_pb2 as pb
-from cri_fixture import CriDaemon, cri_images_root, service_config  # noqa: F401
+from cri_fixture import CriDaemon, service_config
 
 from skiff.cri.logs import parse_line
 

@@ -55,6 +55,12 @@ def test_build_list_inspect_tag(skiff: Skiff) -> None:
     assert missing.returncode == 1 and "image 'localhost/nothing:latest' not found" in missing.stderr
 
 
+def test_build_without_env_sets_the_default_path(skiff: Skiff, tmp_path: Path) -> None:
+    skiff("build", str(tmp_path / "src"), "-t", "localhost/plain:1")
+    inspected = json.loads(skiff("inspect", "localhost/plain:1").stdout)
+    assert inspected["config"]["config"]["Env"] == ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]
+
+
 def test_run_gives_the_containers_output_and_exit_code(skiff: Skiff) -> None:
     done = skiff("run", "localhost/box:1", check=False)
     assert (done.returncode, done.stdout) == (3, "hi from runc\n")
