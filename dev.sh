@@ -2,10 +2,11 @@
 # dev.sh: set up a Debian 12 machine (as root) for skiff, then run its demo or its tests.
 # Every step is idempotent, so running it again only does what is missing.
 #
-#   ./dev.sh demo    install, run a busybox container from a bundle (skiff-runc) and an image (skiff run)
+#   ./dev.sh demo    install, run a busybox container from a bundle (skiff-runc), an image (skiff run), a pod (CRI)
 #   ./dev.sh test    install (with the test peers and the cgroup v2 VM's parts), run pytest
 #   ./dev.sh bench   install, run bench/start_latency.py side by side with runc and crun
 #   ./dev.sh bench pull   bench/pull_unpack.py: skiff against skopeo + umoci and containerd
+#   ./dev.sh bench cri    bench/cri_pods.py: pods through the CRI, skiff against containerd 1.6 + runc
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 top=$PWD
@@ -77,10 +78,11 @@ case "${1:-}" in
         setup "${test_packages[@]}" "${bench_packages[@]}"
         shift
         if [ "${1:-}" = pull ]; then shift; exec "$venv/bin/python" bench/pull_unpack.py "$@"; fi
+        if [ "${1:-}" = cri ]; then shift; exec "$venv/bin/python" bench/cri_pods.py "$@"; fi
         exec "$venv/bin/python" bench/start_latency.py "$@"
         ;;
     *)
-        sed -n '2,9s/^# \{0,1\}//p' "$0" >&2
+        sed -n '2,10s/^# \{0,1\}//p' "$0" >&2
         exit 2
         ;;
 esac

@@ -233,9 +233,6 @@ class Restorer:
                 if os.path.lexists(path) and not remove_runtime_dir(path):
                     self.notes.append(f"{self.name}: {path} appeared during the run (left alone: it may be "
                                       "another program's)")
-        gone = self.before.links - links()
-        if gone:
-            self.notes.append(f"{self.name}: links gone during the run: {', '.join(sorted(gone))}")
         if now.mounts != self.before.mounts:
             self.notes.append(f"{self.name}: the host's mount table changed during the run "
                               f"({self.before.mounts} -> {now.mounts} mounts)")
@@ -784,7 +781,8 @@ def measure_memory(client: Client, daemon: Daemon, result: Result, count: int) -
         result.helper_count = len(helpers)
         kinds: dict[str, int] = {}
         for p in helpers:
-            label = procs[p].comm if procs[p].cmdline[:1] != ("sleep",) else " ".join(procs[p].cmdline)
+            cmd = procs[p].cmdline
+            label = (" ".join(cmd) if cmd[:1] == ("sleep",) else os.path.basename(cmd[0]) if cmd else procs[p].comm)
             kinds[label] = kinds.get(label, 0) + 1
         result.helper_kinds = kinds
         result.containers = asdict(total(containers))
@@ -915,14 +913,6 @@ def load_average() -> str:
     return " ".join(read_text("/proc/loadavg").split()[:3])
 
 
-def first_line(args: list[str]) -> str:
-    try:
-        out = subprocess.run(args, capture_output=True, text=True, timeout=20).stdout.strip()
-    except OSError:
-        return "missing"
-    return out.splitlines()[0] if out else "?"
-
-
 def debian_version(package: str) -> str:
     return sh(["dpkg-query", "-W", "-f=${Version}", package], check=False).strip() or "?"
 
@@ -1013,7 +1003,8 @@ socket, the calls kubelet makes) against **skiff** (`skiff cri serve`) and **con
    pause processes below them; skiff: whatever is new in the daemon's process tree, session
    or cgroup parent), RSS and PSS from `/proc/PID/smaps_rollup`, divided by the pod count.
    PSS splits shared pages (the shim's binary, busybox) between their users, RSS counts them
-   in full for each process.
+   in full for each process; a daemon's PSS can shrink when it forks helpers (pages it now
+   shares with them), so only the sum of the two parts means something.
 
 Both runtimes run the same images, built here with `skiff build` from Debian's
 busybox-static (`/bin/busybox` with `sh` and `sleep` links) and loaded from one oci-archive
@@ -1025,7 +1016,9 @@ pause image (no Docker Hub here). Each pod: cgroupfs cgroups, under a cgroup of 
 private directories under /var/lib/skiff-bench and /run/skiff-bench, in a private mount
 namespace: containerd with its own config file (overlayfs snapshotter, cgroupfs, runc v2
 shim) and CNI conf dir, a bridge + host-local + portmap conflist with its own bridge and
-subnet (lo is brought up by the CRI plugin's built-in loopback network); skiff with its own
+subnet (lo is brought up by the CRI plugin's built-in loopback network), and
+`restrict_oom_score_adj = true`, because this machine refuses to lower oom_score_adj (the
+sandbox asks for -998; runc then fails with "can't get final child's PID from pipe"); skiff with its own
 config (its built-in bridge, IPAM and nftables). The script then removes what the runs made:
 bridges, the nftables tables they created, ip_forward as it was, cgroup parents, and the
 directories containerd makes outside its root (/run/containerd, /run/netns, /var/lib/cni).

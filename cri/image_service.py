@@ -16,6 +16,7 @@ from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc
 
 from skiff.errors import FailedPrecondition, InvalidArgument, SkiffError
+from skiff.images.hosts import Credentials
 from skiff.images.service import Images, normalize
 
 
@@ -29,6 +30,28 @@ class _Entry:
     digests: list[str]
     size: int
     user: str
+
+
+def _credentials(auth: pb.AuthConfig) -> Credentials | None:
+    """kubelet's AuthConfig from an image pull secret: username and password, or `auth`
+    (base64 "user:password", as in a docker config.json)."""
+    if auth.registry_token or auth.identity_token:
+        raise InvalidArgument("auth.registry_token, auth.identity_token: token credentials are not "
+                              "supported; use username and password")
+    if auth.auth:
+        import base64
+        import binascii
+
+        try:
+            username, sep, password = base64.b64decode(auth.auth, validate=True).decode().partition(":")
+        except (binascii.Error, UnicodeDecodeError) as e:
+            raise InvalidArgument(f"auth.auth: not base64 of user:password: {e}") from e
+        if not sep:
+            raise InvalidArgument("auth.auth: must encode user:password")
+        return Credentials(username=username, password=password)
+    if auth.username:
+        return Credentials(username=auth.username, password=auth.password)
+    return None
 
 
 class ImageService(api_pb2_grpc.ImageServiceServicer):
@@ -102,10 +125,8 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
     def PullImage(self, request: pb.PullImageRequest, context: grpc.ServicerContext) -> pb.PullImageResponse:
         if not request.image.image:
             raise InvalidArgument("image.image: must name an image to pull")
-        if request.HasField("auth") and (request.auth.username or request.auth.auth or request.auth.registry_token):
-            raise InvalidArgument("auth: credentials in the request are not supported yet; "
-                                  "put them in the registry configuration")
-        record = self.images.pull(request.image.image)
+        record = self.images.pull(request.image.image, credentials=_credentials(request.auth)
+                                  if request.HasField("auth") else None)
         return pb.PullImageResponse(image_ref=self.images.resolve(record.name).manifest.config.digest)
 
     def RemoveImage(self, request: pb.RemoveImageRequest, context: grpc.ServicerContext) -> pb.RemoveImageResponse:

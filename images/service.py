@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from skiff.errors import FailedPrecondition, InvalidArgument, NotFound, SkiffError
 from skiff.images import reference
+from skiff.images.hosts import Credentials
 from skiff.images.store import ContentStore, ImageRecord
 from skiff.oci import image as oci
 
@@ -68,12 +69,23 @@ class Images:
 
     # -- records -----------------------------------------------------------------------------
 
-    def pull(self, name: str, *, platform: str | None = None) -> ImageRecord:
+    def pull(self, name: str, *, platform: str | None = None,
+             credentials: Credentials | None = None) -> ImageRecord:
+        """`credentials`, when given, are used for this pull's registry instead of the
+        configured ones (the CRI's PullImageRequest.auth)."""
+        from dataclasses import replace
+
         from skiff.images import hosts, registry
 
-        result = registry.pull(normalize(name), self.store, platform=platform or DEFAULT_PLATFORM,
+        ref = normalize(name)
+        config = hosts.load(self.registries)
+        if credentials is not None:
+            domain = reference.parse(ref).domain
+            config = replace(config, hosts={**config.hosts, domain: replace(config.host(domain),
+                                                                            credentials=credentials)})
+        result = registry.pull(ref, self.store, platform=platform or DEFAULT_PLATFORM,
                                progress=registry.default_progress() if self.progress else None,
-                               config=hosts.load(self.registries))
+                               config=config)
         return self.store.image(str(result.reference))
 
     def resolve(self, name: str, *, platform: str | None = None) -> ResolvedImage:

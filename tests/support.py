@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 import os
+import random
 import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,3 +90,22 @@ def skopeo(*args: str, env: dict[str, str] | None = None, check: bool = True) ->
     if check and done.returncode != 0:
         raise RuntimeError(f"skopeo {' '.join(args)}: {done.stderr}")
     return done
+
+
+def free_subnet(second_octet: int) -> ipaddress.IPv4Network:
+    """A 10.<second_octet>.X.0/24 that no route of the host touches."""
+    routes = json.loads(subprocess.run(["ip", "-j", "route", "show", "table", "all"], capture_output=True,
+                                       text=True, check=True).stdout)
+    used = []
+    for r in routes:
+        dst = r.get("dst", "")
+        if dst and dst != "default":
+            try:
+                used.append(ipaddress.ip_network(dst, strict=False))
+            except ValueError:
+                pass
+    for _ in range(100):
+        candidate = ipaddress.IPv4Network(f"10.{second_octet}.{random.randrange(1, 255)}.0/24")
+        if not any(candidate.version == u.version and candidate.overlaps(u) for u in used):
+            return candidate
+    raise AssertionError(f"no free 10.{second_octet}.X.0/24")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import free_subnet
 
 from skiff.cri.network import NetworkError, PodNetwork, PortMapping, PortProtocol
 from skiff.cri.network import cni
@@ -40,23 +40,6 @@ requires_iptables = pytest.mark.skipif(
 
 def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=60)
-
-
-def free_subnet() -> ipaddress.IPv4Network:
-    """A 10.99.X.0/24 that no route of the host touches."""
-    used = []
-    for r in json.loads(run("ip", "-j", "route", "show", "table", "all").stdout):
-        dst = r.get("dst", "")
-        if dst and dst != "default":
-            try:
-                used.append(ipaddress.ip_network(dst, strict=False))
-            except ValueError:
-                pass
-    for _ in range(100):
-        candidate = ipaddress.IPv4Network(f"10.99.{random.randrange(1, 255)}.0/24")
-        if not any(candidate.version == u.version and candidate.overlaps(u) for u in used):
-            return candidate
-    raise AssertionError("no free 10.99.X.0/24")
 
 
 def pod_id() -> str:
@@ -195,7 +178,7 @@ def cni_env(tmp_path: Path) -> Iterator[Cni]:
         pytest.skip(f"requires the CNI plugins in {BIN_DIR} (Debian package containernetworking-plugins)")
     (tmp_path / "net.d").mkdir()
     config = cni.CniConfig(conf_dir=str(tmp_path / "net.d"), bin_dir=BIN_DIR, state_dir=tmp_path / "state")
-    env = Cni(tmp=tmp_path, subnet=free_subnet(), bridge=f"skc{uuid.uuid4().hex[:8]}",
+    env = Cni(tmp=tmp_path, subnet=free_subnet(99), bridge=f"skc{uuid.uuid4().hex[:8]}",
               name=f"skiff-test-{uuid.uuid4().hex[:8]}", config=config)
     forward = IP_FORWARD.read_text()
     chains = nat_chains()

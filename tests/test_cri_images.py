@@ -14,6 +14,7 @@ from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc
 
 from cri_fixture import in_process, service_config
+from registry_fixture import Registry, secure_registry, single_image_layout, skopeo_copy  # noqa: F401
 from skiff.demo import make_rootfs
 from skiff.images.service import Images
 
@@ -74,3 +75,36 @@ def test_errors_carry_grpc_codes_and_name_the_field(cri: tuple[object, object, I
     with pytest.raises(grpc.RpcError) as err:
         image.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image="bad reference!")))  # type: ignore[attr-defined]
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_pull_image_with_the_request_credentials(secure_registry: Registry, tmp_path: Path) -> None:
+    """kubelet passes an image pull secret's credentials in PullImageRequest.auth."""
+    import base64
+    import dataclasses
+
+    reg = secure_registry
+    single_image_layout(tmp_path / "layout", "v1", {"hello": b"private\n"})
+    skopeo_copy(tmp_path / "layout", "v1", reg, "test/private:v1", tmp=tmp_path)
+    registries = tmp_path / "registries.toml"
+    registries.write_text(f'[registries."{reg.host}"]\nca_file = "{reg.ca_file}"\n')
+    config = dataclasses.replace(service_config(tmp_path, str(tmp_path / "images"), mode="none"),
+                                 registries=str(registries))
+    image = pb.ImageSpec(image=f"{reg.host}/test/private:v1")
+    assert reg.username is not None and reg.password is not None
+    with in_process(config) as service:
+        with pytest.raises(grpc.RpcError) as err:
+            service.images.PullImage(pb.PullImageRequest(image=image))
+        assert "credentials" in err.value.details()
+        with pytest.raises(grpc.RpcError) as err:
+            service.images.PullImage(pb.PullImageRequest(image=image, auth=pb.AuthConfig(
+                username=reg.username, password="wrong")))
+        assert "unauthorized" in err.value.details()
+        reply = service.images.PullImage(pb.PullImageRequest(image=image, auth=pb.AuthConfig(
+            username=reg.username, password=reg.password)))
+        assert reply.image_ref.startswith("sha256:")
+        encoded = base64.b64encode(f"{reg.username}:{reg.password}".encode()).decode()
+        again = service.images.PullImage(pb.PullImageRequest(image=image, auth=pb.AuthConfig(auth=encoded)))
+        assert again.image_ref == reply.image_ref
+        with pytest.raises(grpc.RpcError) as err:
+            service.images.PullImage(pb.PullImageRequest(image=image, auth=pb.AuthConfig(registry_token="t")))
+        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "registry_token" in err.value.details()

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import random
 import shutil
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from support import free_subnet
 
 from skiff.cri.network import BridgeConfig, NetworkError, PodNetwork, PortMapping, PortProtocol
 from skiff.cri.network import bridge, portmap
@@ -30,24 +30,6 @@ from skiff.errors import InvalidArgument, ResourceExhausted
 
 def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=30)
-
-
-def free_subnet() -> str:
-    """A 10.244.X.0/24 that no route of the host touches."""
-    routes = json.loads(run("ip", "-j", "route", "show", "table", "all").stdout)
-    used = []
-    for r in routes:
-        dst = r.get("dst", "")
-        if dst and dst != "default":
-            try:
-                used.append(ipaddress.ip_network(dst, strict=False))
-            except ValueError:
-                pass
-    for _ in range(100):
-        candidate = ipaddress.IPv4Network(f"10.244.{random.randrange(1, 255)}.0/24")
-        if not any(candidate.version == u.version and candidate.overlaps(u) for u in used):
-            return str(candidate)
-    raise AssertionError("no free 10.244.X.0/24")
 
 
 def pod_id() -> str:
@@ -102,7 +84,7 @@ def net(tmp_path: Path, ip_forward: str) -> Iterator[Net]:
         pytest.skip("requires nft (Debian package nftables)")
     if shutil.which("busybox") is None:
         pytest.skip("requires busybox (Debian busybox-static)")
-    config = BridgeConfig(pod_cidr=free_subnet(), bridge=f"skt{uuid.uuid4().hex[:8]}",
+    config = BridgeConfig(pod_cidr=str(free_subnet(244)), bridge=f"skt{uuid.uuid4().hex[:8]}",
                           state_dir=tmp_path / "network")
     n = Net(config)
     # `ip netns add` makes /run/netns a mount point the first time it runs on a machine:

@@ -131,7 +131,10 @@ def run_pod_sandbox(ctx: ServiceContext, request: pb.RunPodSandboxRequest) -> pb
         record = SandboxRecord(
             id=sandbox_id, name=meta.name, uid=meta.uid, namespace=meta.namespace, attempt=meta.attempt,
             labels=dict(config.labels), annotations=dict(config.annotations), created_at=time.time_ns(),
-            state=SandboxState.UNKNOWN, log_directory=config.log_directory,
+            state=SandboxState.UNKNOWN,
+            # kubelet always names one; for other clients, kubelet's own layout under log_root
+            log_directory=config.log_directory or os.path.join(
+                ctx.config.log_root, f"{meta.namespace}_{meta.name}_{meta.uid}"),
             cgroup_parent=pod_cgroup_name(config, sandbox_id), config=config.SerializeToString())
         ctx.sandboxes.add(record)
     except BaseException:
