@@ -4,7 +4,7 @@ setup, in this order, each step undone if a later one fails (containerd sandbox_
   1. an address from IPAM (the pod's own again if a setup is retried)
   2. the bridge, created if missing, with the gateway address, up
   3. a veth pair: the host end `skv<12 hex of sha256(pod id)>` on the bridge and up, the peer
-     moved into the pod's netns, renamed eth0, addressed, up; lo up; default via the gateway
+     made in the pod's netns as eth0, addressed, up; lo up; default via the gateway
   4. masquerade and hostPort rules (portmap.py)
 
 Links skiff creates carry a mark in their alias (`ip link` shows it): teardown deletes a
@@ -35,6 +35,7 @@ from skiff.runtime import libc
 from skiff.runtime.undo import Undo
 
 CLONE_NEWNET = 0x40000000
+IFF_UP = 0x1
 POD_INTERFACE = "eth0"
 BRIDGE_MARK = "skiff bridge"
 
@@ -42,10 +43,6 @@ BRIDGE_MARK = "skiff bridge"
 def host_veth_name(pod_id: str) -> str:
     """15 characters at most (IFNAMSIZ - 1); a hash, since pod ids are longer."""
     return "skv" + hashlib.sha256(pod_id.encode()).hexdigest()[:12]
-
-
-def _peer_name(pod_id: str) -> str:
-    return "skp" + hashlib.sha256(pod_id.encode()).hexdigest()[:12]
 
 
 def ipam_for(config: BridgeConfig) -> IPAM:
@@ -118,6 +115,8 @@ def _alias(ipr: Any, index: int) -> str | None:
 def _ensure_bridge(ipr: Any, config: BridgeConfig, gateway: ipaddress.IPv4Address, prefix: int) -> int:
     name = config.bridge
     index = _index(ipr, name)
+    if index is not None and _ready(ipr, index, gateway, prefix):
+        return index
     if index is None:
         try:
             with _kernel(f"create bridge {name}"):
@@ -131,8 +130,7 @@ def _ensure_bridge(ipr: Any, config: BridgeConfig, gateway: ipaddress.IPv4Addres
             raise NetworkError(f"bridge {name}: gone right after it was created")
         with _kernel(f"mark bridge {name}"):
             ipr.link("set", index=index, ifalias=BRIDGE_MARK)
-    held = {(str(a.get("IFA_ADDRESS")), int(a["prefixlen"])) for a in ipr.get_addr(index=index, family=socket.AF_INET)}
-    if (str(gateway), prefix) not in held:
+    if not _has_address(ipr, index, gateway, prefix):
         try:
             with _kernel(f"add {gateway}/{prefix} to bridge {name}"):
                 ipr.addr("add", index=index, address=str(gateway), prefixlen=prefix)
@@ -142,6 +140,17 @@ def _ensure_bridge(ipr: Any, config: BridgeConfig, gateway: ipaddress.IPv4Addres
     with _kernel(f"set bridge {name} up"):
         ipr.link("set", index=index, state="up")
     return index
+
+
+def _has_address(ipr: Any, index: int, gateway: ipaddress.IPv4Address, prefix: int) -> bool:
+    held = {(str(a.get("IFA_ADDRESS")), int(a["prefixlen"])) for a in ipr.get_addr(index=index, family=socket.AF_INET)}
+    return (str(gateway), prefix) in held
+
+
+def _ready(ipr: Any, index: int, gateway: ipaddress.IPv4Address, prefix: int) -> bool:
+    """Up, with the gateway address: the common case, where setup has nothing to change."""
+    link = ipr.link("get", index=index)[0]
+    return bool(link["flags"] & IFF_UP) and _has_address(ipr, index, gateway, prefix)
 
 
 def _delete_host_veth(pod_id: str) -> None:
@@ -165,46 +174,40 @@ def _delete_host_veth(pod_id: str) -> None:
 def setup(netns_path: str, pod_id: str, config: BridgeConfig,
           port_mappings: Sequence[PortMapping] = ()) -> PodNetwork:
     """Connects the pod's netns to the bridge; a retry after a failed or interrupted setup of
-    the same pod starts over and keeps the pod's address."""
+    the same pod starts over and keeps the pod's address. The peer is created inside the
+    pod's netns, already named eth0: moving and renaming it would cost two more kernel
+    round trips, the move a slow one."""
     mark = portmap.tag(pod_id)  # validates the id before anything is created
     ipam = ipam_for(config)
-    host_name, peer_name = host_veth_name(pod_id), _peer_name(pod_id)
+    host_name = host_veth_name(pod_id)
+    # Only a pod that holds an address can have left a veth or rules behind.
+    retry = ipam.held(pod_id) is not None
     with Undo() as undo:
         ip = ipam.allocate(pod_id)
         undo.callback(ipam.release, pod_id)
-        _delete_host_veth(pod_id)
+        if retry:
+            _delete_host_veth(pod_id)
+        extra = {} if config.mtu is None else {"mtu": config.mtu}
         with _iproute() as ipr:
             bridge = _ensure_bridge(ipr, config, ipam.gateway, ipam.prefix)
-            stale_peer = _index(ipr, peer_name)  # a setup that died before moving it
-            if stale_peer is not None and _alias(ipr, stale_peer) == mark:
-                with _kernel(f"delete stale veth {peer_name}"):
-                    ipr.link("del", index=stale_peer)
-            with _kernel(f"create veth {host_name} for pod {pod_id}"):
-                ipr.link("add", ifname=host_name, kind="veth", peer={"ifname": peer_name})
-            undo.callback(_delete_host_veth, pod_id)
-            host = _index(ipr, host_name)
-            peer = _index(ipr, peer_name)
-            if host is None or peer is None:
-                raise NetworkError(f"veth {host_name}: gone right after it was created")
-            extra = {} if config.mtu is None else {"mtu": config.mtu}
-            with _kernel(f"attach veth {host_name} to bridge {config.bridge}"):
-                ipr.link("set", index=host, ifalias=mark)
-                ipr.link("set", index=peer, ifalias=mark)
-                ipr.link("set", index=host, master=bridge, state="up", **extra)
-                if extra:
-                    ipr.link("set", index=peer, **extra)
-            with _kernel(f"move veth {peer_name} into netns {netns_path}"):
+            with _kernel(f"create veth {host_name} on bridge {config.bridge} with its peer "
+                         f"{POD_INTERFACE} in netns {netns_path}"):
                 nsfd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
                 try:
-                    ipr.link("set", index=peer, net_ns_fd=nsfd)
+                    ipr.link("add", ifname=host_name, kind="veth", master=bridge, state="up", **extra,
+                             peer={"ifname": POD_INTERFACE, "net_ns_fd": nsfd, **extra})
                 finally:
                     os.close(nsfd)
+            host = _index(ipr, host_name)
+            if host is None:
+                raise NetworkError(f"veth {host_name}: gone right after it was created")
+            undo.callback(_delete_link, host, host_name)  # before the mark that teardown looks for
+            with _kernel(f"mark veth {host_name}"):
+                ipr.link("set", index=host, ifalias=mark)
         with _iproute(netns_path) as ns:
-            inside = _index(ns, peer_name)
+            inside = _index(ns, POD_INTERFACE)
             if inside is None:
-                raise NetworkError(f"veth {peer_name}: not found in netns {netns_path} after the move")
-            with _kernel(f"rename veth {peer_name} to {POD_INTERFACE} in netns {netns_path}"):
-                ns.link("set", index=inside, ifname=POD_INTERFACE)
+                raise NetworkError(f"veth {POD_INTERFACE}: not found in netns {netns_path} after its creation")
             with _kernel(f"add {ip}/{ipam.prefix} to {POD_INTERFACE} in netns {netns_path}"):
                 ns.addr("add", index=inside, address=str(ip), prefixlen=ipam.prefix)
             with _kernel(f"set {POD_INTERFACE} and lo up in netns {netns_path}"):
@@ -214,12 +217,22 @@ def setup(netns_path: str, pod_id: str, config: BridgeConfig,
                     ns.link("set", index=lo, state="up")
             with _kernel(f"add default route via {ipam.gateway} in netns {netns_path}"):
                 ns.route("add", dst="0.0.0.0/0", gateway=str(ipam.gateway), oif=inside)
-        portmap.add(config.state_dir, pod_id, ip, ipam.network,
-                    masquerade=config.masquerade, port_mappings=port_mappings)
+        portmap.add(config.state_dir, pod_id, ip, ipam.network, masquerade=config.masquerade,
+                    port_mappings=port_mappings, fresh=not retry)
         undo.callback(portmap.remove, config.state_dir, pod_id)
         undo.keep()
     return PodNetwork(ip=ip, gateway=ipam.gateway, prefix=ipam.prefix,
                       interface=POD_INTERFACE, veth_host=host_name)
+
+
+def _delete_link(index: int, name: str) -> None:
+    with _iproute() as ipr:
+        try:
+            with _kernel(f"delete veth {name}"):
+                ipr.link("del", index=index)
+        except NetworkError as e:
+            if not (isinstance(e.__cause__, NetlinkError) and e.__cause__.code == errno.ENODEV):
+                raise
 
 
 def teardown(netns_path: str | None, pod_id: str, config: BridgeConfig) -> None:

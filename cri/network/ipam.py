@@ -48,9 +48,9 @@ class IPAM:
         if not owner or "\n" in owner or "/" in owner:
             raise InvalidArgument(f"ipam owner {owner!r}: must be a non-empty single line without '/'")
         self.directory.mkdir(parents=True, exist_ok=True)
-        for address, held_by in self.allocations().items():
-            if held_by == owner and address in self.network:
-                return address
+        held = self.held(owner)
+        if held is not None:
+            return held
         first = int(self.gateway) + 1
         last = int(self.network.broadcast_address) - 1
         start = self._last_reserved(first, last) + 1
@@ -61,6 +61,10 @@ class IPAM:
                 self._write_last_reserved(address)
                 return address
         raise ResourceExhausted(f"pod CIDR {self.network}: no address left")
+
+    def held(self, owner: str) -> ipaddress.IPv4Address | None:
+        """The address `owner` holds, if any."""
+        return next((a for a, held_by in self.allocations().items() if held_by == owner and a in self.network), None)
 
     def release(self, owner: str) -> list[ipaddress.IPv4Address]:
         """Frees every address the owner holds; none held is fine."""

@@ -22,13 +22,11 @@ import fcntl
 import ipaddress
 import json
 import re
-import shutil
-import subprocess
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from skiff.cri.network import NetworkError, PortMapping
+from skiff.cri.network import PortMapping, nftables
 from skiff.errors import InvalidArgument
 
 TABLE = "skiff"
@@ -44,19 +42,6 @@ def tag(pod_id: str) -> str:
     return f"skiff pod {pod_id}"
 
 
-def _nft(*args: str, script: str | None = None) -> str:
-    binary = shutil.which("nft")
-    if binary is None:
-        raise NetworkError("nft: not found on PATH (Debian package nftables)")
-    argv = [binary, *args] if script is None else [binary, "-f", "-"]
-    done = subprocess.run(argv, input=script, capture_output=True, text=True)
-    if done.returncode != 0:
-        what = " ".join(args) if script is None else "-f -"
-        raise NetworkError(f"nft {what}: {done.stderr.strip()}"
-                           + (f"\nscript:\n{script}" if script else ""))
-    return done.stdout
-
-
 @contextlib.contextmanager
 def _locked(state_dir: Path) -> Iterator[None]:
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -66,7 +51,7 @@ def _locked(state_dir: Path) -> Iterator[None]:
 
 
 def _table_exists() -> bool:
-    listing = json.loads(_nft("-j", "list", "tables"))
+    listing = json.loads(nftables.run("list tables", json=True))
     return any(item.get("table", {}).get("family") == "ip" and item["table"].get("name") == TABLE
                for item in listing.get("nftables", []))
 
@@ -74,7 +59,7 @@ def _table_exists() -> bool:
 def _rules() -> list[dict[str, Any]]:
     if not _table_exists():
         return []
-    listing = json.loads(_nft("-j", "-a", "list", "table", "ip", TABLE))
+    listing = json.loads(nftables.run(f"list table ip {TABLE}", json=True, handles=True))
     return [item["rule"] for item in listing.get("nftables", []) if "rule" in item]
 
 
@@ -108,14 +93,15 @@ def pod_rules(pod_id: str, pod_ip: ipaddress.IPv4Address, network: ipaddress.IPv
 
 
 def add(state_dir: Path, pod_id: str, pod_ip: ipaddress.IPv4Address, network: ipaddress.IPv4Network,
-        *, masquerade: bool, port_mappings: Sequence[PortMapping]) -> None:
-    """Replaces the pod's rules with these, in one transaction; no rules: nothing to do."""
+        *, masquerade: bool, port_mappings: Sequence[PortMapping], fresh: bool = False) -> None:
+    """Replaces the pod's rules with these, in one transaction; no rules: nothing to do.
+    `fresh` says the pod cannot have rules yet, which saves listing them."""
     lines = pod_rules(pod_id, pod_ip, network, masquerade=masquerade, port_mappings=port_mappings)
     with _locked(state_dir):
-        stale = _delete_lines(pod_id)
+        stale = [] if fresh else _delete_lines(pod_id)
         if not lines:
             if stale:
-                _nft(script="\n".join(stale) + "\n")
+                nftables.run("\n".join(stale) + "\n")
                 _drop_table_if_empty(state_dir)
             return
         _enable_forwarding(state_dir)
@@ -127,7 +113,7 @@ def add(state_dir: Path, pod_id: str, pod_ip: ipaddress.IPv4Address, network: ip
             *stale,
             *lines,
         ]
-        _nft(script="\n".join(script) + "\n")
+        nftables.run("\n".join(script) + "\n")
 
 
 def remove(state_dir: Path, pod_id: str) -> None:
@@ -135,7 +121,7 @@ def remove(state_dir: Path, pod_id: str) -> None:
     with _locked(state_dir):
         stale = _delete_lines(pod_id)
         if stale:
-            _nft(script="\n".join(stale) + "\n")
+            nftables.run("\n".join(stale) + "\n")
         _drop_table_if_empty(state_dir)
 
 
@@ -149,7 +135,7 @@ def _drop_table_if_empty(state_dir: Path) -> None:
     if _table_exists():
         if _rules():
             return
-        _nft("delete", "table", "ip", TABLE)
+        nftables.run(f"delete table ip {TABLE}")
     # No table, no pod needs forwarding (also after an add that failed past turning it on).
     _restore_forwarding(state_dir)
 

@@ -54,11 +54,18 @@ def start_forkserver() -> ForkServer:
     """The fork server with every job of the service. Call it before any thread starts.
     What the jobs use is imported first, so no worker pays for imports."""
     import skiff.oci.codec  # noqa: F401
+    import skiff.runtime.cgroups.devices  # noqa: F401
+    import skiff.runtime.cgroups.stats  # noqa: F401
+    import skiff.runtime.cgroups.v1  # noqa: F401
+    import skiff.runtime.cgroups.v2  # noqa: F401
     import skiff.runtime.hooks  # noqa: F401
     import skiff.runtime.plan  # noqa: F401
     import skiff.runtime.rootfs  # noqa: F401
+    import skiff.runtime.seccomp  # noqa: F401
     import skiff.runtime.spawn  # noqa: F401
+    from skiff.oci import default_spec, parse_spec, spec_to_dict
 
+    parse_spec(spec_to_dict(default_spec()))  # builds the spec codec's converters once, here
     return ForkServer.start({**monitor.JOBS, **pod_namespaces.JOBS})
 
 
