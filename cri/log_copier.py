@@ -8,11 +8,10 @@ restarting, as CRI-O's per-container conmon does (containerd copies in the daemo
 It exits when both pipes reach EOF.
 SIGUSR1 reopens LOG_PATH (ReopenContainerLog: kubelet renames the file, then asks for a new one).
 
-As the CRI service's container monitor (`--init PID --exit-file PATH`, see cri/monitor.py)
-it is also the parent of the container's init: the monitor process created the container and
-then exec'd this script, keeping its child. It reaps the init when it exits and writes
-`{"exit_code", "signal", "finished_at"}` to PATH (temp file and rename), so an exit while
-the daemon is down is still known when it comes back, as conmon's exit file is for CRI-O.
+In the CRI service's container monitor (cri/monitor.py) `run` also reaps the container's
+init, the monitor's child, and writes `{"exit_code", "signal", "finished_at"}` to the exit
+file (temp file and rename), so an exit while the daemon is down is still known when it comes
+back, as conmon's exit file is for CRI-O.
 
 It runs per container, so the module imports only the standard library's built-in modules
 (no `skiff` package, no site-packages: `-S`), and it never blocks the container on the log
@@ -254,26 +253,13 @@ def run(log_path: str, streams: dict[int, Stream], *, max_line: int = MAX_LINE_S
     log.close()
 
 
-USAGE = "usage: log_copier.py [--init PID --exit-file PATH] LOG_PATH (stdout pipe on fd 3, stderr pipe on fd 4)"
-
-
 def main(argv: list[str]) -> int:
-    args = argv[1:]
-    init: int | None = None
-    exit_file: str | None = None
-    try:
-        if args[:1] == ["--init"]:
-            if args[2] != "--exit-file":
-                raise ValueError
-            init, exit_file, args = int(args[1]), args[3], args[4:]
-    except (IndexError, ValueError):
-        args = []
-    if len(args) != 1:
-        _say(USAGE)
+    if len(argv) != 2:
+        _say("usage: log_copier.py LOG_PATH (stdout pipe on fd 3, stderr pipe on fd 4)")
         return 2
     # An inherited write end of some container's pipe would keep that pipe open forever.
     os.closerange(STDERR_FD + 1, os.sysconf("SC_OPEN_MAX"))
-    run(args[0], {STDOUT_FD: Stream.STDOUT, STDERR_FD: Stream.STDERR}, init=init, exit_file=exit_file)
+    run(argv[1], {STDOUT_FD: Stream.STDOUT, STDERR_FD: Stream.STDERR})
     return 0
 
 

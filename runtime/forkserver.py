@@ -22,6 +22,7 @@ a container monitor must outlive the daemon.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import select
@@ -74,7 +75,8 @@ def _receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
     return message, fds
 
 
-def _error_message(error: BaseException) -> dict[str, Any]:
+def error_message(error: BaseException) -> dict[str, Any]:
+    """`error` as a reply: its skiff category and message (notes included)."""
     kind = next((cls.__name__ for cls in type(error).__mro__
                  if cls.__module__ == errors.__name__ and cls is not errors.SkiffError), "SkiffError")
     text = str(error) or type(error).__name__
@@ -84,7 +86,8 @@ def _error_message(error: BaseException) -> dict[str, Any]:
     return {"error": {"kind": kind, "message": "; ".join([text, *notes])}}
 
 
-def _raise_error(error: Mapping[str, Any]) -> None:
+def raise_error(error: Mapping[str, Any]) -> None:
+    """The inverse of `error_message`: raise that category again."""
     cls = getattr(errors, str(error.get("kind")), errors.SkiffError)
     if not (isinstance(cls, type) and issubclass(cls, errors.SkiffError)):
         cls = errors.SkiffError
@@ -110,7 +113,7 @@ class WorkerCall:
         if "error" in message:
             for fd in fds:
                 os.close(fd)
-            _raise_error(message["error"])
+            raise_error(message["error"])
         return message, fds
 
     def send(self, message: Mapping[str, Any], fds: Sequence[int] = ()) -> None:
@@ -184,6 +187,9 @@ def _serve(control: socket.socket, jobs: dict[str, Job]) -> None:
     """The server's loop: a request forks a worker; EOF on `control` ends it."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)  # the daemon's Ctrl-C is the daemon's to handle
+    # Workers share this process's pages until they write to them; the collector must not
+    # be what writes (it would walk, and so copy, every object): frozen objects it skips.
+    gc.freeze()
     poller = select.poll()
     poller.register(control, select.POLLIN)
     while True:
@@ -229,7 +235,7 @@ def _work(control: socket.socket, jobs: dict[str, Job], message: dict[str, Any],
             code = 0
         except BaseException as e:  # the caller gets every failure, as data
             try:
-                _send(sock, _error_message(e))
+                _send(sock, error_message(e))
             except OSError:
                 pass
     finally:

@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from cri_api.v1 import api_pb2 as pb
 
-from skiff.cri.monitor import read_exit
+from skiff.cri.monitor import MONITOR_TITLE, read_exit
 from skiff.cri.service.context import ServiceContext
 from skiff.cri.store.container import ContainerRecord, ContainerState, ExitReason
 from skiff.errors import NotFound, SkiffError
@@ -30,7 +30,7 @@ def monitor_alive(record: ContainerRecord) -> bool:
             cmdline = f.read()
     except OSError:
         return False
-    return b"log_copier" in cmdline and record.id.encode() in cmdline
+    return cmdline.startswith(f"{MONITOR_TITLE} {record.id}".encode())
 
 
 def refreshed(ctx: ServiceContext, record: ContainerRecord) -> ContainerRecord:

@@ -146,15 +146,27 @@ class V1Driver:
             cgroupfs.make_dirs(path, created)
             if "cpuset" in name.split(","):
                 # A new v1 cpuset has no cpus and no mems, and joining it fails with
-                # ENOSPC: copy the parent's, top-down (runc `cpusetEnsureParent`).
-                for new in created:
+                # ENOSPC: copy the parent's, top-down (runc `cpusetEnsureParent`). Not only
+                # into what this call made: a parent another skiff process made a moment
+                # ago may still be empty, and is filled the same way (marked ones only).
+                for new in self._cpuset_chain(name, path, created):
                     parent = os.path.dirname(new)
                     for file in ("cpuset.cpus", "cpuset.mems"):
-                        value = cgroupfs.read(f"{parent}/{file}").strip()
-                        cgroupfs.write(f"{new}/{file}", value)
+                        if not cgroupfs.read(f"{new}/{file}").strip():
+                            cgroupfs.write(f"{new}/{file}", cgroupfs.read(f"{parent}/{file}").strip())
             self.created += [p for p in created if p not in self.created]
         if self.unified is not None:
             self.unified.create()
+
+    def _cpuset_chain(self, name: str, leaf: str, created: list[str]) -> list[str]:
+        """The directories from below the hierarchy's root down to `leaf` that skiff made."""
+        chain: list[str] = []
+        path = leaf
+        while path != self.roots[name] and path.startswith(self.roots[name] + "/"):
+            if path in created or cgroupfs.is_marked(path):
+                chain.append(path)
+            path = os.path.dirname(path)
+        return chain[::-1]
 
     def dirfd(self) -> int | None:
         return None  # CLONE_INTO_CGROUP takes one cgroup2 directory; v1 needs several
