@@ -250,6 +250,20 @@ def test_update_container_resources(cri: Cri) -> None:
     assert cri.status(cid).resources.linux.cpuset_cpus == ""  # a refused update changes nothing
 
 
+def test_oom_score_adj_the_host_cannot_grant_is_clamped(cri: Cri) -> None:
+    """Without CAP_SYS_RESOURCE nothing goes below this process's own value: kubelet's
+    -997 for a guaranteed pod becomes that value instead of failing the container."""
+    pod_id, pod = cri.run_pod("guaranteed")
+    config = pb.ContainerConfig(metadata=pb.ContainerMetadata(name="main"), image=pb.ImageSpec(image=IMAGE),
+                                command=["sleep", "3600"])
+    config.linux.resources.oom_score_adj = -997
+    cid = cri.runtime.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=config)).container_id
+    cri.runtime.StartContainer(pb.StartContainerRequest(container_id=cid))
+    own = int(Path("/proc/self/oom_score_adj").read_text())
+    got = int(cri.exec(cid, "cat", "/proc/self/oom_score_adj").stdout)
+    assert got == -997 or got == own
+
+
 def test_host_network_pod(cri: Cri) -> None:
     pod_id, pod = cri.run_pod("hosted", host_network=True)
     assert cri.pod_status(pod_id).network.ip == ""

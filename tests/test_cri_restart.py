@@ -85,6 +85,13 @@ def test_recovery_cleans_up_an_interrupted_run(daemon: CriDaemon, tmp_path: Path
     orphan = state / "bundles" / ("ab" * 32)
     orphan.mkdir()
     (orphan / "config.json").write_text("{}")
+    # a CreateContainer killed half way: its record says UNKNOWN
+    container = json.loads((state / "sandboxes" / f"{pod_id}.json").read_text())  # a valid record to copy from
+    half = {"version": 1, "id": "cd" * 32, "sandbox_id": pod_id, "name": "half", "attempt": 0, "image_ref": "",
+            "image_id": "", "labels": {}, "annotations": {}, "created_at": container["created_at"],
+            "started_at": 0, "finished_at": 0, "exit_code": 0, "reason": "", "message": "", "state": "UNKNOWN",
+            "log_path": "", "runtime_id": "cd" * 32, "pid": 0, "monitor_pid": 0, "config": ""}
+    (state / "containers" / f"{'cd' * 32}.json").write_text(json.dumps(half))
 
     cri = daemon.start()
     try:

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from skiff.cri.network import PortMapping, nftables
+from skiff.cri.network import NetworkError, PortMapping, nftables
 from skiff.errors import InvalidArgument
 
 TABLE = "skiff"
@@ -105,15 +105,24 @@ def add(state_dir: Path, pod_id: str, pod_ip: ipaddress.IPv4Address, network: ip
                 _drop_table_if_empty(state_dir)
             return
         _enable_forwarding(state_dir)
-        script = [
+        rules = "\n".join([*stale, *lines]) + "\n"
+        # Adding the table and its hooked chains again when they exist costs the kernel some
+        # 14 ms (an RCU grace period) for nothing; rules alone cost 0.1 ms. Another skiff
+        # with another state dir may drop the table meanwhile: then the rules fail, and the
+        # whole script goes in.
+        if _table_exists():
+            try:
+                nftables.run(rules)
+                return
+            except NetworkError:
+                if _table_exists():
+                    raise
+        nftables.run("\n".join([
             f"add table ip {TABLE}",
             f"add chain ip {TABLE} prerouting {{ type nat hook prerouting priority dstnat; policy accept; }}",
             f"add chain ip {TABLE} output {{ type nat hook output priority -100; policy accept; }}",
             f"add chain ip {TABLE} postrouting {{ type nat hook postrouting priority srcnat; policy accept; }}",
-            *stale,
-            *lines,
-        ]
-        nftables.run("\n".join(script) + "\n")
+        ]) + "\n" + rules)
 
 
 def remove(state_dir: Path, pod_id: str) -> None:
