@@ -39,3 +39,16 @@ def test_errors_name_the_setting(tmp_path: Path, text: str, message: str) -> Non
     path.write_text(text)
     with pytest.raises(InvalidArgument, match=message):
         config.load(str(path))
+
+
+def test_the_shipped_examples_parse() -> None:
+    """docs/cri/: the example service configuration and the walkthrough's pod and containers."""
+    from skiff.cri import client
+
+    docs = Path(__file__).resolve().parent.parent / "docs" / "cri"
+    settings = config.load(str(docs / "cri.toml"))
+    assert settings.cgroup_parent == "/kubepods" and settings.network.mode == "bridge"
+    pod = client.load_pod_config(str(docs / "pod.json"))
+    assert pod.metadata.name == "hello" and pod.port_mappings[0].host_port == 18080
+    for name in ("web", "client"):
+        assert client.load_container_config(str(docs / f"{name}.json")).image.image == "localhost/busybox:demo"

@@ -71,8 +71,11 @@ def create_container(ctx: ServiceContext, request: pb.CreateContainerRequest) ->
         except Exception as undo_error:
             cause.add_note(f"while undoing: {undo_error}; RemoveContainer {container_id} cleans up")
         raise
+    from skiff.runtime.container import proc_start_time
+
+    monitor_start = proc_start_time(monitor_pid) or 0
     ctx.containers.update(container_id, lambda r: replace(r, state=ContainerState.CREATED, pid=pid,
-                                                          monitor_pid=monitor_pid))
+                                                          monitor_pid=monitor_pid, monitor_start=monitor_start))
     return pb.CreateContainerResponse(container_id=container_id)
 
 

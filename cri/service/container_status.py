@@ -12,7 +12,7 @@ from dataclasses import replace
 
 from cri_api.v1 import api_pb2 as pb
 
-from skiff.cri.monitor import MONITOR_TITLE, read_exit
+from skiff.cri.monitor import read_exit
 from skiff.cri.service.context import ServiceContext
 from skiff.cri.store.container import ContainerRecord, ContainerState, ExitReason
 from skiff.errors import NotFound, SkiffError
@@ -23,14 +23,9 @@ UNKNOWN_EXIT_CODE = 255
 
 def monitor_alive(record: ContainerRecord) -> bool:
     """Is `monitor_pid` still this container's monitor (a pid may be reused)?"""
-    if not record.monitor_pid:
-        return False
-    try:
-        with open(f"/proc/{record.monitor_pid}/cmdline", "rb") as f:
-            cmdline = f.read()
-    except OSError:
-        return False
-    return cmdline.startswith(f"{MONITOR_TITLE} {record.id}".encode())
+    from skiff.runtime.container import proc_start_time
+
+    return bool(record.monitor_pid) and proc_start_time(record.monitor_pid) == record.monitor_start
 
 
 def refreshed(ctx: ServiceContext, record: ContainerRecord) -> ContainerRecord:

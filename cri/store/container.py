@@ -72,6 +72,8 @@ class ContainerRecord:
     """The init's pid once created."""
     monitor_pid: int = 0
     """The container's monitor (cri/monitor.py): it copies the logs and reaps the init."""
+    monitor_start: int = 0
+    """The monitor's start time (/proc/<pid>/stat), to know a live pid is still it."""
     config: bytes = b""
     """The CRI ContainerConfig, `SerializeToString()` bytes, kept whole."""
     version: int = RECORD_VERSION
@@ -98,6 +100,7 @@ class ContainerRecord:
             "runtime_id": self.runtime_id,
             "pid": self.pid,
             "monitor_pid": self.monitor_pid,
+            "monitor_start": self.monitor_start,
             "config": encode_bytes(self.config),
         }
 
@@ -124,6 +127,7 @@ class ContainerRecord:
             runtime_id=f.text("runtime_id"),
             pid=f.integer("pid"),
             monitor_pid=f.integer("monitor_pid"),
+            monitor_start=f.integer("monitor_start"),
             config=f.blob("config"),
         )
 
