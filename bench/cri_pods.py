@@ -385,6 +385,23 @@ def stop_process(proc: subprocess.Popen[bytes], name: str, notes: list[str]) -> 
         proc.wait()
 
 
+def shut_down(name: str, daemon: Daemon | None, proc: subprocess.Popen[bytes] | None, dirs: tuple[str, ...],
+              restorer: Restorer, notes: list[str]) -> None:
+    """After a runtime's runs, whatever happened: its pods, the daemon, what it left, its
+    directories, and the host state the restorer saved."""
+    if daemon is not None:
+        with contextlib.suppress(Exception):
+            remove_all_pods(daemon.socket, notes)
+    if proc is not None:
+        stop_process(proc, name, notes)
+        if daemon is not None:
+            kill_leftovers(daemon, notes)
+    for d in dirs:
+        shutil.rmtree(d, ignore_errors=True)
+    restorer.restore()
+    notes.extend(restorer.notes)
+
+
 def kill_leftovers(daemon: Daemon, notes: list[str]) -> None:
     """After the daemon stopped: its processes still running (shims, containers) are
     reported, killed and reaped by pid."""
@@ -497,17 +514,7 @@ def containerd_daemon(archives: dict[str, str], notes: list[str]) -> Iterator[Co
         notes.append("containerd's log ends: " + read_text(f"{BENCH_LIB}/containerd.log")[-2000:])
         raise
     finally:
-        if daemon is not None:
-            with contextlib.suppress(Exception):
-                remove_all_pods(daemon.socket, notes)
-        if proc is not None:
-            stop_process(proc, "containerd", notes)
-            if daemon is not None:
-                kill_leftovers(daemon, notes)
-        for d in (root, state, cni):
-            shutil.rmtree(d, ignore_errors=True)
-        restorer.restore()
-        notes.extend(restorer.notes)
+        shut_down("containerd", daemon, proc, (root, state, cni), restorer, notes)
 
 
 SKIFF_CONFIG = """socket = "{sock}"
@@ -551,17 +558,7 @@ def skiff_daemon(archives: dict[str, str], notes: list[str]) -> Iterator[Skiff]:
         notes.append("skiff's log ends: " + read_text(f"{BENCH_LIB}/skiff.log")[-2000:])
         raise
     finally:
-        if daemon is not None:
-            with contextlib.suppress(Exception):
-                remove_all_pods(daemon.socket, notes)
-        if proc is not None:
-            stop_process(proc, "skiff", notes)
-            if daemon is not None:
-                kill_leftovers(daemon, notes)
-        for d in (lib, run):
-            shutil.rmtree(d, ignore_errors=True)
-        restorer.restore()
-        notes.extend(restorer.notes)
+        shut_down("skiff", daemon, proc, (lib, run), restorer, notes)
 
 
 def bench_env() -> dict[str, str]:

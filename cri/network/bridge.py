@@ -163,12 +163,7 @@ def _delete_host_veth(pod_id: str) -> None:
             return
         if _alias(ipr, index) != portmap.tag(pod_id):
             raise NetworkError(f"link {name}: exists but is not skiff's veth for pod {pod_id}")
-        try:
-            with _kernel(f"delete veth {name}"):
-                ipr.link("del", index=index)
-        except NetworkError as e:
-            if not (isinstance(e.__cause__, NetlinkError) and e.__cause__.code == errno.ENODEV):
-                raise
+    _delete_link(index, name)
 
 
 def setup(netns_path: str, pod_id: str, config: BridgeConfig,
@@ -226,6 +221,7 @@ def setup(netns_path: str, pod_id: str, config: BridgeConfig,
 
 
 def _delete_link(index: int, name: str) -> None:
+    """Delete the veth (its peer goes with it); already gone is fine."""
     with _iproute() as ipr:
         try:
             with _kernel(f"delete veth {name}"):
