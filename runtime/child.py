@@ -62,11 +62,19 @@ class _StepFailed(Exception):
         self.detail = detail
 
 
-def main(plan: LaunchPlan, sock: int, close: tuple[int, ...]) -> NoReturn:
+def main(plan: LaunchPlan, sock: int, close: tuple[int, ...], cgroup_joins: tuple[str, ...] = ()) -> NoReturn:
     """Entry right after the fork; never returns. `close`: the parent's fds that the child
-    must not hold (its end of the sync socket, the cgroup directory)."""
+    must not hold (its end of the sync socket, the cgroup directory). `cgroup_joins`: the
+    cgroup files to write "0" into, joining the container's cgroup, before anything else."""
     gc.disable()
     try:
+        for path in cgroup_joins:
+            _at(Step.CGROUP, path)
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
         # Until execve, /proc/<pid>/fd of this process leads to host files (the state
         # directory, the console socket): not dumpable, no other process may open them
         # (CVE-2016-9962). execve makes the container's process dumpable again.

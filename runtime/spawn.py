@@ -81,12 +81,15 @@ def spawn(plan: LaunchPlan, cgroup: CgroupDriver | None,
     returns the state JSON the container's own hooks get."""
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     cgroup_fd = cgroup.dirfd() if cgroup is not None else None
+    # The child joins its cgroup itself (faster than a move from here, see self_joins);
+    # what is left to join depends on whether clone3 put it in the cgroup2 part already.
+    joins = {cloned: cgroup.self_joins(cloned) if cgroup is not None else () for cloned in (True, False)}
     try:
         pid, in_cgroup = _fork(cgroup_fd)
         if pid == 0:
             try:
                 child.main(plan, child_end.fileno(), (parent_end.fileno(),) + (
-                    (cgroup_fd,) if cgroup_fd is not None else ()))
+                    (cgroup_fd,) if cgroup_fd is not None else ()), joins[in_cgroup])
             finally:
                 os._exit(127)  # whatever happens, never run the parent's code in the child
     finally:
@@ -95,8 +98,6 @@ def spawn(plan: LaunchPlan, cgroup: CgroupDriver | None,
         child_end.close()
     with parent_end, Undo() as undo:
         undo.callback(kill_and_reap, [pid])
-        if cgroup is not None and not in_cgroup:
-            cgroup.add(pid)
         parent_end.send(sync.GO)
         init = _exchange(parent_end, pid, plan, on_hooks, undo)
         if init != pid:

@@ -6,8 +6,9 @@ A clones the init (B) as the parent's sibling child (CLONE_PARENT) and exits, be
 unshare(CLONE_NEWPID) only moves the caller's future children.
 
     parent                         A (namespaces)               B (init)
-    fork A               ------>
-    join A to the cgroup (v1)
+    fork A               ------>   joins its cgroup itself: "0" into each v1 `tasks`
+    (clone3 into the cgroup2       file, and into cgroup.procs unless clone3 put it
+    leaf where it can)             in the cgroup2 leaf already
     GO                   ------>   setns (user first), unshare
                          <------   USERNS (when it made one)
     write uid_map, gid_map
@@ -51,6 +52,7 @@ MAX_MESSAGE = 65536  # a HOOKS_DONE carries the state JSON, annotations included
 
 class Step(enum.Enum):
     SYNC = "sync with the runtime"
+    CGROUP = "join cgroup"
     SETNS = "setns"
     UNSHARE = "unshare"
     SETUID_ROOT = "become root in the user namespace"

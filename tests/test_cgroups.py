@@ -403,7 +403,15 @@ def test_swap_below_limit_is_refused(box: Box) -> None:
 @v1_only
 def test_v1_layout(v1_box: Box) -> None:
     cg = v1_box.cgroup()
-    assert cg.dirfd() is None
+    fd = cg.dirfd()
+    if MODE is CgroupMode.HYBRID:  # unified/ is cgroup2: clone3 puts the process there
+        assert fd is not None
+        os.close(fd)
+        assert cg.self_joins(False)[-1].endswith("/cgroup.procs")
+    else:
+        assert fd is None
+    # the v1 hierarchies the process joins by itself, through their `tasks` files
+    assert cg.self_joins(True) and all(path.endswith("/tasks") for path in cg.self_joins(True))
     names = {name for name, _ in cg.mounts()}
     assert {"memory", "pids", "freezer", "devices"} <= names
     assert any("cpu" in n.split(",") for n in names)

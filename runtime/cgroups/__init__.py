@@ -64,8 +64,14 @@ class CgroupDriver(Protocol):
         """mkdir what is missing (and remember it); apply no limit."""
 
     def dirfd(self) -> int | None:
-        """An O_PATH fd of the v2 leaf for CLONE_INTO_CGROUP (the caller closes it);
-        None on v1 and hybrid hosts."""
+        """An O_PATH fd of the cgroup2 leaf for CLONE_INTO_CGROUP (the caller closes it):
+        the leaf on v2, the unified/ group on a hybrid host; None on v1."""
+
+    def self_joins(self, cloned: bool) -> tuple[str, ...]:
+        """The files a new process writes "0" into to join the cgroup by itself, before it
+        does anything else; `cloned`: it was cloned into dirfd() already. A process moving
+        itself into a v1 `tasks` file skips the global lock that a move from outside takes,
+        and the RCU grace period that lock waits for (about 12 ms each, per hierarchy)."""
 
     def add(self, pid: int) -> None:
         """Move `pid` into the cgroup in every hierarchy skiff manages."""

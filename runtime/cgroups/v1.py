@@ -169,7 +169,13 @@ class V1Driver:
         return chain[::-1]
 
     def dirfd(self) -> int | None:
-        return None  # CLONE_INTO_CGROUP takes one cgroup2 directory; v1 needs several
+        # CLONE_INTO_CGROUP takes one cgroup2 directory: on a hybrid host the unified/ group;
+        # the v1 hierarchies the process joins by itself (self_joins)
+        return self.unified.dirfd() if self.unified is not None else None
+
+    def self_joins(self, cloned: bool) -> tuple[str, ...]:
+        joins = tuple(f"{path}/tasks" for path in self.dirs.values())
+        return joins + (self.unified.self_joins(cloned) if self.unified is not None else ())
 
     def add(self, pid: int) -> None:
         for path in self.dirs.values():

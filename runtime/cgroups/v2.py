@@ -266,12 +266,14 @@ class V2Driver:
             cgroupfs.write(f"{path}/cgroup.subtree_control", " ".join(wanted))
 
     def dirfd(self) -> int | None:
-        if self.mode is not CgroupMode.UNIFIED:
-            return None
+        # also for the unified/ group of a hybrid host: it is cgroup2 too
         try:
             return os.open(self.leaf, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             raise CgroupError(f"open {self.leaf}: {cgroupfs.reason(e)}") from e
+
+    def self_joins(self, cloned: bool) -> tuple[str, ...]:
+        return () if cloned else (f"{self.leaf}/cgroup.procs",)
 
     def add(self, pid: int) -> None:
         cgroupfs.write(f"{self.leaf}/cgroup.procs", str(pid))
