@@ -89,7 +89,7 @@ DEFAULT_CAPABILITIES = (
     "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
 )  # fmt: skip
 
-__all__ = ["PodContext", "container_spec", "load_seccomp_profile"]
+__all__ = ["PodContext", "container_spec", "linux_resources", "load_seccomp_profile", "pod_hostname"]
 
 _SC = "linux.security_context"
 _POD_NS = "sandbox_config.linux.security_context.namespace_options"
@@ -245,11 +245,21 @@ def _user(user: User, sc: pb.LinuxContainerSecurityContext, image: ImageConfig |
     return dataclasses.replace(user, additional_gids=tuple(sorted(groups)))
 
 
+def pod_hostname(pod: pb.PodSandboxConfig) -> str:
+    """The pod's hostname: the config's, else (with a UTS namespace of its own) the pod's
+    name, as kubelet would set it; "" for a host-network pod, which has the node's."""
+    if pod.hostname:
+        return pod.hostname
+    if pod.linux.security_context.namespace_options.network == pb.NODE:
+        return ""
+    return pod.metadata.name[:63]
+
+
 def _with_hostname(env: tuple[str, ...], pod: pb.PodSandboxConfig) -> tuple[str, ...]:
     # containerd sets HOSTNAME before the image's and the config's env, which may replace it
     if any(e.startswith("HOSTNAME=") for e in env):
         return env
-    return (f"HOSTNAME={pod.hostname or socket.gethostname()}", *env)
+    return (f"HOSTNAME={pod_hostname(pod) or socket.gethostname()}", *env)
 
 
 def _privileged(sc: pb.LinuxContainerSecurityContext, pod: pb.PodSandboxConfig) -> bool:

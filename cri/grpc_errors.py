@@ -55,7 +55,8 @@ class ErrorInterceptor(grpc.ServerInterceptor):  # type: ignore[misc]
                 code = code_for(e)
                 if code is grpc.StatusCode.INTERNAL:
                     log.exception("%s failed", method)
-                context.abort(code, str(e))
+                # the notes say what an undo left for a later Remove: kubelet's logs should too
+                context.abort(code, "; ".join([str(e), *getattr(e, "__notes__", ())]))
 
         return grpc.unary_unary_rpc_method_handler(
             unary_unary, request_deserializer=handler.request_deserializer,

@@ -40,7 +40,7 @@ def sysctl_namespace(key: str) -> str:
         return "network"
     if key.startswith(("kernel.shm", "kernel.msg", "fs.mqueue.")) or key == "kernel.sem":
         return "ipc"
-    raise InvalidArgument(f"sysctls: {key!r} is not a namespaced sysctl: a pod may set net.*, "
+    raise InvalidArgument(f"config.linux.sysctls[{key}]: not a namespaced sysctl: a pod may set net.*, "
                           "kernel.shm*, kernel.msg*, kernel.sem and fs.mqueue.*")
 
 
@@ -48,14 +48,15 @@ def check_sysctls(sysctls: Mapping[str, str], types: list[str]) -> None:
     for key, value in sysctls.items():
         owner = sysctl_namespace(key)
         if owner not in types:
-            raise InvalidArgument(f"sysctls: {key!r} needs the pod's own {owner} namespace, "
+            raise InvalidArgument(f"config.linux.sysctls[{key}]: needs the pod's own {owner} namespace, "
                                   "and the pod shares the host's")
         if "/" in key or ".." in key or not value or "\n" in value:
-            raise InvalidArgument(f"sysctls: {key}={value!r}: not a valid sysctl setting")
+            raise InvalidArgument(f"config.linux.sysctls[{key}]: {value!r} is not a valid sysctl setting")
 
 
 def pin(worker: Worker) -> None:
-    """Job "pin_namespaces": args ns_dir, types (of SHARED), hostname, sysctls, pid (bool).
+    """Job "pin_namespaces": args ns_dir, types (of SHARED), hostname, sysctls, pid (bool),
+    pause_joins (the cgroup files the pause writes "0" into: its cgroup).
     Replies {"pause_pid": pid or 0}. The caller removes the mounts with `unpin` on failure."""
     a = worker.args
     types: list[str] = a["types"]
@@ -71,7 +72,7 @@ def pin(worker: Worker) -> None:
             with open(path, "w") as f:
                 f.write(value)
         except OSError as e:
-            raise InvalidArgument(f"sysctls: {key}={value}: {e.strerror}") from e
+            raise InvalidArgument(f"config.linux.sysctls[{key}]: {value!r}: {e.strerror}") from e
     for t in types:
         target = os.path.join(a["ns_dir"], SHARED[t][0])
         os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
@@ -82,6 +83,9 @@ def pin(worker: Worker) -> None:
         pause_pid = os.fork()
         if pause_pid == 0:
             try:
+                for path in a.get("pause_joins") or ():  # into its own cgroup before anything else
+                    with open(path, "w") as f:
+                        f.write("0")
                 os.setsid()
                 os.execve(sys.executable, [sys.executable, "-I", "-S", os.path.abspath(pause.__file__)],
                           {"PATH": os.defpath})

@@ -22,6 +22,7 @@ a container monitor must outlive the daemon.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -197,14 +198,24 @@ def _serve(control: socket.socket, jobs: dict[str, Job]) -> None:
         _reap()
         if not events:
             continue
-        message, fds = _receive(control)
+        try:
+            message, fds = _receive(control)
+        except (ValueError, errors.SkiffError):
+            continue  # not a request (a caller's bug): the server must go on for the others
         if message is None:
             return
         if not fds:
             continue
-        pid = os.fork()
-        if pid == 0:
-            _work(control, jobs, message, fds)  # never returns
+        try:
+            pid = os.fork()
+        except OSError as e:
+            # Out of pids (the service's TasksMax, pids.max) or memory: this request fails,
+            # as data on its own socket; the server stays for the next one.
+            with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fds[0])) as caller:
+                _send(caller, error_message(errors.Unavailable(f"fork server: fork: {e.strerror or e}")))
+        else:
+            if pid == 0:
+                _work(control, jobs, message, fds)  # never returns
         for fd in fds:
             os.close(fd)
 

@@ -362,3 +362,27 @@ def test_pods_on_a_pure_cgroup2_host(tmp_path: Path, cri_images_root: str) -> No
         assert stats.linux.memory.working_set_bytes.value > 0
         hungry = v2.start(pod_id, pod, "eater", "sh", "-c", "head -c 268435456 /dev/zero | tail", memory=32 << 20)
         assert v2.wait_exited(hungry, timeout=60).reason == "OOMKilled"
+        # a pod PID namespace's pause has a cgroup of its own: the pod's can still hand
+        # controllers to its containers ("no internal processes")
+        shared_id, shared = v2.run_pod("shared-pid", shared_pid=True)
+        limited = v2.start(shared_id, shared, "limited", "sleep", "3600", memory=40 << 20)
+        assert v2.exec(limited, "cat", "/sys/fs/cgroup/memory.max").stdout == str(40 << 20).encode() + b"\n"
+        assert b"pause.py" in v2.exec(limited, "ps").stdout
+
+
+def test_exec_sync_returns_when_a_background_child_keeps_the_output_open(cri: Cri) -> None:
+    pod_id, pod = cri.run_pod("daemonizer")
+    cid = cri.start(pod_id, pod, "main", "sleep", "3600")
+    started = time.monotonic()
+    reply = cri.exec(cid, "sh", "-c", "sleep 60 & echo started", timeout=0)
+    assert (reply.stdout, reply.exit_code) == (b"started\n", 0)
+    assert time.monotonic() - started < 10
+
+
+def test_the_image_stop_signal_is_read_as_docker_reads_it() -> None:
+    import signal
+
+    from skiff.cri.service.container_stop import stop_signal
+
+    assert stop_signal("SIGQUIT") == stop_signal("quit") == stop_signal("3") == signal.SIGQUIT
+    assert stop_signal("") == stop_signal("SIGNOPE") == stop_signal("999") == signal.SIGTERM

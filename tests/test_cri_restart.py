@@ -90,7 +90,7 @@ def test_recovery_cleans_up_an_interrupted_run(daemon: CriDaemon, tmp_path: Path
     half = {"version": 1, "id": "cd" * 32, "sandbox_id": pod_id, "name": "half", "attempt": 0, "image_ref": "",
             "image_id": "", "labels": {}, "annotations": {}, "created_at": container["created_at"],
             "started_at": 0, "finished_at": 0, "exit_code": 0, "reason": "", "message": "", "state": "UNKNOWN",
-            "log_path": "", "runtime_id": "cd" * 32, "pid": 0, "monitor_pid": 0, "monitor_start": 0, "config": ""}
+            "log_path": "", "runtime_id": "cd" * 32, "pid": 0, "monitor_pid": 0, "monitor_start": 0, "stop_signal": "", "config": ""}
     (state / "containers" / f"{'cd' * 32}.json").write_text(json.dumps(half))
 
     cri = daemon.start()

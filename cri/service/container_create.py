@@ -21,12 +21,11 @@ from skiff.cri.image_service import ImageService
 from skiff.cri.service.container_remove import remove_container_files
 from skiff.cri.service.context import ServiceContext
 from skiff.cri.service.sandbox_run import require
+from skiff.cri.service.sandbox_status import state_of
 from skiff.cri.store.container import ContainerRecord, ContainerState, container_name
-from skiff.cri.store.sandbox import SandboxState
+from skiff.cri.store.sandbox import SandboxRecord, SandboxState
 from skiff.errors import FailedPrecondition, InvalidArgument, NotFound
 from skiff.oci import spec_to_dict
-
-CREATE_TIMEOUT = 120.0  # seconds for the worker to answer: hooks may run long
 
 
 def create_container(ctx: ServiceContext, request: pb.CreateContainerRequest) -> pb.CreateContainerResponse:
@@ -34,9 +33,16 @@ def create_container(ctx: ServiceContext, request: pb.CreateContainerRequest) ->
     config = request.config
     require(config.metadata.name, "config.metadata.name")
     require(config.image.image, "config.image.image")
-    sandbox = ctx.sandboxes.get(ctx.sandboxes.resolve(request.pod_sandbox_id))
-    if sandbox.state is not SandboxState.READY:
-        raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready: {sandbox.state.name.lower()}")
+    sandbox_id = ctx.sandboxes.resolve(request.pod_sandbox_id)
+    with ctx.sandbox_lock(sandbox_id):
+        return _create_in_sandbox(ctx, config, ctx.sandboxes.get(sandbox_id))
+
+
+def _create_in_sandbox(ctx: ServiceContext, config: pb.ContainerConfig, sandbox: SandboxRecord
+                       ) -> pb.CreateContainerResponse:
+    if sandbox.state is not SandboxState.READY or state_of(sandbox) != pb.SANDBOX_READY:
+        # a dead pause's pid may belong to another process now: never join its namespace
+        raise FailedPrecondition(f"pod sandbox {sandbox.id} is not ready")
     if os.path.isabs(config.log_path) or ".." in config.log_path.split("/"):
         raise InvalidArgument(f"config.log_path: {config.log_path!r}: must be relative to the pod's "
                               "log_directory, without '..'")
@@ -61,7 +67,7 @@ def create_container(ctx: ServiceContext, request: pb.CreateContainerRequest) ->
         ctx.containers.release_name(name)
         raise
     try:
-        pid, monitor_pid = _create(ctx, record, config, sandbox_config=pb.PodSandboxConfig.FromString(sandbox.config),
+        pid, monitor_pid, stop_signal = _create(ctx, record, config, sandbox_config=pb.PodSandboxConfig.FromString(sandbox.config),
                                    namespace_paths=sandbox.namespace_paths, pod_cgroup=sandbox.cgroup_parent,
                                    image_name=image_name)
     except BaseException as cause:
@@ -75,13 +81,14 @@ def create_container(ctx: ServiceContext, request: pb.CreateContainerRequest) ->
 
     monitor_start = proc_start_time(monitor_pid) or 0
     ctx.containers.update(container_id, lambda r: replace(r, state=ContainerState.CREATED, pid=pid,
-                                                          monitor_pid=monitor_pid, monitor_start=monitor_start))
+                                                          monitor_pid=monitor_pid, monitor_start=monitor_start,
+                                                          stop_signal=stop_signal))
     return pb.CreateContainerResponse(container_id=container_id)
 
 
 def _create(ctx: ServiceContext, record: ContainerRecord, config: pb.ContainerConfig, *,
             sandbox_config: pb.PodSandboxConfig, namespace_paths: dict[str, str], pod_cgroup: str,
-            image_name: str) -> tuple[int, int]:
+            image_name: str) -> tuple[int, int, str]:
     rootfs, resolved = ctx.images.prepare(image_name, record.id)
     pod = PodContext(sandbox_id=record.sandbox_id, config=sandbox_config, namespace_paths=namespace_paths,
                      pod_dir=ctx.pod_dir(record.sandbox_id), cgroups_path=f"{pod_cgroup}/{record.id}")
@@ -97,5 +104,6 @@ def _create(ctx: ServiceContext, record: ContainerRecord, config: pb.ContainerCo
         "runtime_root": ctx.runtime_root, "cgroup_parent": ctx.config.cgroup_parent,
         "container_id": record.runtime_id, "bundle": bundle, "log_path": log_path,
         "exit_file": ctx.exit_file(record.id), "monitor_log": os.path.join(bundle, "monitor.log"),
-    }, timeout=CREATE_TIMEOUT)
-    return int(reply["pid"]), int(reply["monitor_pid"])
+    })  # no timeout: given up on, a worker would go on to create a container nobody owns
+    stop_signal = resolved.image.config.stop_signal if resolved.image.config else None
+    return int(reply["pid"]), int(reply["monitor_pid"]), stop_signal or ""

@@ -10,6 +10,7 @@ import json
 import os
 import selectors
 import signal
+import socket
 import time
 
 from cri_api.v1 import api_pb2 as pb
@@ -19,6 +20,7 @@ from skiff.cri.service.context import ServiceContext
 from skiff.cri.store.container import ContainerState
 from skiff.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 
+EXIT_GRACE = 1.0  # seconds for the pipes' EOF after the process ended
 MAX_OUTPUT = 16 << 20  # bytes kept per stream (containerd's maxExecSyncSize is 16 MiB too)
 
 
@@ -53,7 +55,7 @@ def exec_sync(ctx: ServiceContext, request: pb.ExecSyncRequest) -> pb.ExecSyncRe
         try:
             reply, _ = worker.receive(None if deadline is None else max(deadline - time.monotonic(), 0.01))
             pid = int(reply["pid"])
-            stdout, stderr, timed_out = _read(out_r, err_r, deadline)
+            stdout, stderr, timed_out = _read(out_r, err_r, deadline, worker.sock)
         finally:
             os.close(out_r)
             os.close(err_r)
@@ -68,17 +70,28 @@ def exec_sync(ctx: ServiceContext, request: pb.ExecSyncRequest) -> pb.ExecSyncRe
     return pb.ExecSyncResponse(stdout=stdout, stderr=stderr, exit_code=int(reply["exit_code"]))
 
 
-def _read(out_fd: int, err_fd: int, deadline: float | None) -> tuple[bytes, bytes, bool]:
-    """Both pipes until EOF; True as third when the deadline passed first."""
+def _read(out_fd: int, err_fd: int, deadline: float | None, exit_reply: socket.socket) -> tuple[bytes, bytes, bool]:
+    """Both pipes until EOF; True as third when the deadline passed before the process
+    ended. Once the worker reports the exit (`exit_reply` readable), EOF gets a short grace:
+    a background child of the command may hold the pipes open for ever."""
     chunks: dict[int, bytearray] = {out_fd: bytearray(), err_fd: bytearray()}
+    ended: float | None = None
     with selectors.DefaultSelector() as sel:
         for fd in chunks:
             sel.register(fd, selectors.EVENT_READ)
-        while sel.get_map():
-            left = None if deadline is None else deadline - time.monotonic()
-            if left is not None and left <= 0:
+        sel.register(exit_reply, selectors.EVENT_READ)
+        while len(sel.get_map()) > (0 if ended is not None else 1):
+            now = time.monotonic()
+            if ended is not None and now >= ended:
+                break
+            if ended is None and deadline is not None and now >= deadline:
                 return bytes(chunks[out_fd]), bytes(chunks[err_fd]), True
-            for key, _ in sel.select(left):
+            limits = [t for t in (ended, deadline) if t is not None]
+            for key, _ in sel.select(min(limits) - now if limits else None):
+                if key.fd not in chunks:
+                    sel.unregister(key.fileobj)
+                    ended = time.monotonic() + EXIT_GRACE
+                    continue
                 data = os.read(key.fd, 65536)
                 if not data:
                     sel.unregister(key.fd)

@@ -9,7 +9,7 @@ from cri_api.v1 import api_pb2 as pb
 
 from skiff.cri.service.container_status import lookup, refreshed
 from skiff.cri.service.context import ServiceContext
-from skiff.cri.store.container import ContainerState
+from skiff.cri.store.container import ContainerRecord, ContainerState
 from skiff.cri.store.sandbox import SandboxState
 from skiff.errors import FailedPrecondition
 
@@ -27,6 +27,11 @@ def start_container(ctx: ServiceContext, request: pb.StartContainerRequest) -> p
         record = refreshed(ctx, record)  # it died before exec: its exit says how
         raise
     started = time.time_ns()
-    ctx.containers.update(record.id, lambda r: replace(r, state=ContainerState.RUNNING, started_at=started)
-                          if r.state is ContainerState.CREATED else r)
+    def change(r: ContainerRecord) -> ContainerRecord:
+        if r.state is ContainerState.CREATED:
+            return replace(r, state=ContainerState.RUNNING, started_at=started)
+        # it exited so fast that a status call recorded the exit first: it did start
+        return replace(r, started_at=started) if r.started_at == 0 else r
+
+    ctx.containers.update(record.id, change)
     return pb.StartContainerResponse()

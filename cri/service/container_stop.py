@@ -1,6 +1,6 @@
-"""StopContainer (containerd `container_stop.go`): the stop signal, then SIGKILL to every
-process of the container once `timeout` seconds pass. Stopping a stopped container is fine:
-kubelet retries."""
+"""StopContainer (containerd `container_stop.go`): the image's stop signal (SIGTERM unless
+its STOPSIGNAL says otherwise), then SIGKILL to every process of the container once
+`timeout` seconds pass. Stopping a stopped container is fine: kubelet retries."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def stop(ctx: ServiceContext, record: ContainerRecord, *, timeout: float) -> Con
     if record.state not in (ContainerState.CREATED, ContainerState.RUNNING):
         return record
     if timeout > 0 and record.state is ContainerState.RUNNING:
-        if _signal(ctx, record, signal.SIGTERM, all=False):
+        if _signal(ctx, record, stop_signal(record.stop_signal), all=False):
             record = _wait(ctx, record, timeout)
             if record.state is ContainerState.EXITED:
                 return record
@@ -36,6 +36,17 @@ def stop(ctx: ServiceContext, record: ContainerRecord, *, timeout: float) -> Con
     if record.state is not ContainerState.EXITED:
         raise FailedPrecondition(f"container {record.id}: still running {KILL_WAIT:g}s after SIGKILL")
     return record
+
+
+def stop_signal(name: str) -> int:
+    """The image's STOPSIGNAL as docker and containerd read it ("SIGQUIT", "QUIT", "3");
+    SIGTERM when there is none or it is not a signal."""
+    text = name.strip().upper()
+    try:
+        return int(signal.Signals(int(text))) if text.isdigit() else int(signal.Signals[
+            text if text.startswith("SIG") else "SIG" + text])
+    except (KeyError, ValueError):
+        return signal.SIGTERM
 
 
 def _signal(ctx: ServiceContext, record: ContainerRecord, sig: int, *, all: bool) -> bool:

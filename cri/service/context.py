@@ -13,7 +13,10 @@ live under the state root:
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from skiff.cri import monitor, pod_namespaces
@@ -35,6 +38,22 @@ class ServiceContext:
     runtime: Runtime
     forkserver: ForkServer
     network: PodNetworking
+    _sandbox_locks: dict[str, threading.Lock] = field(default_factory=dict)
+    _locks_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @contextmanager
+    def sandbox_lock(self, sandbox_id: str) -> Iterator[None]:
+        """Held by whatever changes a sandbox or adds to it (Stop, Remove, CreateContainer),
+        as containerd does: a Remove must not tear a pod down under a container being
+        created in it."""
+        with self._locks_lock:
+            lock = self._sandbox_locks.setdefault(sandbox_id, threading.Lock())
+        with lock:
+            yield
+
+    def forget_sandbox_lock(self, sandbox_id: str) -> None:
+        with self._locks_lock:
+            self._sandbox_locks.pop(sandbox_id, None)
 
     @property
     def runtime_root(self) -> str:

@@ -14,8 +14,10 @@ from skiff.errors import NotFound
 def remove_pod_sandbox(ctx: ServiceContext, request: pb.RemovePodSandboxRequest) -> pb.RemovePodSandboxResponse:
     require(request.pod_sandbox_id, "pod_sandbox_id")
     try:
-        record = ctx.sandboxes.get(ctx.sandboxes.resolve(request.pod_sandbox_id))
+        sandbox_id = ctx.sandboxes.resolve(request.pod_sandbox_id)
+        with ctx.sandbox_lock(sandbox_id):
+            teardown_sandbox(ctx, ctx.sandboxes.get(sandbox_id), remove=True)
+        ctx.forget_sandbox_lock(sandbox_id)
     except NotFound:
-        return pb.RemovePodSandboxResponse()
-    teardown_sandbox(ctx, record, remove=True)
+        pass
     return pb.RemovePodSandboxResponse()

@@ -20,6 +20,7 @@ import time
 from cri_api.v1 import api_pb2 as pb
 
 from skiff.cri import pod_namespaces
+from skiff.cri.container_spec import pod_hostname
 from skiff.cri.network import PodNetwork, PortMapping, PortProtocol
 from skiff.cri.service.context import ServiceContext
 from skiff.cri.service.sandbox_stop import teardown_sandbox
@@ -43,14 +44,16 @@ def namespace_options(config: pb.PodSandboxConfig) -> pb.NamespaceOption:
 
 
 def pod_cgroup_name(config: pb.PodSandboxConfig, sandbox_id: str) -> str:
-    """The pod cgroup, relative to the service's cgroup parent. kubelet's own parent
+    """The sandbox's cgroup, relative to the service's cgroup parent. kubelet's own parent
     (/kubepods/burstable/pod<uid>) is nested under it, never used from the hierarchy's root:
-    skiff creates cgroups only below its own parent."""
+    skiff creates cgroups only below its own parent. Each sandbox has a leaf of its own there,
+    since kubelet may run a pod's next sandbox before it removes the last one."""
     wanted = config.linux.cgroup_parent.strip("/")
     if any(part in (".", "..") for part in wanted.split("/")):
         raise InvalidArgument(f"config.linux.cgroup_parent: {config.linux.cgroup_parent!r}: "
                               "'.' and '..' are not allowed")
-    return wanted or f"pod-{sandbox_id}"
+    own = f"pod-{sandbox_id}"
+    return f"{wanted}/{own}" if wanted else own
 
 
 def port_mappings(config: pb.PodSandboxConfig) -> list[PortMapping]:
@@ -117,7 +120,7 @@ def run_pod_sandbox(ctx: ServiceContext, request: pb.RunPodSandboxRequest) -> pb
     if not host_network:
         shared.append("uts")  # Kubernetes ties UTS to the network: a host-network pod has the host's name
     shared_pid = options.pid == pb.POD
-    hostname = config.hostname or ("" if host_network else meta.name[:63])
+    hostname = pod_hostname(config)
     sysctls = dict(config.linux.sysctls)
     pod_namespaces.check_sysctls(sysctls, shared)
     mappings = port_mappings(config)
@@ -174,9 +177,21 @@ def _set_up(ctx: ServiceContext, record: SandboxRecord, *, shared: list[str], sh
         cgroup.create()
     finally:  # what create made is in the record even if it failed half way
         record = ctx.sandboxes.update(record.id, lambda r: replace(r, pod_cgroup=json.dumps(cgroup.record())))
+    pause_joins: tuple[str, ...] = ()
+    if shared_pid:
+        # Recorded before the pause exists, which is born into it: teardown finds it there
+        # even if the daemon dies before it learns the pause's pid.
+        pause_cgroup = open_cgroup(container_id=f"{record.cgroup_parent}/pause", cgroups_path=None,
+                                   parent=ctx.config.cgroup_parent)
+        try:
+            pause_cgroup.create()
+        finally:
+            record = ctx.sandboxes.update(record.id, lambda r: replace(
+                r, pause_cgroup=json.dumps(pause_cgroup.record())))
+        pause_joins = pause_cgroup.self_joins(False)
     reply = ctx.forkserver.run("pin_namespaces", {
         "ns_dir": os.path.join(pod_dir, "ns"), "types": shared, "hostname": hostname,
-        "sysctls": sysctls, "pid": shared_pid})
+        "sysctls": sysctls, "pid": shared_pid, "pause_joins": list(pause_joins)})
     pause_pid = int(reply["pause_pid"])
     pause_start = 0
     namespace_paths = {t: os.path.join(pod_dir, "ns", pod_namespaces.SHARED[t][0]) for t in shared}
@@ -185,7 +200,6 @@ def _set_up(ctx: ServiceContext, record: SandboxRecord, *, shared: list[str], sh
 
         pause_start = proc_start_time(pause_pid) or 0
         record = ctx.sandboxes.update(record.id, lambda r: replace(r, pause_pid=pause_pid, pause_start=pause_start))
-        cgroup.add(pause_pid)
         namespace_paths["pid"] = f"/proc/{pause_pid}/ns/pid"
     network = None
     netns = namespace_paths.get("network", "")

@@ -24,10 +24,11 @@ def stop_pod_sandbox(ctx: ServiceContext, request: pb.StopPodSandboxRequest) -> 
 
     require(request.pod_sandbox_id, "pod_sandbox_id")
     try:
-        record = ctx.sandboxes.get(ctx.sandboxes.resolve(request.pod_sandbox_id))
+        sandbox_id = ctx.sandboxes.resolve(request.pod_sandbox_id)
+        with ctx.sandbox_lock(sandbox_id):
+            teardown_sandbox(ctx, ctx.sandboxes.get(sandbox_id), remove=False)
     except NotFound:
-        return pb.StopPodSandboxResponse()  # kubelet may stop what is already removed
-    teardown_sandbox(ctx, record, remove=False)
+        pass  # kubelet may stop what is already removed
     return pb.StopPodSandboxResponse()
 
 
@@ -45,6 +46,11 @@ def teardown_sandbox(ctx: ServiceContext, record: SandboxRecord, *, remove: bool
             if remove:
                 remove_container(ctx, container)
     pod_namespaces.stop_pause(record.pause_pid, record.pause_start)
+    if record.pause_cgroup:  # a pause whose pid the record never got is still in there
+        from skiff.runtime.cgroups import load_cgroup
+        from skiff.runtime.spawn import kill_and_reap
+
+        kill_and_reap(load_cgroup(json.loads(record.pause_cgroup)).pids())
     config = pb.PodSandboxConfig.FromString(record.config)
     if config.linux.security_context.namespace_options.network != pb.NODE:
         netns = os.path.join(ctx.pod_dir(record.id), "ns", "net")
@@ -55,10 +61,11 @@ def teardown_sandbox(ctx: ServiceContext, record: SandboxRecord, *, remove: bool
         if record.state is not SandboxState.NOTREADY:
             ctx.sandboxes.update(record.id, lambda r: replace(r, state=SandboxState.NOTREADY))
         return
-    if record.pod_cgroup:
-        from skiff.runtime.cgroups import load_cgroup
+    from skiff.runtime.cgroups import load_cgroup
 
-        load_cgroup(json.loads(record.pod_cgroup)).destroy()
+    for cgroup in (record.pause_cgroup, record.pod_cgroup):  # the leaf first
+        if cgroup:
+            load_cgroup(json.loads(cgroup)).destroy()
     pod_dir = ctx.pod_dir(record.id)
     if os.path.isdir(pod_dir):
         shutil.rmtree(pod_dir)

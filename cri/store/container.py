@@ -74,6 +74,8 @@ class ContainerRecord:
     """The container's monitor (cri/monitor.py): it copies the logs and reaps the init."""
     monitor_start: int = 0
     """The monitor's start time (/proc/<pid>/stat), to know a live pid is still it."""
+    stop_signal: str = ""
+    """The image's STOPSIGNAL ("SIGQUIT", "3"); StopContainer sends it, else SIGTERM."""
     config: bytes = b""
     """The CRI ContainerConfig, `SerializeToString()` bytes, kept whole."""
     version: int = RECORD_VERSION
@@ -101,6 +103,7 @@ class ContainerRecord:
             "pid": self.pid,
             "monitor_pid": self.monitor_pid,
             "monitor_start": self.monitor_start,
+            "stop_signal": self.stop_signal,
             "config": encode_bytes(self.config),
         }
 
@@ -128,6 +131,7 @@ class ContainerRecord:
             pid=f.integer("pid"),
             monitor_pid=f.integer("monitor_pid"),
             monitor_start=f.integer("monitor_start"),
+            stop_signal=f.text("stop_signal"),
             config=f.blob("config"),
         )
 

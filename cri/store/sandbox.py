@@ -61,6 +61,9 @@ class SandboxRecord:
     cgroup_parent: str = ""
     pod_cgroup: str = ""
     """The pod cgroup's driver record (runtime/cgroups `record()`), as JSON text."""
+    pause_cgroup: str = ""
+    """The pause's own cgroup below the pod's (a v2 pod cgroup with processes could not hand
+    controllers to its containers), as JSON text like pod_cgroup."""
     pause_pid: int = 0
     pause_start: int = 0
     """The pause process of a pod-shared PID namespace and its start time, to know it is it."""
@@ -94,6 +97,7 @@ class SandboxRecord:
             "log_directory": self.log_directory,
             "cgroup_parent": self.cgroup_parent,
             "pod_cgroup": self.pod_cgroup,
+            "pause_cgroup": self.pause_cgroup,
             "pause_pid": self.pause_pid,
             "pause_start": self.pause_start,
             "config": encode_bytes(self.config),
@@ -120,6 +124,7 @@ class SandboxRecord:
             log_directory=f.text("log_directory"),
             cgroup_parent=f.text("cgroup_parent"),
             pod_cgroup=f.text("pod_cgroup"),
+            pause_cgroup=f.text("pause_cgroup"),
             pause_pid=f.integer("pause_pid"),
             pause_start=f.integer("pause_start"),
             config=f.blob("config"),
