@@ -81,7 +81,10 @@ def error_message(error: BaseException) -> dict[str, Any]:
     kind = next((cls.__name__ for cls in type(error).__mro__
                  if cls.__module__ == errors.__name__ and cls is not errors.SkiffError), "SkiffError")
     text = str(error) or type(error).__name__
-    if not isinstance(error, errors.SkiffError):
+    if isinstance(error, OSError):
+        # the host refused something (a file, a limit): its state, not a skiff bug
+        kind, text = "FailedPrecondition", f"{error.filename or 'system call'}: {(error.strerror or str(error)).lower()}"
+    elif not isinstance(error, errors.SkiffError):
         text = f"{type(error).__name__}: {text}"
     notes = getattr(error, "__notes__", None) or []
     return {"error": {"kind": kind, "message": "; ".join([text, *notes])}}

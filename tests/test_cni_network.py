@@ -365,6 +365,37 @@ def test_teardown_after_a_restart_needs_only_the_cache(cni_env: Cni) -> None:
     assert not (cni_env.config.state_dir / "results" / f"{pid}-eth0.json").exists()
 
 
+@requires_iptables
+def test_a_daemon_killed_during_add_leaves_a_cache_that_undoes_the_ports(cni_env: Cni) -> None:
+    """The setup's process dies after portmap's ADD (a plugin after it kills it): the entry
+    written before the first ADD still has the port mappings, so DEL removes the DNAT."""
+    killer = Path(cni_env.tmp) / "bin" / "skiff-killer"
+    killer.parent.mkdir()
+    # only on ADD: the teardown below runs its DEL in this very process
+    killer.write_text('#!/bin/sh\nif [ "$CNI_COMMAND" = ADD ]; then kill -9 $PPID; sleep 5; fi\nexit 0\n')
+    killer.chmod(0o755)
+    for name in os.listdir(BIN_DIR):
+        os.symlink(os.path.join(BIN_DIR, name), killer.parent / name)
+    plugins = cni_env.plugins()
+    cni_env.write(plugins=[*plugins[:-1], {"type": "skiff-killer"}, plugins[-1]])
+    ns = cni_env.add_netns()
+    pid = pod_id()
+    config = cni.CniConfig(conf_dir=cni_env.config.conf_dir, bin_dir=str(killer.parent),
+                           state_dir=cni_env.config.state_dir)
+    script = ("import sys; from pathlib import Path; from skiff.cri.network import cni, PortMapping\n"
+              "c = cni.CniConfig(conf_dir=sys.argv[1], bin_dir=sys.argv[2], state_dir=Path(sys.argv[3]))\n"
+              "cni.setup(sys.argv[4], sys.argv[5], c, [PortMapping(host_port=18092, container_port=80)])\n")
+    try:
+        done = run(sys.executable, "-c", script, cni_env.config.conf_dir, str(killer.parent),
+                   str(cni_env.config.state_dir), str(ns), pid, check=False)
+        assert done.returncode == -9
+        assert "dport 18092" in run("nft", "list", "table", "ip", "nat").stdout
+    finally:
+        cni.teardown(str(ns), pid, config)
+    assert "18092" not in run("nft", "list", "table", "ip", "nat").stdout
+    assert cni_env.reservations() == set()
+
+
 def test_setup_again_starts_over(cni_env: Cni) -> None:
     cni_env.write(plugins=cni_env.plugins(portmap=False))
     ns = cni_env.add_netns()

@@ -100,3 +100,18 @@ def test_the_server_exits_when_its_caller_goes() -> None:
     pid = fs.pid
     fs.stop()  # closes the control socket and reaps: the server saw EOF and exited
     assert not os.path.exists(f"/proc/{pid}")
+
+
+def host_refuses(worker: Worker) -> None:
+    open("/proc/no-such-file")
+
+
+def test_an_os_error_is_the_hosts_state_not_a_bug() -> None:
+    from skiff.errors import FailedPrecondition
+
+    fs = ForkServer.start({"refused": host_refuses})
+    try:
+        with pytest.raises(FailedPrecondition, match="/proc/no-such-file: no such file or directory"):
+            fs.run("refused")
+    finally:
+        fs.stop()

@@ -252,6 +252,18 @@ def test_a_link_without_skiffs_mark_is_not_deleted(net: Net) -> None:
         run("ip", "link", "del", name)
 
 
+def test_an_unmarked_veth_of_the_pod_is_one_a_setup_left_before_marking_it(net: Net) -> None:
+    """A daemon killed between creating the veth and marking it: teardown removes it."""
+    pid = pod_id()
+    name = bridge.host_veth_name(pid)
+    run("ip", "link", "add", name, "type", "veth", "peer", "name", f"skp{name[3:]}")
+    try:
+        bridge.teardown(None, pid, net.config)
+        assert run("ip", "link", "show", name, check=False).returncode != 0
+    finally:
+        run("ip", "link", "del", name, check=False)
+
+
 def test_bad_pod_id_is_refused_before_anything_is_made(net: Net) -> None:
     with pytest.raises(InvalidArgument, match="pod id"):
         bridge.setup("/run/netns/whatever", 'x" ; flush ruleset', net.config)

@@ -112,6 +112,11 @@ def _alias(ipr: Any, index: int) -> str | None:
     return str(value) if value is not None else None
 
 
+def _kind(ipr: Any, index: int) -> str | None:
+    info = ipr.link("get", index=index)[0].get("IFLA_LINKINFO")
+    return str(info.get("IFLA_INFO_KIND")) if info is not None else None
+
+
 def _ensure_bridge(ipr: Any, config: BridgeConfig, gateway: ipaddress.IPv4Address, prefix: int) -> int:
     name = config.bridge
     index = _index(ipr, name)
@@ -161,7 +166,11 @@ def _delete_host_veth(pod_id: str) -> None:
         index = _index(ipr, name)
         if index is None:
             return
-        if _alias(ipr, index) != portmap.tag(pod_id):
+        alias = _alias(ipr, index)
+        # No alias at all on a veth of this name: a setup that died between creating it and
+        # marking it (the name is a hash of the pod's id, no one else's)
+        unmarked_own = alias is None and _kind(ipr, index) == "veth"
+        if alias != portmap.tag(pod_id) and not unmarked_own:
             raise NetworkError(f"link {name}: exists but is not skiff's veth for pod {pod_id}")
     _delete_link(index, name)
 

@@ -477,6 +477,10 @@ def setup(netns_path: str, pod_id: str, config: CniConfig, port_mappings: Sequen
         _delete(config, network, called, call, result)
 
     with Undo() as undo:
+        undo.callback(_remove_cache, config, pod_id)
+        # Before the first ADD: a daemon killed during the ADDs leaves an entry whose DEL
+        # still carries the port mappings (portmap's DEL without them removes nothing).
+        _write_cache(config, pod_id, _Cached(network=network, call=call, result=None))
         undo.callback(undo_add)
         for plugin in network.plugins:
             called.append(plugin)  # before the call: a failing ADD may leave things behind
