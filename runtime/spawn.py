@@ -108,9 +108,13 @@ def spawn(plan: LaunchPlan, cgroup: CgroupDriver | None,
 
 def _exchange(sock: socket.socket, pid: int, plan: LaunchPlan,
               on_hooks: Callable[[int], bytes] | None, undo: Undo) -> int:
-    init = pid
+    init: int | None = None
+    # The init's own messages that came before the intermediate's PID: the init runs as soon
+    # as it is cloned and may send HOOKS or READY before the intermediate, preempted, sends
+    # its pid. Taking READY then would make the intermediate the "init".
+    pending: list[bytes] = []
     while True:
-        message = sock.recv(sync.MAX_MESSAGE)
+        message = pending.pop(0) if init is not None and pending else sock.recv(sync.MAX_MESSAGE)
         tag = message[:1]
         if tag == sync.USERNS:
             write_id_maps(pid, plan.namespaces)
@@ -119,14 +123,18 @@ def _exchange(sock: socket.socket, pid: int, plan: LaunchPlan,
             init = sync.decode_pid(message)
             if init != pid:
                 undo.callback(kill_and_reap, [init])
+        elif tag == sync.ERROR:
+            failure = sync.decode_failure(message)
+            raise ContainerInitError(failure.message(), failure)
+        elif init is None:
+            if not message:  # EOF: every process with the socket is gone
+                raise ContainerInitError(f"container init exited before it was ready: {exit_status(pid)}")
+            pending.append(message)
         elif tag == sync.HOOKS:
             state = on_hooks(init) if on_hooks is not None else b""
             sock.send(sync.HOOKS_DONE + state)
         elif tag == sync.READY:
             return init
-        elif tag == sync.ERROR:
-            failure = sync.decode_failure(message)
-            raise ContainerInitError(failure.message(), failure)
         elif plan.exec_fifo is None:
             # `exec` sends no READY: the socket is close-on-exec, so EOF without an ERROR means
             # execve happened (or the process was killed, which waiting for it will show).

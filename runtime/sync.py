@@ -26,6 +26,9 @@ unshare(CLONE_NEWPID) only moves the caller's future children.
                                                                 until `start` reads it,
                                                                 startContainer hooks, execve
 
+B runs as soon as it is cloned, so its HOOKS or READY may reach the parent before A's PID
+(A preempted on a busy host): the parent holds B's messages until it knows B's pid.
+
 Any child step that fails sends ERROR (errno, the step, what it worked on) and exits 1;
 the parent raises ContainerInitError with the step. EOF before READY without ERROR means
 the child died without a word (killed, or a bug), which the parent reports as such.

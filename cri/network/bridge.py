@@ -36,6 +36,11 @@ from skiff.runtime.undo import Undo
 
 CLONE_NEWNET = 0x40000000
 IFF_UP = 0x1
+LOOPBACK_IFINDEX = 1  # lo is ifindex 1 in every netns (net/core/dev.c)
+
+# Bridges this process has checked or made (name, gateway, prefix) -> ifindex: a pod's setup
+# then skips three netlink round trips; a veth that cannot join the bridge clears the entry.
+_known_bridges: dict[tuple[str, str, int], int] = {}
 POD_INTERFACE = "eth0"
 BRIDGE_MARK = "skiff bridge"
 
@@ -193,15 +198,20 @@ def setup(netns_path: str, pod_id: str, config: BridgeConfig,
             _delete_host_veth(pod_id)
         extra = {} if config.mtu is None else {"mtu": config.mtu}
         with _iproute() as ipr:
-            bridge = _ensure_bridge(ipr, config, ipam.gateway, ipam.prefix)
-            with _kernel(f"create veth {host_name} on bridge {config.bridge} with its peer "
-                         f"{POD_INTERFACE} in netns {netns_path}"):
-                nsfd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+            key = (config.bridge, str(ipam.gateway), ipam.prefix)
+            for attempt in (1, 2):
+                bridge = _known_bridges.get(key) or _ensure_bridge(ipr, config, ipam.gateway, ipam.prefix)
+                _known_bridges[key] = bridge
                 try:
-                    ipr.link("add", ifname=host_name, kind="veth", master=bridge, state="up", **extra,
-                             peer={"ifname": POD_INTERFACE, "net_ns_fd": nsfd, **extra})
-                finally:
-                    os.close(nsfd)
+                    _add_veth(ipr, host_name, bridge, netns_path, extra,
+                              f"create veth {host_name} on bridge {config.bridge} with its peer "
+                              f"{POD_INTERFACE} in netns {netns_path}")
+                    break
+                except NetworkError:
+                    # the bridge this process set up earlier may be gone (deleted by hand)
+                    _known_bridges.pop(key, None)
+                    if attempt == 2:
+                        raise
             host = _index(ipr, host_name)
             if host is None:
                 raise NetworkError(f"veth {host_name}: gone right after it was created")
@@ -216,9 +226,7 @@ def setup(netns_path: str, pod_id: str, config: BridgeConfig,
                 ns.addr("add", index=inside, address=str(ip), prefixlen=ipam.prefix)
             with _kernel(f"set {POD_INTERFACE} and lo up in netns {netns_path}"):
                 ns.link("set", index=inside, state="up")
-                lo = _index(ns, "lo")
-                if lo is not None:
-                    ns.link("set", index=lo, state="up")
+                ns.link("set", index=LOOPBACK_IFINDEX, state="up")
             with _kernel(f"add default route via {ipam.gateway} in netns {netns_path}"):
                 ns.route("add", dst="0.0.0.0/0", gateway=str(ipam.gateway), oif=inside)
         portmap.add(config.state_dir, pod_id, ip, ipam.network, masquerade=config.masquerade,
@@ -227,6 +235,16 @@ def setup(netns_path: str, pod_id: str, config: BridgeConfig,
         undo.keep()
     return PodNetwork(ip=ip, gateway=ipam.gateway, prefix=ipam.prefix,
                       interface=POD_INTERFACE, veth_host=host_name)
+
+
+def _add_veth(ipr: Any, host_name: str, bridge: int, netns_path: str, extra: dict[str, int], what: str) -> None:
+    with _kernel(what):
+        nsfd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            ipr.link("add", ifname=host_name, kind="veth", master=bridge, state="up", **extra,
+                     peer={"ifname": POD_INTERFACE, "net_ns_fd": nsfd, **extra})
+        finally:
+            os.close(nsfd)
 
 
 def _delete_link(index: int, name: str) -> None:
@@ -260,6 +278,8 @@ def remove_bridge(config: BridgeConfig) -> bool:
             return False
         with _kernel(f"delete bridge {config.bridge}"):
             ipr.link("del", index=index)
+        for key in [k for k in _known_bridges if k[0] == config.bridge]:
+            _known_bridges.pop(key, None)
         return True
 
 

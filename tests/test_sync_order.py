@@ -1,0 +1,44 @@
+"""The parent side of the sync exchange (runtime/spawn.py) when the init outruns the
+intermediate: B's READY comes before A's PID, as happens when A is preempted right after the
+clone on a busy host. The init is B, never A."""
+
+from __future__ import annotations
+
+import socket
+from types import SimpleNamespace
+from typing import Any, cast
+
+from skiff.runtime import spawn, sync
+from skiff.runtime.undo import Undo
+
+
+def _exchange(*messages: bytes) -> int:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours, theirs:
+        for message in messages:
+            theirs.send(message)
+        plan = cast(Any, SimpleNamespace(exec_fifo=(0, "exec.fifo"), namespaces=None))
+        hooks: list[int] = []
+
+        def on_hooks(pid: int) -> bytes:
+            hooks.append(pid)
+            return b"{}"
+
+        # pids above the kernel's pid_max: an undo that kills them can hit no real process
+        with Undo() as undo:
+            init = spawn._exchange(ours, 100, plan, on_hooks, undo)
+            undo.keep()
+        assert hooks in ([], [init])  # the hooks got the init's pid too
+        return init
+
+
+def test_ready_before_the_pid_waits_for_the_pid() -> None:
+    assert _exchange(sync.READY, sync.encode_pid(4_194_400)) == 4_194_400
+
+
+def test_hooks_before_the_pid_run_with_the_inits_pid() -> None:
+    assert _exchange(sync.HOOKS, sync.encode_pid(4_194_401), sync.READY) == 4_194_401
+
+
+def test_in_order_as_usual() -> None:
+    assert _exchange(sync.encode_pid(100), sync.READY) == 100
