@@ -20,16 +20,24 @@ from skiff.runtime import libc
 
 
 def stop_pod_sandbox(ctx: ServiceContext, request: pb.StopPodSandboxRequest) -> pb.StopPodSandboxResponse:
+    teardown_by_id(ctx, request.pod_sandbox_id, remove=False)
+    return pb.StopPodSandboxResponse()
+
+
+def teardown_by_id(ctx: ServiceContext, pod_sandbox_id: str, *, remove: bool) -> None:
+    """Stop or Remove by id or unique prefix, under the sandbox's lock; an unknown id is
+    success (kubelet may stop or remove what is gone already)."""
     from skiff.cri.service.sandbox_run import require
 
-    require(request.pod_sandbox_id, "pod_sandbox_id")
+    require(pod_sandbox_id, "pod_sandbox_id")
     try:
-        sandbox_id = ctx.sandboxes.resolve(request.pod_sandbox_id)
+        sandbox_id = ctx.sandboxes.resolve(pod_sandbox_id)
         with ctx.sandbox_lock(sandbox_id):
-            teardown_sandbox(ctx, ctx.sandboxes.get(sandbox_id), remove=False)
+            teardown_sandbox(ctx, ctx.sandboxes.get(sandbox_id), remove=remove)
     except NotFound:
-        pass  # kubelet may stop what is already removed
-    return pb.StopPodSandboxResponse()
+        return
+    if remove:
+        ctx.forget_sandbox_lock(sandbox_id)
 
 
 def teardown_sandbox(ctx: ServiceContext, record: SandboxRecord, *, remove: bool) -> None:
