@@ -386,3 +386,29 @@ def test_the_image_stop_signal_is_read_as_docker_reads_it() -> None:
 
     assert stop_signal("SIGQUIT") == stop_signal("quit") == stop_signal("3") == signal.SIGQUIT
     assert stop_signal("") == stop_signal("SIGNOPE") == stop_signal("999") == signal.SIGTERM
+
+
+def test_dns_config_sysctls_and_id_filters(cri: Cri) -> None:
+    from cri_fixture import pod_config
+
+    host_port_start = Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text()
+    config = pod_config(cri.config, "tuned")
+    config.dns_config.servers.extend(["10.96.0.10"])
+    config.dns_config.searches.extend(["default.svc.cluster.local", "svc.cluster.local"])
+    config.dns_config.options.extend(["ndots:5"])
+    config.linux.sysctls["kernel.shm_rmid_forced"] = "1"
+    config.linux.sysctls["net.ipv4.ip_unprivileged_port_start"] = "80"
+    pod_id = cri.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=config)).pod_sandbox_id
+    cid = cri.start(pod_id, config, "main", "sleep", "3600")
+    assert cri.exec(cid, "cat", "/etc/resolv.conf").stdout == (
+        b"nameserver 10.96.0.10\nsearch default.svc.cluster.local svc.cluster.local\noptions ndots:5\n")
+    assert cri.exec(cid, "cat", "/proc/sys/kernel/shm_rmid_forced").stdout == b"1\n"
+    assert cri.exec(cid, "cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start").stdout == b"80\n"
+    # the pod's netns has its own value: the host's is untouched
+    assert Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text() == host_port_start
+    other_id, _ = cri.run_pod("plain")
+    by_id = pb.PodSandboxFilter(id=pod_id[:12])
+    assert [p.id for p in cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest(filter=by_id)).items] == [pod_id]
+    by_cid = pb.ContainerFilter(id=cid[:12])
+    assert [c.id for c in cri.runtime.ListContainers(pb.ListContainersRequest(filter=by_cid)).containers] == [cid]
+    assert other_id != pod_id
