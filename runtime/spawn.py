@@ -125,6 +125,8 @@ def _exchange(sock: socket.socket, pid: int, plan: LaunchPlan,
                 undo.callback(kill_and_reap, [init])
         elif tag == sync.ERROR:
             failure = sync.decode_failure(message)
+            if init is None and plan.namespaces.second_fork:
+                _await_init_pid(sock, pid, undo)  # the init may have failed before A sent its pid
             raise ContainerInitError(failure.message(), failure)
         elif init is None:
             if not message:  # EOF: every process with the socket is gone
@@ -141,6 +143,17 @@ def _exchange(sock: socket.socket, pid: int, plan: LaunchPlan,
             return init
         else:
             raise ContainerInitError(f"container init exited before it was ready: {exit_status(init)}")
+
+
+def _await_init_pid(sock: socket.socket, pid: int, undo: Undo) -> None:
+    """Read on until A's PID message (or EOF: A failed before the clone) so that the undo
+    reaps the init as well."""
+    while message := sock.recv(sync.MAX_MESSAGE):
+        if message[:1] == sync.PID:
+            init = sync.decode_pid(message)
+            if init != pid:
+                undo.callback(kill_and_reap, [init])
+            return
 
 
 def exit_status(pid: int) -> str:

@@ -8,6 +8,8 @@ import socket
 from types import SimpleNamespace
 from typing import Any, cast
 
+import pytest
+
 from skiff.runtime import spawn, sync
 from skiff.runtime.undo import Undo
 
@@ -42,3 +44,17 @@ def test_hooks_before_the_pid_run_with_the_inits_pid() -> None:
 
 def test_in_order_as_usual() -> None:
     assert _exchange(sync.encode_pid(100), sync.READY) == 100
+
+
+def test_an_init_that_fails_before_the_pid_is_still_reaped(monkeypatch: pytest.MonkeyPatch) -> None:
+    killed: list[list[int]] = []
+    monkeypatch.setattr(spawn, "kill_and_reap", lambda pids, timeout=10.0: killed.append(list(pids)))
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with ours, theirs:
+        theirs.send(sync.encode_failure(sync.Step.MOUNT, 22, "tmpfs on /bad"))
+        theirs.send(sync.encode_pid(4_194_402))
+        plan = cast(Any, SimpleNamespace(exec_fifo=(0, "exec.fifo"), namespaces=SimpleNamespace(second_fork=True)))
+        with pytest.raises(spawn.ContainerInitError, match="tmpfs on /bad"):
+            with Undo() as undo:
+                spawn._exchange(ours, 100, plan, None, undo)
+    assert killed == [[4_194_402]]
