@@ -69,7 +69,7 @@ def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or going (ESRCH while it exits)
         return False
     return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")
 
