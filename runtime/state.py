@@ -69,7 +69,9 @@ class StateStore:
         fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
         # 0600: the config holds the process's environment, secrets included
         with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600), "w") as f:
-            json.dump(fields, f)  # shallow: asdict would deep-copy the whole config
+            # shallow: asdict would deep-copy the whole config; dumps, not dump: only the
+            # one-shot encoder is the C one
+            f.write(json.dumps(fields))
         os.rename(tmp, path)
 
     def load(self, container_id: str) -> ContainerRecord:

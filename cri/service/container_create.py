@@ -96,7 +96,7 @@ def _create(ctx: ServiceContext, record: ContainerRecord, config: pb.ContainerCo
     bundle = ctx.bundle_dir(record.id)
     os.makedirs(bundle, mode=0o700)
     with open(os.path.join(bundle, "config.json"), "w") as f:
-        json.dump(spec_to_dict(spec), f)
+        f.write(json.dumps(spec_to_dict(spec)))  # dumps: json.dump never uses the C encoder
     log_path = record.log_path or os.devnull
     if record.log_path:
         os.makedirs(os.path.dirname(log_path), mode=0o755, exist_ok=True)
