@@ -8,6 +8,7 @@ that fails too, so RemoveContainer can finish.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -24,7 +25,7 @@ from skiff.cri.service.sandbox_run import require
 from skiff.cri.service.sandbox_status import state_of
 from skiff.cri.store.container import ContainerRecord, ContainerState, container_name
 from skiff.cri.store.sandbox import SandboxRecord, SandboxState
-from skiff.errors import FailedPrecondition, InvalidArgument, NotFound
+from skiff.errors import FailedPrecondition, InvalidArgument, NotFound, SkiffError
 from skiff.oci import spec_to_dict
 
 
@@ -46,10 +47,7 @@ def _create_in_sandbox(ctx: ServiceContext, config: pb.ContainerConfig, sandbox:
     if os.path.isabs(config.log_path) or ".." in config.log_path.split("/"):
         raise InvalidArgument(f"config.log_path: {config.log_path!r}: must be relative to the pod's "
                               "log_directory, without '..'")
-    entry = ImageService(ctx.images).find(config.image.image)
-    if entry is None:
-        raise NotFound(f"config.image.image: image {config.image.image!r} not found: pull it first")
-    image_name = (entry.tags or entry.digests)[0]
+    image_name, image_id = _image(ctx, config.image.image)
 
     container_id = secrets.token_hex(32)
     name = container_name(name=config.metadata.name, attempt=config.metadata.attempt, sandbox_name=sandbox.name,
@@ -59,7 +57,7 @@ def _create_in_sandbox(ctx: ServiceContext, config: pb.ContainerConfig, sandbox:
     try:
         record = ContainerRecord(
             id=container_id, sandbox_id=sandbox.id, name=config.metadata.name, attempt=config.metadata.attempt,
-            image_ref=config.image.image, image_id=entry.id, labels=dict(config.labels),
+            image_ref=config.image.image, image_id=image_id, labels=dict(config.labels),
             annotations=dict(config.annotations), created_at=time.time_ns(), state=ContainerState.UNKNOWN,
             log_path=log_path, runtime_id=container_id, config=config.SerializeToString())
         ctx.containers.add(record)
@@ -84,6 +82,20 @@ def _create_in_sandbox(ctx: ServiceContext, config: pb.ContainerConfig, sandbox:
                                                           monitor_pid=monitor_pid, monitor_start=monitor_start,
                                                           stop_signal=stop_signal))
     return pb.CreateContainerResponse(container_id=container_id)
+
+
+def _image(ctx: ServiceContext, ref: str) -> tuple[str, str]:
+    """(a name to prepare it by, its id) for the image the request names. A name resolves
+    directly; only an id or id prefix needs the list of every image (kubelet passes names)."""
+    from skiff.images.service import normalize
+
+    with contextlib.suppress(SkiffError):
+        resolved = ctx.images.resolve(ref)
+        return normalize(ref), resolved.manifest.config.digest
+    entry = ImageService(ctx.images).find(ref)
+    if entry is None:
+        raise NotFound(f"config.image.image: image {ref!r} not found: pull it first")
+    return (entry.tags or entry.digests)[0], entry.id
 
 
 def _create(ctx: ServiceContext, record: ContainerRecord, config: pb.ContainerConfig, *,

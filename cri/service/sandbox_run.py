@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import shutil
 import socket
 import time
 
@@ -211,8 +210,3 @@ def _set_up(ctx: ServiceContext, record: SandboxRecord, *, shared: list[str], sh
         r, state=SandboxState.READY, namespace_paths=namespace_paths, netns_path=netns,
         ip=str(network.ip) if network is not None else ""))
 
-
-def remove_pod_dir(ctx: ServiceContext, sandbox_id: str) -> None:
-    pod_dir = ctx.pod_dir(sandbox_id)
-    if os.path.isdir(pod_dir):
-        shutil.rmtree(pod_dir)
