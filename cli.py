@@ -381,6 +381,18 @@ def _cri_pull(cri: Cri, args: argparse.Namespace) -> int:
 
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Benchmarks against the peers installed beside skiff (skiff.benchmark, imported only
+    here: it brings grpc and, for the PNG, matplotlib)."""
+    from skiff.benchmark.start import parse_options, run
+
+    options = parse_options(runtimes=args.runtimes, count=args.count, warmup=args.warmup,
+                            concurrency=args.concurrency, running=args.running, breakdown=args.breakdown,
+                            json_path=args.json, png_path=args.png, cri_sockets=args.cri_socket,
+                            cri_image=args.cri_image)
+    return run(options)
+
+
 def _human(n: int) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1000 or unit == "GB":
@@ -446,7 +458,35 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("image")
     c.add_argument("args", nargs=argparse.REMAINDER)
     _cri_parser(command("cri", "the Kubernetes CRI v1 service (serve) and a client for any CRI socket, as crictl"))
+    _bench_parser(command("bench", "benchmarks: skiff against the runtimes installed beside it"))
     return p
+
+
+def _bench_parser(bench: argparse.ArgumentParser) -> None:
+    sub = bench.add_subparsers(dest="bench_command", required=True, metavar="command")
+    c = sub.add_parser("start", help="container start latency: skiff (library, skiff-runc, CRI) against runc, "
+                       "crun and CRI sockets",
+                       description="Start latency of one container, on the same bundle or image, for skiff "
+                       "and every peer found; prints a table, writes JSON and a PNG.")
+    c.add_argument("--runtimes", metavar="LIST",
+                   help="comma-separated, from library, skiff-runc, runc, crun, cri:skiff, cri:NAME "
+                   "(default: every one found)")
+    c.add_argument("--count", type=int, default=50, metavar="N", help="measured runs per runtime (default %(default)s)")
+    c.add_argument("--warmup", type=int, default=5, metavar="N", help="unmeasured rounds first (default %(default)s)")
+    c.add_argument("--concurrency", type=int, default=1, metavar="N",
+                   help="also N threads starting containers at once: percentiles and containers/s (default: off)")
+    c.add_argument("--running", default="0", metavar="K,K,...",
+                   help="measure again with K containers already running, e.g. 0,1,100,500 (default %(default)s)")
+    c.add_argument("--breakdown", action="store_true",
+                   help="where the library's time goes, per phase, from real timestamps")
+    c.add_argument("--json", default="skiff-bench-start.json", metavar="PATH", help="default %(default)s")
+    c.add_argument("--png", default="skiff-bench-start.png", metavar="PATH", help="default %(default)s")
+    c.add_argument("--cri-socket", action="append", default=[], metavar="NAME=PATH",
+                   help="a peer CRI socket to measure as cri:NAME (repeatable; containerd's and CRI-O's usual "
+                   "sockets are found)")
+    c.add_argument("--cri-image", metavar="REF",
+                   help="the image for peer CRI sockets, pulled when missing; it must have sleep "
+                   "(default docker.io/library/busybox:latest)")
 
 
 def _cri_parser(cri: argparse.ArgumentParser) -> None:

@@ -45,7 +45,7 @@ make_venv() {
     if [ ! -e "$stamp" ]; then
         echo "dev.sh: installing skiff and its Python dependencies into $venv"
         # Quiet unless it fails: setuptools' build warnings are noise here.
-        { "$venv/bin/pip" install -q --upgrade pip && "$venv/bin/pip" install -q -e ".[test]"; } \
+        { "$venv/bin/pip" install -q --upgrade pip && "$venv/bin/pip" install -q -e ".[test,bench]"; } \
             > "$venv/pip.log" 2>&1 || { cat "$venv/pip.log" >&2; exit 1; }
         rm -f "$venv"/.installed-* && touch "$stamp"
     fi

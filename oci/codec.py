@@ -48,9 +48,15 @@ def parse_spec(data: object, *, require_process: bool = True) -> Spec:
 
 def load_spec(path: str | os.PathLike[str], *, require_process: bool = True) -> Spec:
     """parse_spec on a file; every error names the file."""
+    return read_spec(path, require_process=require_process)[0]
+
+
+def read_spec(path: str | os.PathLike[str], *, require_process: bool = True) -> tuple[Spec, dict[str, Any]]:
+    """load_spec, and the decoded JSON as well: a runtime that stores the config keeps it
+    as it came instead of encoding the Spec again."""
     data = _load_json(path)
     try:
-        return parse_spec(data, require_process=require_process)
+        return parse_spec(data, require_process=require_process), cast(dict[str, Any], data)
     except SpecError as e:
         raise SpecError(e.field, e.reason, source=os.fspath(path)) from None
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import fcntl
 import gc
 import os
+import pickle
 import resource
 import signal
 import socket
 import stat
 import termios
 import time
+from dataclasses import replace
 from typing import NoReturn
 
 import _prctl  # python-prctl's C module: capset and no_new_privs without the wrapper's setup
@@ -27,11 +29,13 @@ from skiff.runtime import sync
 from skiff.runtime.plan import HookPlan, LaunchPlan, ProcessPlan
 from skiff.runtime.rootfs import BIND_REMOUNT_KEEP, MountOp, RootfsPlan
 from skiff.runtime.sync import Step
+from skiff.runtime.trace import child_mark
 
 PR_CAPBSET_DROP = 24
 PR_SET_KEEPCAPS = 8
 PR_SET_DUMPABLE = 4
 MAX_SYMLINKS = 40
+_MAX_FD = os.sysconf("SC_OPEN_MAX")
 # statvfs f_flag bits -> mount flags, to repeat locked flags on a bind remount.
 _STATVFS_TO_MS = ((1, libc.MS_RDONLY), (2, libc.MS_NOSUID), (4, libc.MS_NODEV), (8, libc.MS_NOEXEC),
                   (1024, libc.MS_NOATIME), (2048, libc.MS_NODIRATIME), (4096, libc.MS_RELATIME))
@@ -62,12 +66,16 @@ class _StepFailed(Exception):
         self.detail = detail
 
 
-def main(plan: LaunchPlan, sock: int, close: tuple[int, ...], cgroup_joins: tuple[str, ...] = ()) -> NoReturn:
+def main(plan: LaunchPlan, sock: int, close: tuple[int, ...], cgroup_joins: tuple[str, ...] = (),
+         cloned: int = 0) -> NoReturn:
     """Entry right after the fork; never returns. `close`: the parent's fds that the child
     must not hold (its end of the sync socket, the cgroup directory). `cgroup_joins`: the
-    cgroup files to write "0" into, joining the container's cgroup, before anything else."""
+    cgroup files to write "0" into, joining the container's cgroup, before anything else.
+    `cloned`: the namespaces the clone made already."""
     gc.disable()
     try:
+        _reset_signals()
+        child_mark(plan.trace_fd, b"fork")
         for path in cgroup_joins:
             _at(Step.CGROUP, path)
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
@@ -75,6 +83,7 @@ def main(plan: LaunchPlan, sock: int, close: tuple[int, ...], cgroup_joins: tupl
                 os.write(fd, b"0")
             finally:
                 os.close(fd)
+        child_mark(plan.trace_fd, b"cgroup_join")
         # Until execve, /proc/<pid>/fd of this process leads to host files (the state
         # directory, the console socket): not dumpable, no other process may open them
         # (CVE-2016-9962). execve makes the container's process dumpable again.
@@ -83,7 +92,7 @@ def main(plan: LaunchPlan, sock: int, close: tuple[int, ...], cgroup_joins: tupl
             os.close(fd)
         _at(Step.EXEC, "mark the runtime's fds close-on-exec")
         libc.close_range_cloexec(3 + plan.process.preserve_fds)  # hooks get none either
-        if _namespaces(plan, sock):
+        if _namespaces(plan, sock, cloned):
             _init(plan, sock)
     except _StepFailed as e:
         _report(sock, _where.step, 0, e.detail)
@@ -94,8 +103,65 @@ def main(plan: LaunchPlan, sock: int, close: tuple[int, ...], cgroup_joins: tupl
     os._exit(1)
 
 
+def prespawned(sock: int, flags: int, runtime: int, sample: bytes) -> NoReturn:
+    """A slot (prespawn.py), cloned with the namespaces of `flags` as the runtime's child:
+    wait for a plan, then go on as main() does after a fork."""
+    gc.disable()
+    try:
+        libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        # getppid() is 0 in a new PID namespace; the host's /proc still names the parent.
+        with open("/proc/self/stat", "rb") as f:
+            stat = f.read()
+        if int(stat[stat.rindex(b")") + 2:].split()[1]) != runtime:
+            os._exit(0)  # the runtime died before PDEATHSIG was set
+        os.closerange(3, sock)
+        os.closerange(sock + 1, _MAX_FD)
+        pickle.loads(sample)  # now, not on the start: the pages it touches get copied (COW)
+        received = _receive_plan(sock)
+        if received is None:
+            os._exit(0)  # the runtime closed the prespawner
+        libc.prctl(libc.PR_SET_PDEATHSIG, 0)  # a container outlives the runtime
+    except BaseException:
+        os._exit(1)
+    plan, joins = received
+    main(plan, sock, (), joins, flags)
+
+
+def _receive_plan(sock: int) -> tuple[LaunchPlan, tuple[str, ...]] | None:
+    """The plan and the cgroup files to join (Slot.hand_over), with the runtime's stdio on
+    0, 1, 2 and the fds the plan names in place; None at EOF."""
+    conn = socket.socket(fileno=sock)
+    try:
+        data, fds, _, _ = socket.recv_fds(conn, 1 << 20, 8)
+    finally:
+        conn.detach()  # the fd stays: it is the sync socket from here on
+    if not data:
+        return None
+    plan, joins = pickle.loads(data)
+    for number, fd in enumerate(fds[:3]):
+        os.dup2(fd, number)
+        os.close(fd)
+    extra = fds[3:]
+    if plan.exec_fifo is not None:
+        plan = replace(plan, exec_fifo=(extra.pop(0), plan.exec_fifo[1]))
+    if plan.trace_fd is not None:
+        plan = replace(plan, trace_fd=extra.pop(0))
+    return plan, joins
+
+
+def _reset_signals() -> None:
+    """The container starts with every signal at its default and none blocked, whatever
+    the runtime's process had (spawn.signals_blocked blocked them all for the fork).
+    SIGPIPE stays ignored until execve: a write to a gone runtime must fail, not kill."""
+    for signum in signal.valid_signals():
+        if signum not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGPIPE) \
+                and signal.getsignal(signum) not in (signal.SIG_DFL, None):
+            libc.default_signal(signum)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
 def _report(sock: int, step: Step, err: int, detail: str) -> None:
-    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a gone runtime must not kill us silently
+    libc.ignore_signal(signal.SIGPIPE)  # a gone runtime must not kill us silently
     try:
         os.write(sock, sync.encode_failure(step, err, detail))
     except OSError:  # the runtime is gone (after `create` returned): stderr is all there is
@@ -110,7 +176,7 @@ def _recv(sock: int, expected: bytes) -> None:
 
 # -- the intermediate child: namespaces --------------------------------------------------
 
-def _namespaces(plan: LaunchPlan, sock: int) -> bool:
+def _namespaces(plan: LaunchPlan, sock: int, cloned: int) -> bool:
     """Join and make namespaces. True when this process goes on as the container's init."""
     ns = plan.namespaces
     _recv(sock, sync.GO)
@@ -122,9 +188,9 @@ def _namespaces(plan: LaunchPlan, sock: int) -> bool:
         _at(Step.SETNS, path)
         libc.setns(fd, flag)
         os.close(fd)
-    if ns.unshare:
-        _at(Step.UNSHARE, f"flags {ns.unshare:#x}")
-        libc.unshare(ns.unshare)
+    if ns.unshare & ~cloned:
+        _at(Step.UNSHARE, f"flags {ns.unshare & ~cloned:#x}")
+        libc.unshare(ns.unshare & ~cloned)
     if ns.unshare & libc.CLONE_NEWUSER:
         os.write(sock, sync.USERNS)
         _recv(sock, sync.IDMAPS_DONE)
@@ -133,8 +199,8 @@ def _namespaces(plan: LaunchPlan, sock: int) -> bool:
         _at(Step.SETUID_ROOT, "uid and gid 0 must be mapped")
         os.setresgid(0, 0, 0)
         os.setresuid(0, 0, 0)
-    if not ns.second_fork:
-        os.write(sock, sync.encode_pid(os.getpid()))
+    if not ns.second_fork or cloned & libc.CLONE_NEWPID:
+        os.write(sock, sync.encode_pid(0))  # "me": getpid() would say 1 in a new PID namespace
         return True
     _at(Step.CLONE)
     pid = libc.clone_parent()
@@ -148,6 +214,7 @@ def _namespaces(plan: LaunchPlan, sock: int) -> bool:
 
 def _init(plan: LaunchPlan, sock: int) -> NoReturn:
     proc = plan.process
+    child_mark(plan.trace_fd, b"namespaces")
     if plan.rootfs is not None:
         _prepare_rootfs(plan.rootfs)
     state = b""
@@ -177,6 +244,7 @@ def _init(plan: LaunchPlan, sock: int) -> NoReturn:
         _write(path, value)
     if plan.rootfs is not None:
         _finish_rootfs(plan.rootfs)
+    child_mark(plan.trace_fd, b"rootfs")
     _process_setup(proc)
     executable = _lookup(proc)
     if proc.seccomp is not None and not proc.no_new_privileges:
@@ -184,24 +252,28 @@ def _init(plan: LaunchPlan, sock: int) -> NoReturn:
         _at(Step.SECCOMP)
         proc.seccomp.load()
     _drop_privileges(proc)
-    if plan.exec_fifo is not None:
+    child_mark(plan.trace_fd, b"process")
+    if plan.exec_fifo is not None or plan.start_sync:
         os.write(sock, sync.READY)
-        dirfd, name = plan.exec_fifo
-        _at(Step.EXEC_FIFO, name)
-        fifo = os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=dirfd)  # blocks until `start`
-        os.write(fifo, b"0")
-        os.close(fifo)
+        if plan.exec_fifo is not None:
+            dirfd, name = plan.exec_fifo
+            _at(Step.EXEC_FIFO, name)
+            fifo = os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=dirfd)  # blocks until `start`
+            os.write(fifo, b"0")
+            os.close(fifo)
+        else:
+            _recv(sock, sync.START)
         for hook in plan.start_container_hooks:
             _run_hook("startContainer", hook, state)
     _at(Step.EXEC, executable)
-    # Python ignores these two; an ignored signal stays ignored across execve.
-    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
-    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    # Python ignores SIGPIPE; an ignored signal stays ignored across execve.
+    libc.default_signal(signal.SIGPIPE)
     if proc.seccomp is not None and proc.no_new_privileges:
         # As late as possible, so the filter need not allow what the runtime itself calls.
         _at(Step.SECCOMP)
         proc.seccomp.load()
         _at(Step.EXEC, executable)
+    child_mark(plan.trace_fd, b"exec")
     os.execve(executable, proc.args, proc.env)
     raise AssertionError("unreachable")
 

@@ -21,14 +21,18 @@ import os
 import signal
 import time
 from dataclasses import dataclass, replace
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from skiff.errors import FailedPrecondition, NotFound
 from skiff.oci.spec import LinuxResources, Process, Spec
 from skiff.runtime import console
 from skiff.runtime.cgroups import CgroupDriver, load_cgroup, open_cgroup
 from skiff.runtime.state import EXEC_FIFO, ContainerRecord, StateStore
+from skiff.runtime.trace import StartTrace, Trace
 from skiff.runtime.undo import Undo
+
+if TYPE_CHECKING:
+    from skiff.runtime.prespawn import Prespawner
 
 OCI_VERSION = "1.2.0"
 DEFAULT_ROOT = "/run/skiff-runc"
@@ -104,18 +108,63 @@ def _reap(pid: int) -> int | None:
 
 
 class Runtime:
-    def __init__(self, root: str = DEFAULT_ROOT, *, cgroup_parent: str | None = None) -> None:
+    def __init__(self, root: str = DEFAULT_ROOT, *, cgroup_parent: str | None = None, warm: int = 0) -> None:
+        """`warm`: for a long-lived caller that starts many containers, keep that many
+        container processes made ahead of time for each kind of namespace set
+        (runtime/prespawn.py), and keep the cgroup parents skiff makes for its containers
+        instead of making them again for each; `close` ends the one and removes the other."""
         self.store = StateStore(root)
         self.cgroup_parent = cgroup_parent
+        self.warm = warm
+        self.prespawner: Prespawner | None = None
+        if warm:
+            from skiff.runtime.prespawn import Prespawner
+
+            self.prespawner = Prespawner(warm)
+
+    def close(self) -> None:
+        if self.prespawner is not None:
+            self.prespawner.close()
+            self.prespawner = None
+        if self.warm:
+            self.warm = 0
+            with contextlib.suppress(Exception):  # none made, or in use by other containers
+                open_cgroup(container_id="_", cgroups_path=None, parent=self.cgroup_parent).release_parents()
+
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # -- create and start ------------------------------------------------------------------
 
     def create(self, container_id: str, bundle: str, *, console_socket: str | None = None,
                console_fd: int | None = None, pid_file: str | None = None, preserve_fds: int = 0,
-               spec: Spec | None = None) -> ContainerState:
+               spec: Spec | None = None, config: dict[str, Any] | None = None,
+               tracer: StartTrace | None = None) -> ContainerState:
         """Set up the container and leave its init waiting for `start`. On any failure
-        nothing is left: no process, cgroup, state directory."""
-        from skiff.oci import load_spec, spec_to_dict
+        nothing is left: no process, cgroup, state directory. `config`: the JSON `spec` was
+        read from, stored as it is (else the spec is encoded again for the record)."""
+        try:
+            return self._state(self._create(container_id, bundle, console_socket=console_socket,
+                                            console_fd=console_fd, pid_file=pid_file, preserve_fds=preserve_fds,
+                                            spec=spec, config=config, tracer=tracer))
+        finally:
+            self._refill()
+
+    def _refill(self) -> None:
+        """Make the prespawned processes the last start used, now that it is done: made
+        during the start, they would compete with it for the CPU."""
+        if self.prespawner is not None:
+            self.prespawner.refill()
+
+    def _create(self, container_id: str, bundle: str, *, console_socket: str | None, console_fd: int | None,
+                pid_file: str | None, preserve_fds: int, spec: Spec | None, config: dict[str, Any] | None,
+                tracer: StartTrace | None, start: bool = False) -> ContainerRecord:
+        """`start`: `run`'s create + start in one go. The init waits for the go-ahead on the
+        sync socket, sent once the record is saved, instead of on exec.fifo."""
+        from skiff.oci import read_spec, spec_to_dict
         from skiff.runtime.hooks import run_hooks
         from skiff.runtime.plan import plan_create
         from skiff.runtime.rootfs import with_device_rules
@@ -123,16 +172,19 @@ class Runtime:
 
         bundle = os.path.abspath(bundle)
         if spec is None:
-            spec = load_spec(os.path.join(bundle, "config.json"))
+            spec, config = read_spec(os.path.join(bundle, "config.json"))
         assert spec.root is not None
         state_dir = self.store.reserve(container_id)
         with Undo() as undo:
             undo.callback(self.store.remove, container_id)
-            fifo = os.path.join(state_dir, EXEC_FIFO)
-            os.mkfifo(fifo)
-            os.chmod(fifo, 0o622)  # the init opens it after setuid: any user may write, not read
-            dirfd = os.open(state_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-            undo.callback(os.close, dirfd)
+            exec_fifo = None
+            if not start:
+                fifo = os.path.join(state_dir, EXEC_FIFO)
+                os.mkfifo(fifo)
+                os.chmod(fifo, 0o622)  # the init opens it after setuid: any user may write, not read
+                dirfd = os.open(state_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+                undo.callback(os.close, dirfd)
+                exec_fifo = (dirfd, EXEC_FIFO)
             linux = spec.linux
             cgroup = open_cgroup(container_id=container_id, cgroups_path=linux.cgroups_path if linux else None,
                                  parent=self.cgroup_parent)
@@ -142,15 +194,19 @@ class Runtime:
             undo.callback(cgroup.destroy)  # before create: it removes only what create made
             cgroup.create()
             cgroup.apply(with_device_rules(linux.resources if linux else None, linux.devices if linux else ()))
+            if tracer:
+                tracer.mark("cgroup")
             if console_socket:
                 console_fd = console.connect(console_socket)
                 undo.callback(os.close, console_fd)
-            plan = plan_create(spec, bundle=bundle, cgroup_mounts=cgroup.mounts(),
-                               exec_fifo=(dirfd, EXEC_FIFO), console_fd=console_fd, preserve_fds=preserve_fds)
+            plan = plan_create(spec, bundle=bundle, cgroup_mounts=cgroup.mounts(), exec_fifo=exec_fifo,
+                               start_sync=start, console_fd=console_fd, preserve_fds=preserve_fds,
+                               trace_fd=tracer.child_fd if tracer else None)
             state = ContainerState(id=container_id, pid=0, status=Status.CREATING, bundle=bundle,
                                    rootfs=plan.rootfs.path if plan.rootfs else "", created=_now(),
                                    owner="", annotations=dict(spec.annotations))
             hooks = spec.hooks
+            saved: list[ContainerRecord] = []
 
             def on_hooks(pid: int) -> bytes:
                 hook_state = replace(state, pid=pid).hook_state()
@@ -159,31 +215,45 @@ class Runtime:
                     run_hooks("createRuntime", hooks.create_runtime, hook_state)
                 return replace(state, pid=pid, status=Status.CREATED).hook_state()
 
+            def on_ready(pid: int) -> None:
+                start_time = proc_start_time(pid)
+                if start_time is None:  # it failed between READY and the fifo, and told stderr why
+                    raise ContainerInitError(f"container init exited right after it was ready: {exit_status(pid)}")
+                record = ContainerRecord(
+                    id=container_id, bundle=bundle, rootfs=state.rootfs, pid=pid, pid_start=start_time,
+                    created=state.created, annotations=state.annotations, cgroup=cgroup.record(),
+                    config=config if config is not None else spec_to_dict(spec))
+                self.store.save(record)
+                if pid_file:
+                    _write_pid_file(pid_file, pid)
+                if tracer:
+                    tracer.mark("created")
+                saved.append(record)
+
             try:
-                pid = spawn(plan, cgroup, on_hooks)
+                pid = spawn(plan, cgroup, on_hooks, on_ready if start else None, self.prespawner)
+                if tracer:
+                    tracer.forked()
             except Exception as e:
                 with contextlib.suppress(Exception):  # the report must not replace the cause
                     if cgroup.oom_kills():
                         e.add_note("the container's cgroup OOM-killed a process during create")
                 raise
             undo.callback(kill_and_reap, [pid])
-            start_time = proc_start_time(pid)
-            if start_time is None:  # it failed between READY and the fifo, and told stderr why
-                raise ContainerInitError(f"container init exited right after it was ready: {exit_status(pid)}")
-            self.store.save(ContainerRecord(
-                id=container_id, bundle=bundle, rootfs=state.rootfs, pid=pid, pid_start=start_time,
-                created=state.created, annotations=state.annotations, cgroup=cgroup.record(),
-                config=spec_to_dict(spec)))
-            if pid_file:
-                _write_pid_file(pid_file, pid)
+            if not start:
+                on_ready(pid)
             undo.keep()
-        os.close(dirfd)
+        if exec_fifo is not None:
+            os.close(exec_fifo[0])
         if console_socket and console_fd is not None:
             os.close(console_fd)
-        return replace(state, pid=pid, status=Status.CREATED)
+        return saved[0]
 
     def start(self, container_id: str) -> None:
-        record = self.store.load(container_id)
+        self._start(self.store.load(container_id))
+
+    def _start(self, record: ContainerRecord) -> None:
+        container_id = record.id
         status = self._status(record)
         if status is not Status.CREATED:
             raise FailedPrecondition(f"cannot start container {container_id!r}: it is {status}, not created")
@@ -207,48 +277,69 @@ class Runtime:
         self._warning_hooks("poststart", record)
 
     def run(self, container_id: str, bundle: str, *, detach: bool = False, pid_file: str | None = None,
-            console_socket: str | None = None, preserve_fds: int = 0) -> int:
+            console_socket: str | None = None, preserve_fds: int = 0, trace: Trace | None = None) -> int:
         """create + start; in the foreground, wait for the init, delete, and return its exit
         code (128 + signal when killed, as a shell reports it). A terminal without a console
-        socket is this process's own: its stdio is copied to and from the container's pty."""
-        from skiff.oci import load_spec
+        socket is this process's own: its stdio is copied to and from the container's pty.
+        `trace` gets the start's timestamps (trace.py), for a foreground run without a terminal."""
+        from skiff.oci import read_spec
 
-        spec = load_spec(os.path.join(os.path.abspath(bundle), "config.json"))
+        spec, config = read_spec(os.path.join(os.path.abspath(bundle), "config.json"))
         own_terminal = spec.process is not None and spec.process.terminal and not console_socket
         if own_terminal and detach:
             raise FailedPrecondition("process.terminal: a detached container needs --console-socket for its terminal")
         if not own_terminal:
-            state = self.create(container_id, bundle, console_socket=console_socket, pid_file=pid_file,
-                                preserve_fds=preserve_fds, spec=spec)
-            return self._start_and_wait(container_id, state.pid, detach, master=None)
+            tracer = StartTrace(trace) if trace is not None and not detach else None
+            if tracer:
+                tracer.mark("spec")
+            try:
+                record = self._create(container_id, bundle, console_socket=console_socket, console_fd=None,
+                                      pid_file=pid_file, preserve_fds=preserve_fds, spec=spec, config=config,
+                                      tracer=tracer, start=True)
+                return self._start_and_wait(record, detach, master=None, tracer=tracer, started=True)
+            finally:
+                if tracer:
+                    tracer.collect()
+                self._refill()
         import socket
 
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         with ours, theirs:
-            state = self.create(container_id, bundle, console_fd=theirs.fileno(), pid_file=pid_file,
-                                preserve_fds=preserve_fds, spec=spec)
+            record = self._create(container_id, bundle, console_socket=None, console_fd=theirs.fileno(),
+                                  pid_file=pid_file, preserve_fds=preserve_fds, spec=spec, config=config, tracer=None)
             try:
                 master = console.receive_master(ours)
             except BaseException:
                 self.delete(container_id, force=True)
                 raise
         try:
-            return self._start_and_wait(container_id, state.pid, detach, master)
+            return self._start_and_wait(record, detach, master)
         finally:
             os.close(master)
 
-    def _start_and_wait(self, container_id: str, pid: int, detach: bool, master: int | None) -> int:
+    def _start_and_wait(self, record: ContainerRecord, detach: bool, master: int | None,
+                        tracer: StartTrace | None = None, started: bool = False) -> int:
+        container_id, pid = record.id, record.pid
         try:
-            self.start(container_id)
+            if started:
+                self._warning_hooks("poststart", record)
+            else:
+                self._start(record)
         except BaseException:
             self.delete(container_id, force=True)
             raise
         if detach:
             return 0
+        if tracer:
+            tracer.mark("started")
         if master is not None:
             console.copy_until_exit(master)
         code = _wait_forwarding_signals(pid)
+        if tracer:
+            tracer.mark("exited")
         self.delete(container_id, force=True)
+        if tracer:
+            tracer.mark("deleted")
         return code
 
     # -- queries -----------------------------------------------------------------------------
@@ -387,7 +478,8 @@ class Runtime:
         # with one, its exit waits until every process in it is reaped: reap ours meanwhile.
         kill_and_reap(alive)
         _reap(record.pid)
-        cgroup.destroy()
+        # A warm runtime keeps skiff's parents of its default placement for the next create.
+        cgroup.destroy(keep_parents=bool(self.warm) and not record.config.get("linux", {}).get("cgroupsPath"))
         self._warning_hooks("poststop", record)
         self.store.remove(container_id)
 

@@ -188,7 +188,9 @@ class ForkServer:
 
 
 def _serve(control: socket.socket, jobs: dict[str, Job]) -> None:
-    """The server's loop: a request forks a worker; EOF on `control` ends it."""
+    """The server's loop: a request goes to the idle worker, forked before the request
+    came, and a new idle worker is forked once it is on its way (or, without one, the
+    request forks its worker). EOF on `control` ends it."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGPIPE):
         signal.signal(sig, signal.SIG_IGN)  # the daemon's Ctrl-C is the daemon's to handle
     # Workers share this process's pages until they write to them; the collector must not
@@ -196,31 +198,79 @@ def _serve(control: socket.socket, jobs: dict[str, Job]) -> None:
     gc.freeze()
     poller = select.poll()
     poller.register(control, select.POLLIN)
-    while True:
-        events = poller.poll(500)
-        _reap()
-        if not events:
-            continue
+    idle: tuple[socket.socket, int] | None = None
+    try:
+        while True:
+            if idle is None:
+                idle = _fork_idle(control, jobs)
+            events = poller.poll(500)
+            _reap()
+            if not events:
+                continue
+            try:
+                message, fds = _receive(control)
+            except (ValueError, errors.SkiffError):
+                continue  # not a request (a caller's bug): the server must go on for the others
+            if message is None:
+                return
+            if not fds:
+                continue
+            try:
+                if idle is None:
+                    raise OSError("no idle worker")
+                _send(idle[0], message, fds)
+            except (OSError, errors.SkiffError):
+                _fork_worker(control, jobs, message, fds)
+            finally:
+                if idle is not None:
+                    idle[0].close()  # the worker has the request, or died: either way, a new one
+                    idle = None
+                for fd in fds:
+                    os.close(fd)
+    finally:
+        if idle is not None:
+            idle[0].close()  # EOF: the idle worker exits; reaped here, not left to init
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(idle[1], 0)
+
+
+def _fork_worker(control: socket.socket, jobs: dict[str, Job], message: dict[str, Any], fds: list[int]) -> None:
+    try:
+        pid = os.fork()
+    except OSError as e:
+        # Out of pids (the service's TasksMax, pids.max) or memory: this request fails,
+        # as data on its own socket; the server stays for the next one.
+        with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fds[0])) as caller:
+            _send(caller, error_message(errors.Unavailable(f"fork server: fork: {e.strerror or e}")))
+        return
+    if pid == 0:
+        _work(control, jobs, message, fds)  # never returns
+
+
+def _fork_idle(control: socket.socket, jobs: dict[str, Job]) -> tuple[socket.socket, int] | None:
+    """A worker forked ahead of the next request, which it waits for on its own socket: a
+    request then costs a message, not a fork. None if the fork fails (requests fork)."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        pid = os.fork()
+    except OSError:
+        ours.close()
+        theirs.close()
+        return None
+    if pid == 0:
+        code = 1
         try:
-            message, fds = _receive(control)
-        except (ValueError, errors.SkiffError):
-            continue  # not a request (a caller's bug): the server must go on for the others
-        if message is None:
-            return
-        if not fds:
-            continue
-        try:
-            pid = os.fork()
-        except OSError as e:
-            # Out of pids (the service's TasksMax, pids.max) or memory: this request fails,
-            # as data on its own socket; the server stays for the next one.
-            with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fds[0])) as caller:
-                _send(caller, error_message(errors.Unavailable(f"fork server: fork: {e.strerror or e}")))
-        else:
-            if pid == 0:
+            ours.close()
+            message, fds = _receive(theirs)
+            theirs.close()
+            if message is None:
+                code = 0
+            else:
                 _work(control, jobs, message, fds)  # never returns
-        for fd in fds:
-            os.close(fd)
+        finally:
+            os._exit(code)
+    theirs.close()
+    return ours, pid
 
 
 def _reap() -> None:

@@ -56,6 +56,7 @@ MS_LAZYTIME = 1 << 25
 MNT_DETACH = 2
 CLOSE_RANGE_CLOEXEC = 4
 
+PR_SET_PDEATHSIG = 1
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_RAISE = 2
 PR_CAP_AMBIENT_CLEAR_ALL = 4
@@ -84,6 +85,9 @@ _prctl = _libc.prctl
 _prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
+_signal = _libc.signal
+_signal.restype = ctypes.c_void_p
+_signal.argtypes = [ctypes.c_int, ctypes.c_void_p]
 # clone and clone3 go through a PyDLL binding, which keeps the GIL across the call: a CDLL
 # call releases it, and if another thread took it meanwhile the child (which has only this
 # thread) would wait for it forever. Even so, fork only from a single-threaded process.
@@ -137,6 +141,16 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
     return _check(_prctl(option, arg2, arg3, arg4, arg5), "prctl")
 
 
+def default_signal(signum: int) -> None:
+    """SIG_DFL for `signum` in the kernel, behind Python's back: signal.signal works only in
+    the main thread, and a child cloned from another thread is not it."""
+    _signal(signum, 0)
+
+
+def ignore_signal(signum: int) -> None:
+    _signal(signum, 1)
+
+
 def close_range_cloexec(first: int) -> None:
     """Mark every fd >= first close-on-exec (CVE-2024-21626: no host fd may reach exec)."""
     _check(
@@ -166,12 +180,19 @@ class _CloneArgs(ctypes.Structure):
     ]
 
 
-def clone_into_cgroup(cgroup_fd: int) -> int:
-    """fork(2) straight into a cgroup v2 directory (clone3 with CLONE_INTO_CGROUP, Linux 5.7):
-    no window in which the child runs outside its cgroup, and no cgroup.procs write."""
-    args = _CloneArgs(flags=CLONE_INTO_CGROUP, exit_signal=SIGCHLD, cgroup=cgroup_fd)
+def clone3(flags: int, cgroup_fd: int | None, *, parent: bool = False) -> int:
+    """fork(2) with clone3's extras: `flags` (CLONE_NEW* namespaces made at the clone, as
+    crun does, with no intermediate process) and, with `cgroup_fd`, straight into a cgroup v2
+    directory (CLONE_INTO_CGROUP, Linux 5.7): no window in which the child runs outside its
+    cgroup, and no cgroup.procs write. `parent`: the child is the caller's sibling
+    (CLONE_PARENT; it inherits the caller's exit signal, and clone3 wants none given).
+    Raw syscall: the child must only do syscalls and exec."""
+    if cgroup_fd is not None:
+        flags |= CLONE_INTO_CGROUP
+    if parent:
+        flags |= CLONE_PARENT
+    args = _CloneArgs(flags=flags, exit_signal=0 if parent else SIGCHLD, cgroup=cgroup_fd or 0)
     return _check(
         _clone_syscall(_SYSCALLS["clone3"], ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args))),
         "clone3",
     )
-

@@ -63,6 +63,16 @@ class NamespacePlan:
     def all(self) -> int:
         return self.unshare | self.joined
 
+    @property
+    def at_clone(self) -> int:
+        """The namespaces the container's first clone can make itself, which spares the
+        second fork for a new PID namespace. Not a user namespace (the parent maps its ids
+        before the others are made inside it), nor a cgroup one (rooted where the process is
+        once it joined its cgroup), and none when a PID namespace is joined (setns first)."""
+        if self.all & libc.CLONE_NEWUSER or self.joined & libc.CLONE_NEWPID:
+            return 0
+        return self.unshare & ~libc.CLONE_NEWCGROUP
+
 
 def _id_map(mappings: tuple[LinuxIDMapping, ...]) -> str:
     return "".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in mappings)

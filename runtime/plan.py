@@ -65,6 +65,8 @@ class LaunchPlan:
     start_container_hooks: tuple[HookPlan, ...]
     process: ProcessPlan
     exec_fifo: tuple[int, str] | None  # (dirfd of the state dir, file name): wait there for `start`
+    start_sync: bool = False           # `run`: wait for START on the sync socket instead
+    trace_fd: int | None = None        # where the child writes its timestamps (trace.py), if traced
 
 
 def parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -127,8 +129,8 @@ def prepare_seccomp(spec: Spec) -> PreparedFilter | None:
 
 
 def plan_create(spec: Spec, *, bundle: str, cgroup_mounts: list[tuple[str, str]],
-                exec_fifo: tuple[int, str] | None, console_fd: int | None = None,
-                preserve_fds: int = 0) -> LaunchPlan:
+                exec_fifo: tuple[int, str] | None, start_sync: bool = False, console_fd: int | None = None,
+                preserve_fds: int = 0, trace_fd: int | None = None) -> LaunchPlan:
     if spec.process is None:
         raise InvalidArgument("process: required to create a container")
     namespaces = plan_namespaces(spec.linux)
@@ -152,6 +154,8 @@ def plan_create(spec: Spec, *, bundle: str, cgroup_mounts: list[tuple[str, str]]
         process=plan_process(spec.process, seccomp=prepare_seccomp(spec), console_fd=console_fd,
                              preserve_fds=preserve_fds),
         exec_fifo=exec_fifo,
+        start_sync=start_sync,
+        trace_fd=trace_fd,
     )
 
 

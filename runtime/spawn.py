@@ -10,13 +10,14 @@ import os
 import signal
 import socket
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 from skiff.errors import FailedPrecondition
 from skiff.runtime import child, libc, sync
 from skiff.runtime.cgroups import CgroupDriver
 from skiff.runtime.namespaces import write_id_maps
 from skiff.runtime.plan import LaunchPlan
+from skiff.runtime.prespawn import Prespawner, Slot
 from skiff.runtime.undo import Undo
 
 # clone3 errors that mean "this kernel or this caller's seccomp profile cannot do it": fall
@@ -32,16 +33,33 @@ class ContainerInitError(FailedPrecondition):
         self.failure = failure
 
 
-def _fork(cgroup_fd: int | None) -> tuple[int, bool]:
-    """(pid, joined the cgroup already). clone3 into the cgroup where the kernel can (v2,
-    Linux 5.7); where it cannot, fork and let the caller write cgroup.procs, as crun does."""
-    if cgroup_fd is not None:
+def _fork(cgroup_fd: int | None, namespaces: int) -> tuple[int, bool, int]:
+    """(pid, joined the cgroup already, the namespaces made at the clone). clone3 where the
+    kernel can: into the cgroup (v2, Linux 5.7), with the namespaces the plan lets it make
+    (NamespacePlan.at_clone). Where it cannot, fork: the child joins its cgroup and makes
+    every namespace itself."""
+    if cgroup_fd is not None or namespaces:
         try:
-            return libc.clone_into_cgroup(cgroup_fd), True
+            return libc.clone3(namespaces, cgroup_fd), cgroup_fd is not None, namespaces
         except OSError as e:
             if e.errno not in _CLONE3_UNSUPPORTED:
                 raise
-    return os.fork(), False
+    return os.fork(), False, 0
+
+
+@contextlib.contextmanager
+def signals_blocked() -> Iterator[None]:
+    """Every signal blocked around a fork: no handler of the caller's (Ctrl-C's
+    KeyboardInterrupt) can run in the child before it is in child.main, where it would
+    run the caller's code there. The child resets the handlers, then unblocks
+    (child.main); this process unblocks as soon as the clone returns."""
+    parent = os.getpid()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    try:
+        yield
+    finally:
+        if os.getpid() == parent:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def kill_and_reap(pids: list[int], timeout: float = 10.0) -> None:
@@ -75,39 +93,77 @@ def _alive(pid: int) -> bool:
 
 
 def spawn(plan: LaunchPlan, cgroup: CgroupDriver | None,
-          on_hooks: Callable[[int], bytes] | None = None) -> int:
+          on_hooks: Callable[[int], bytes] | None = None, on_ready: Callable[[int], None] | None = None,
+          prespawner: Prespawner | None = None) -> int:
     """Start the plan's process and return its pid: for `create`, once it waits on the exec
-    fifo; for `exec`, once it has exec'd. `on_hooks(pid)` runs the parent's hooks and
-    returns the state JSON the container's own hooks get."""
-    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    cgroup_fd = cgroup.dirfd() if cgroup is not None else None
-    # The child joins its cgroup itself (faster than a move from here, see self_joins);
-    # what is left to join depends on whether clone3 put it in the cgroup2 part already.
-    joins = {cloned: cgroup.self_joins(cloned) if cgroup is not None else () for cloned in (True, False)}
-    try:
-        pid, in_cgroup = _fork(cgroup_fd)
-        if pid == 0:
-            try:
-                child.main(plan, child_end.fileno(), (parent_end.fileno(),) + (
-                    (cgroup_fd,) if cgroup_fd is not None else ()), joins[in_cgroup])
-            finally:
-                os._exit(127)  # whatever happens, never run the parent's code in the child
-    finally:
-        if cgroup_fd is not None:
-            os.close(cgroup_fd)
-        child_end.close()
+    fifo; for `run` (plan.start_sync), once `on_ready(pid)` has run and the init got START;
+    for `exec`, once it has exec'd. `on_hooks(pid)` runs the parent's hooks and returns the
+    state JSON the container's own hooks get. With a prespawner, a process made ahead of
+    time takes the plan where one is waiting (prespawn.py)."""
+    slot = _take_slot(prespawner, plan, cgroup) if prespawner is not None else None
+    if slot is not None:
+        pid, cloned, parent_end = slot.pid, slot.flags, slot.sock
+    else:
+        pid, cloned, parent_end = _fork_child(plan, cgroup)
     with parent_end, Undo() as undo:
         undo.callback(kill_and_reap, [pid])
         parent_end.send(sync.GO)
-        init = _exchange(parent_end, pid, plan, on_hooks, undo)
+        second_fork = plan.namespaces.second_fork and not cloned & libc.CLONE_NEWPID
+        init = _exchange(parent_end, pid, plan, on_hooks, undo, second_fork)
+        if plan.start_sync:
+            if on_ready is not None:
+                on_ready(init)
+            parent_end.send(sync.START)
         if init != pid:
             os.waitpid(pid, 0)  # the intermediate child exits once it has sent the init's pid
         undo.keep()
         return init
 
 
+def _take_slot(prespawner: Prespawner, plan: LaunchPlan, cgroup: CgroupDriver | None) -> Slot | None:
+    slot = prespawner.take(plan)
+    if slot is None:
+        return None
+    try:
+        slot.hand_over(plan, cgroup.self_joins(False) if cgroup is not None else ())
+    except OSError:  # it died since take() looked: reap it, and fork instead
+        slot.sock.close()
+        kill_and_reap([slot.pid])
+        return None
+    return slot
+
+
+def _fork_child(plan: LaunchPlan, cgroup: CgroupDriver | None) -> tuple[int, int, socket.socket]:
+    """(pid, namespaces made at the clone, our end of the sync socket)."""
+    parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    cgroup_fd = cgroup.dirfd() if cgroup is not None else None
+    # The child joins its cgroup itself (faster than a move from here, see self_joins);
+    # what is left to join depends on whether clone3 put it in the cgroup2 part already.
+    joins = {cloned: cgroup.self_joins(cloned) if cgroup is not None else () for cloned in (True, False)}
+    parent = os.getpid()
+    try:
+        with signals_blocked():
+            pid, in_cgroup, cloned = _fork(cgroup_fd, plan.namespaces.at_clone)
+            if pid == 0:
+                try:
+                    child.main(plan, child_end.fileno(), (parent_end.fileno(),) + (
+                        (cgroup_fd,) if cgroup_fd is not None else ()), joins[in_cgroup], cloned)
+                finally:
+                    os._exit(127)  # whatever happens, never run the parent's code in the child
+    except BaseException:
+        if os.getpid() != parent:
+            os._exit(127)
+        parent_end.close()
+        raise
+    finally:
+        if cgroup_fd is not None:
+            os.close(cgroup_fd)
+        child_end.close()
+    return pid, cloned, parent_end
+
+
 def _exchange(sock: socket.socket, pid: int, plan: LaunchPlan,
-              on_hooks: Callable[[int], bytes] | None, undo: Undo) -> int:
+              on_hooks: Callable[[int], bytes] | None, undo: Undo, second_fork: bool) -> int:
     init: int | None = None
     # The init's own messages that came before the intermediate's PID: the init runs as soon
     # as it is cloned and may send HOOKS or READY before the intermediate, preempted, sends
@@ -120,12 +176,12 @@ def _exchange(sock: socket.socket, pid: int, plan: LaunchPlan,
             write_id_maps(pid, plan.namespaces)
             sock.send(sync.IDMAPS_DONE)
         elif tag == sync.PID:
-            init = sync.decode_pid(message)
+            init = sync.decode_pid(message) or pid  # 0: the process we forked is the init
             if init != pid:
                 undo.callback(kill_and_reap, [init])
         elif tag == sync.ERROR:
             failure = sync.decode_failure(message)
-            if init is None and plan.namespaces.second_fork:
+            if init is None and second_fork:
                 _await_init_pid(sock, pid, undo)  # the init may have failed before A sent its pid
             raise ContainerInitError(failure.message(), failure)
         elif init is None:
@@ -137,7 +193,7 @@ def _exchange(sock: socket.socket, pid: int, plan: LaunchPlan,
             sock.send(sync.HOOKS_DONE + state)
         elif tag == sync.READY:
             return init
-        elif plan.exec_fifo is None:
+        elif plan.exec_fifo is None and not plan.start_sync:
             # `exec` sends no READY: the socket is close-on-exec, so EOF without an ERROR means
             # execve happened (or the process was killed, which waiting for it will show).
             return init

@@ -25,6 +25,8 @@ unshare(CLONE_NEWPID) only moves the caller's future children.
     create returns                                              blocks opening exec.fifo
                                                                 until `start` reads it,
                                                                 startContainer hooks, execve
+    (`run`: the record is saved,
+    then START             ----------------------------------->   instead of exec.fifo)
 
 B runs as soon as it is cloned, so its HOOKS or READY may reach the parent before A's PID
 (A preempted on a busy host): the parent holds B's messages until it knows B's pid.
@@ -44,6 +46,7 @@ from dataclasses import dataclass
 GO = b"G"
 IDMAPS_DONE = b"M"
 HOOKS_DONE = b"H"
+START = b"S"
 USERNS = b"U"
 PID = b"P"
 HOOKS = b"K"

@@ -27,11 +27,11 @@ class Containers:
     """Runs containers from the test's busybox bundle through the library, capturing what
     they print (they inherit the test's stdout and stderr, which capfd captures)."""
 
-    def __init__(self, bundle: Path, root: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    def __init__(self, bundle: Path, root: Path, capfd: pytest.CaptureFixture[str], *, warm: int = 0) -> None:
         from skiff.runtime.container import Runtime
 
         self.bundle = bundle
-        self.runtime = Runtime(str(root))
+        self.runtime = Runtime(str(root), warm=warm)
         self.capfd = capfd
         with open(bundle / "config.json") as f:
             self.base = json.load(f)
@@ -74,6 +74,7 @@ class Containers:
     def cleanup(self) -> None:
         for state in self.runtime.states():
             self.runtime.delete(state.id, force=True)
+        self.runtime.close()
 
 
 def namespaces(config: dict[str, Any]) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = {"errors": 0, "oci": 1, "runtime": 2, "images": 2, "cri": 3, "orchestrator": 4}
+LAYERS = {"errors": 0, "oci": 1, "runtime": 2, "images": 2, "cri": 3, "orchestrator": 4, "benchmark": 5}
 # Siblings at the same level that must not import each other.
 APART = {("runtime", "images"), ("images", "runtime")}
 

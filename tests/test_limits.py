@@ -114,10 +114,10 @@ def test_init_starts_inside_its_cgroup_with_clone3_and_without(containers: Conta
 
     assert _cgroup_of_init(containers).endswith(f"/skiff/{containers.last_id}\n")
 
-    def refuse(cgroup_fd: int) -> int:
+    def refuse(flags: int, cgroup_fd: int | None) -> int:
         raise OSError(errno.ENOSYS, "clone3")
 
-    monkeypatch.setattr(libc, "clone_into_cgroup", refuse)
+    monkeypatch.setattr(libc, "clone3", refuse)
     assert _cgroup_of_init(containers).endswith(f"/skiff/{containers.last_id}\n")
 
 

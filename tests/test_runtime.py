@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import shutil
@@ -151,6 +152,27 @@ def test_env_and_args_reach_the_process(containers: Containers) -> None:
 
 def test_pid_namespace_makes_the_process_pid_1(containers: Containers) -> None:
     assert containers.run("sh", "-c", "echo $$; ps -o comm=; true").out.split() == ["1", "sh", "ps"]
+
+
+@pytest.mark.parametrize("clone3", [True, False], ids=["clone3", "fork-then-unshare"])
+def test_the_same_namespaces_whether_the_clone_or_the_child_makes_them(
+        containers: Containers, monkeypatch: pytest.MonkeyPatch, clone3: bool) -> None:
+    """clone3 makes the namespaces itself (no second fork for the PID namespace); where the
+    kernel or a seccomp profile refuses clone3, fork, unshare and the second fork do."""
+    from skiff.runtime import libc
+
+    if not clone3:
+        def refuse(flags: int, cgroup_fd: int | None) -> int:
+            raise OSError(errno.ENOSYS, "clone3")
+
+        monkeypatch.setattr(libc, "clone3", refuse)
+    script = "echo $$; for ns in pid net ipc uts mnt; do readlink /proc/self/ns/$ns; done"
+    result = containers.run("sh", "-c", script)
+    assert result.code == 0, result.err
+    pid, *inside = result.out.split()
+    assert pid == "1"
+    host = [os.readlink(f"/proc/self/ns/{ns}") for ns in ("pid", "net", "ipc", "uts", "mnt")]
+    assert all(a != b for a, b in zip(inside, host))
 
 
 def test_uts_namespace_sets_hostname_and_domainname(containers: Containers) -> None:

@@ -28,7 +28,7 @@ def _exchange(*messages: bytes) -> int:
 
         # pids above the kernel's pid_max: an undo that kills them can hit no real process
         with Undo() as undo:
-            init = spawn._exchange(ours, 100, plan, on_hooks, undo)
+            init = spawn._exchange(ours, 100, plan, on_hooks, undo, True)
             undo.keep()
         assert hooks in ([], [init])  # the hooks got the init's pid too
         return init
@@ -46,6 +46,11 @@ def test_in_order_as_usual() -> None:
     assert _exchange(sync.encode_pid(100), sync.READY) == 100
 
 
+def test_pid_zero_is_the_forked_process_itself() -> None:
+    """An init cloned straight into its PID namespace is pid 1 there: it says 0, "me"."""
+    assert _exchange(sync.encode_pid(0), sync.READY) == 100
+
+
 def test_an_init_that_fails_before_the_pid_is_still_reaped(monkeypatch: pytest.MonkeyPatch) -> None:
     killed: list[list[int]] = []
     monkeypatch.setattr(spawn, "kill_and_reap", lambda pids, timeout=10.0: killed.append(list(pids)))
@@ -53,8 +58,8 @@ def test_an_init_that_fails_before_the_pid_is_still_reaped(monkeypatch: pytest.M
     with ours, theirs:
         theirs.send(sync.encode_failure(sync.Step.MOUNT, 22, "tmpfs on /bad"))
         theirs.send(sync.encode_pid(4_194_402))
-        plan = cast(Any, SimpleNamespace(exec_fifo=(0, "exec.fifo"), namespaces=SimpleNamespace(second_fork=True)))
+        plan = cast(Any, SimpleNamespace(exec_fifo=(0, "exec.fifo"), namespaces=None))
         with pytest.raises(spawn.ContainerInitError, match="tmpfs on /bad"):
             with Undo() as undo:
-                spawn._exchange(ours, 100, plan, None, undo)
+                spawn._exchange(ours, 100, plan, None, undo, True)
     assert killed == [[4_194_402]]

@@ -67,10 +67,11 @@ def _kernel(what: str) -> Iterator[None]:
         raise NetworkError(f"{what}: {(e.strerror or str(e)).lower()} ({name})") from e
 
 
-def _netns_socket(netns_path: str) -> socket.socket:
-    """A NETLINK_ROUTE socket in the netns at netns_path, made by a thread that joins it and
-    ends: the caller's own threads never change netns."""
-    result: list[socket.socket | BaseException] = []
+def _netns_socket(netns_path: str, interface: str | None = None) -> tuple[socket.socket, int | None]:
+    """A NETLINK_ROUTE socket in the netns at netns_path, and the index of `interface` there
+    (None if missing), from a thread that joins it and ends: the caller's own threads never
+    change netns."""
+    result: list[tuple[socket.socket, int | None] | BaseException] = []
 
     def join_and_open() -> None:
         try:
@@ -79,8 +80,8 @@ def _netns_socket(netns_path: str) -> socket.socket:
                 libc.setns(fd, CLONE_NEWNET)
             finally:
                 os.close(fd)
-            result.append(socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
-                                        socket.NETLINK_ROUTE))
+            result.append((socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
+                                         socket.NETLINK_ROUTE), _if_index(interface) if interface else None))
         except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
             result.append(e)
 
@@ -92,23 +93,42 @@ def _netns_socket(netns_path: str) -> socket.socket:
     return result[0]
 
 
+def _if_index(name: str) -> int | None:
+    """The index of a link in this thread's netns: an ioctl, where a netlink request through
+    pyroute2 costs some 40 times as much."""
+    try:
+        return socket.if_nametoindex(name)
+    except OSError as e:
+        if e.errno in (None, errno.ENODEV):  # Python's "no interface with this name" has none
+            return None
+        raise
+
+
 @contextlib.contextmanager
-def _iproute(netns_path: str | None = None) -> Iterator[Any]:
-    if netns_path is None:
-        ipr = IPRoute()
-    else:
-        with _kernel(f"join netns {netns_path}"):
-            sock = _netns_socket(netns_path)
-        ipr = IPRoute(fileno=sock.detach())
+def _iproute() -> Iterator[Any]:
+    ipr = IPRoute()
     try:
         yield ipr
     finally:
         ipr.close()
 
 
-def _index(ipr: Any, name: str) -> int | None:
-    found = ipr.link_lookup(ifname=name)
-    return int(found[0]) if found else None
+@contextlib.contextmanager
+def _iproute_in(netns_path: str, interface: str) -> Iterator[tuple[Any, int | None]]:
+    """pyroute2 in the netns, and the index of `interface` there."""
+    with _kernel(f"join netns {netns_path}"):
+        sock, index = _netns_socket(netns_path, interface)
+    ipr = IPRoute(fileno=sock.detach())
+    try:
+        yield ipr, index
+    finally:
+        ipr.close()
+
+
+def _index(name: str) -> int | None:
+    """A host link's index by name (link_lookup would dump every link: 500 pods, 500 veths)."""
+    with _kernel(f"look up link {name}"):
+        return _if_index(name)
 
 
 def _alias(ipr: Any, index: int) -> str | None:
@@ -124,7 +144,7 @@ def _kind(ipr: Any, index: int) -> str | None:
 
 def _ensure_bridge(ipr: Any, config: BridgeConfig, gateway: ipaddress.IPv4Address, prefix: int) -> int:
     name = config.bridge
-    index = _index(ipr, name)
+    index = _index(name)
     if index is not None and _ready(ipr, index, gateway, prefix):
         return index
     if index is None:
@@ -135,7 +155,7 @@ def _ensure_bridge(ipr: Any, config: BridgeConfig, gateway: ipaddress.IPv4Addres
             # Another process may have created it meanwhile; that is the same bridge.
             if not (isinstance(e.__cause__, NetlinkError) and e.__cause__.code == errno.EEXIST):
                 raise
-        index = _index(ipr, name)
+        index = _index(name)
         if index is None:
             raise NetworkError(f"bridge {name}: gone right after it was created")
         with _kernel(f"mark bridge {name}"):
@@ -168,7 +188,7 @@ def _delete_host_veth(pod_id: str) -> None:
     marked as this pod's; a link of that name without the mark is not skiff's to delete."""
     name = host_veth_name(pod_id)
     with _iproute() as ipr:
-        index = _index(ipr, name)
+        index = _index(name)
         if index is None:
             return
         alias = _alias(ipr, index)
@@ -212,14 +232,13 @@ def setup(netns_path: str, pod_id: str, config: BridgeConfig,
                     _known_bridges.pop(key, None)
                     if attempt == 2:
                         raise
-            host = _index(ipr, host_name)
+            host = _index(host_name)
             if host is None:
                 raise NetworkError(f"veth {host_name}: gone right after it was created")
             undo.callback(_delete_link, host, host_name)  # before the mark that teardown looks for
             with _kernel(f"mark veth {host_name}"):
                 ipr.link("set", index=host, ifalias=mark)
-        with _iproute(netns_path) as ns:
-            inside = _index(ns, POD_INTERFACE)
+        with _iproute_in(netns_path, POD_INTERFACE) as (ns, inside):
             if inside is None:
                 raise NetworkError(f"veth {POD_INTERFACE}: not found in netns {netns_path} after its creation")
             with _kernel(f"add {ip}/{ipam.prefix} to {POD_INTERFACE} in netns {netns_path}"):
@@ -271,7 +290,7 @@ def teardown(netns_path: str | None, pod_id: str, config: BridgeConfig) -> None:
 def remove_bridge(config: BridgeConfig) -> bool:
     """Deletes the bridge if skiff created it (its mark) and no port is left on it."""
     with _iproute() as ipr:
-        index = _index(ipr, config.bridge)
+        index = _index(config.bridge)
         if index is None or _alias(ipr, index) != BRIDGE_MARK:
             return False
         if ipr.link_lookup(master=index):
@@ -285,8 +304,7 @@ def remove_bridge(config: BridgeConfig) -> bool:
 
 def loopback_up(netns_path: str) -> None:
     """Network mode "none": the pod's netns gets `lo` up and nothing else."""
-    with _iproute(netns_path) as ns:
-        lo = _index(ns, "lo")
+    with _iproute_in(netns_path, "lo") as (ns, lo):
         if lo is not None:
             with _kernel(f"set lo up in netns {netns_path}"):
                 ns.link("set", index=lo, state="up")

@@ -12,6 +12,7 @@ The first host address is the gateway, on the bridge; pods get the rest.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import os
@@ -21,6 +22,7 @@ from pathlib import Path
 from skiff.errors import InvalidArgument, ResourceExhausted
 
 _LAST = "last_reserved"
+_OWNERS = "owners"
 
 
 def _unique() -> str:
@@ -47,7 +49,7 @@ class IPAM:
         """The owner's address: the one it already holds (a retried setup), or a new one."""
         if not owner or "\n" in owner or "/" in owner:
             raise InvalidArgument(f"ipam owner {owner!r}: must be a non-empty single line without '/'")
-        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / _OWNERS).mkdir(parents=True, exist_ok=True)
         held = self.held(owner)
         if held is not None:
             return held
@@ -59,23 +61,34 @@ class IPAM:
             address = ipaddress.IPv4Address(first + (start - first + step) % count)
             if self._claim(address, owner):
                 self._write_last_reserved(address)
+                _write_whole(self.directory / _OWNERS / owner, str(address))
                 return address
         raise ResourceExhausted(f"pod CIDR {self.network}: no address left")
 
     def held(self, owner: str) -> ipaddress.IPv4Address | None:
         """The address `owner` holds, if any."""
-        return next((a for a, held_by in self.allocations().items() if held_by == owner and a in self.network), None)
+        try:
+            address = ipaddress.IPv4Address((self.directory / _OWNERS / owner).read_text())
+            if address in self.network and (self.directory / str(address)).read_text() == owner:
+                return address
+        except (FileNotFoundError, ValueError):
+            pass
+        return None
 
     def release(self, owner: str) -> list[ipaddress.IPv4Address]:
-        """Frees every address the owner holds; none held is fine."""
+        """Frees every address the owner holds; none held is fine. Without its owner file
+        (a crash between the claim and that file), every address file is looked at."""
+        held = self.held(owner)
+        candidates = [held] if held is not None else [a for a, by in self.allocations().items() if by == owner]
         freed = []
-        for address, held_by in self.allocations().items():
-            if held_by == owner:
-                try:
-                    os.unlink(self.directory / str(address))
-                except FileNotFoundError:
-                    continue
-                freed.append(address)
+        for address in candidates:
+            try:
+                os.unlink(self.directory / str(address))
+            except FileNotFoundError:
+                continue
+            freed.append(address)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.directory / _OWNERS / owner)
         return freed
 
     def allocations(self) -> dict[ipaddress.IPv4Address, str]:
@@ -94,22 +107,15 @@ class IPAM:
         return found
 
     def _claim(self, address: ipaddress.IPv4Address, owner: str) -> bool:
+        # No fsync: pods do not outlive a power loss, and the page cache outlives the daemon.
         tmp = self.directory / f".{address}.{_unique()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(owner)
-            f.flush()
-            os.fsync(f.fileno())
+        tmp.write_text(owner)
         try:
             os.link(tmp, self.directory / str(address))
         except FileExistsError:
             return False
         finally:
             os.unlink(tmp)
-        dirfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
         return True
 
     def _last_reserved(self, first: int, last: int) -> int:
@@ -121,10 +127,15 @@ class IPAM:
 
     def _write_last_reserved(self, address: ipaddress.IPv4Address) -> None:
         # A hint only: a lost or torn write just starts the next search elsewhere.
-        tmp = self.directory / f".{_LAST}.{_unique()}.tmp"
-        tmp.write_text(str(address))
-        try:
-            os.replace(tmp, self.directory / _LAST)
-        except OSError as e:
-            if e.errno != errno.ENOENT:
-                raise
+        _write_whole(self.directory / _LAST, str(address))
+
+
+def _write_whole(path: Path, text: str) -> None:
+    """Written under a temporary name and renamed: a reader sees all of it or the old file."""
+    tmp = path.parent / f".{path.name}.{_unique()}.tmp"
+    tmp.write_text(text)
+    try:
+        os.replace(tmp, path)
+    except OSError as e:
+        if e.errno != errno.ENOENT:
+            raise

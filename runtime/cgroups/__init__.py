@@ -95,8 +95,12 @@ class CgroupDriver(Protocol):
         """(name under the container's /sys/fs/cgroup, host directory) for a cgroup mount
         inside the container: ("", leaf) on v2; ("memory", dir), ... on v1."""
 
-    def destroy(self) -> None:
-        """Remove the leaf and the parents skiff made, when empty; already gone is fine."""
+    def destroy(self, *, keep_parents: bool = False) -> None:
+        """Remove the leaf and (unless keep_parents) the parents skiff made, when empty;
+        already gone is fine."""
+
+    def release_parents(self) -> None:
+        """Remove the parents skiff made, when empty (after destroy with keep_parents)."""
 
     def record(self) -> dict[str, object]:
         """JSON-able; `load_cgroup` rebuilds the driver from it."""

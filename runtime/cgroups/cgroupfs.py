@@ -165,10 +165,11 @@ def make_dirs(path: str, created: list[str]) -> None:
     raise CgroupError(f"mkdir {path}: parent keeps disappearing")
 
 
-def remove_dirs(leaf: str, created: list[str], *, stop: str) -> None:
-    """rmdir the leaf, then each parent up to (not including) `stop` while it is skiff's
-    (marked, or in `created`) and empty. The leaf gets a short grace on EBUSY: tasks that
-    were just killed leave the cgroup when they are released, a moment after the kill."""
+def remove_dirs(leaf: str, created: list[str], *, stop: str, keep_parents: bool = False) -> None:
+    """rmdir the leaf, then (unless keep_parents) each parent up to (not including) `stop`
+    while it is skiff's (marked, or in `created`) and empty. The leaf gets a short grace on
+    EBUSY: tasks that were just killed leave the cgroup when they are released, a moment
+    after the kill."""
     if leaf not in created and not is_marked(leaf):
         return  # gone already (getxattr fails), or a cgroup skiff was only told to use
     delay = 0.001
@@ -184,6 +185,12 @@ def remove_dirs(leaf: str, created: list[str], *, stop: str) -> None:
                 raise CgroupError(f"rmdir {leaf}: {reason(e)}") from e
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
+    if not keep_parents:
+        remove_parents(leaf, created, stop=stop)
+
+
+def remove_parents(leaf: str, created: list[str], *, stop: str) -> None:
+    """The parents of `leaf` up to `stop` that are skiff's and empty, bottom-up."""
     path = os.path.dirname(leaf)
     while path != stop and path.startswith(stop + "/"):
         if path not in created and not is_marked(path):

@@ -403,22 +403,28 @@ class V1Driver:
             out.append(("unified", self.unified.leaf))
         return out
 
-    def destroy(self) -> None:
+    def destroy(self, *, keep_parents: bool = False) -> None:
         errors: list[CgroupError] = []
         for name, path in self.dirs.items():
             try:
-                cgroupfs.remove_dirs(path, self.created, stop=self.roots[name])
+                cgroupfs.remove_dirs(path, self.created, stop=self.roots[name], keep_parents=keep_parents)
             except CgroupError as e:
                 errors.append(e)
         if self.unified is not None:
             try:
-                self.unified.destroy()
+                self.unified.destroy(keep_parents=keep_parents)
             except CgroupError as e:
                 errors.append(e)
         if errors:
             for other in errors[1:]:
                 errors[0].add_note(str(other))
             raise errors[0]
+
+    def release_parents(self) -> None:
+        for name, path in self.dirs.items():
+            cgroupfs.remove_parents(path, self.created, stop=self.roots[name])
+        if self.unified is not None:
+            self.unified.release_parents()
 
     def stats(self) -> CgroupStats:
         from dataclasses import replace

@@ -346,8 +346,11 @@ class V2Driver:
     def mounts(self) -> list[tuple[str, str]]:
         return [("", self.leaf)]
 
-    def destroy(self) -> None:
-        cgroupfs.remove_dirs(self.leaf, self.created, stop=self.root)
+    def destroy(self, *, keep_parents: bool = False) -> None:
+        cgroupfs.remove_dirs(self.leaf, self.created, stop=self.root, keep_parents=keep_parents)
+
+    def release_parents(self) -> None:
+        cgroupfs.remove_parents(self.leaf, self.created, stop=self.root)
 
     def stats(self) -> CgroupStats:
         from skiff.runtime.cgroups.stats import CgroupStats

@@ -1,0 +1,226 @@
+"""Container processes made ahead of time: forked, with their namespaces, waiting for a plan.
+
+The biggest piece of a container start that does not depend on the container is its first
+process: a fork of the runtime's process (page tables, in proportion to its size) and the
+new PID, network, IPC and UTS namespaces (the network one alone takes about 0.3 ms). A
+Runtime with `prespawn` keeps one such process ready per kind of namespace set it has seen;
+a create hands its LaunchPlan to the waiting process, which goes on from there exactly as a
+freshly forked child would (child.main), and a new one is made for the next create.
+
+    runtime                         prespawner (a fork, one thread)      slot (its clone)
+    request "flags"        ───────► clone3(CLONE_PARENT | flags) ──────► waits on its socket
+    the slot's pid + socket ◄──────                                      (parent: the runtime)
+    create: plan + stdio, GO ─────────────────────────────────────────► joins its cgroup,
+                                                                         unshare the rest, mounts, ...
+
+The prespawner forks so that the runtime never forks from a thread of its own; CLONE_PARENT
+makes every slot the runtime's child, so it waits for the container as for any other. A
+slot never has a mount namespace of its own before its plan comes: one copied earlier would
+miss the mounts made since (an image's rootfs). Nothing about the container is decided
+before the plan: the namespaces are new and empty, as they would be at a fork.
+
+Slots die with the runtime (PR_SET_PDEATHSIG) and at `close`; a taken slot clears it, so
+a detached container outlives the runtime as usual.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import select
+import signal
+import socket
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+from skiff.runtime import libc
+
+if TYPE_CHECKING:
+    from skiff.runtime.plan import LaunchPlan
+
+# What a slot may make before its plan: not a mount namespace (see above), nor user or
+# cgroup ones (NamespacePlan.at_clone).
+SLOT_NAMESPACES = libc.CLONE_NEWPID | libc.CLONE_NEWNET | libc.CLONE_NEWIPC | libc.CLONE_NEWUTS
+_REPLY = 16  # flags (8 bytes) and pid (8 bytes)
+MAX_FD = os.sysconf("SC_OPEN_MAX")
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    pid: int
+    flags: int
+    sock: socket.socket  # the runtime's end of the sync socket
+
+    def hand_over(self, plan: LaunchPlan, cgroup_joins: tuple[str, ...]) -> None:
+        """Send the plan, with the fds it names and this process's stdio as it is now."""
+        fds = [0, 1, 2]
+        fifo = plan.exec_fifo
+        if fifo is not None:
+            fds.append(fifo[0])
+        if plan.trace_fd is not None:
+            fds.append(plan.trace_fd)
+        data = pickle.dumps((plan, cgroup_joins), protocol=pickle.HIGHEST_PROTOCOL)
+        socket.send_fds(self.sock, [data], fds)
+
+
+def plan_flags(plan: LaunchPlan) -> int:
+    """The namespaces a slot for `plan` has: those the first clone would make, but mount."""
+    return plan.namespaces.at_clone & SLOT_NAMESPACES
+
+
+class Prespawner:
+    def __init__(self, depth: int = 1) -> None:
+        self.depth = depth
+        self._idle: dict[int, list[Slot]] = {}
+        self._pending: dict[int, int] = {}  # slots asked for and not yet arrived, per flags
+        self._samples: dict[int, bytes] = {}  # a plan of each kind, which a new slot reads once
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        runtime = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                ours.close()
+                _serve(theirs, runtime)
+                code = 0
+            finally:
+                os._exit(code)
+        theirs.close()
+        self._pid = pid
+        self._control: socket.socket | None = ours
+
+    def take(self, plan: LaunchPlan) -> Slot | None:
+        """A waiting slot for this plan, or None (the caller forks). `refill` makes the next
+        one: called once the start is past its critical part, so that the prespawner's fork
+        does not compete with it for the CPU."""
+        if plan.process.preserve_fds or plan.process.console_fd is not None or self._control is None:
+            return None  # fds at fixed numbers: only a fork passes them on
+        flags = plan_flags(plan)
+        if not flags:
+            return None
+        if flags not in self._samples:
+            self._samples[flags] = pickle.dumps(replace(plan, exec_fifo=None, trace_fd=None),
+                                                protocol=pickle.HIGHEST_PROTOCOL)
+        self._receive(block=False)
+        idle = self._idle.setdefault(flags, [])
+        slot = None
+        while idle and slot is None:
+            slot = idle.pop(0)
+            if not _alive(slot):
+                slot = None
+        return slot
+
+    def waiting(self) -> list[int]:
+        """The pids of the slots that wait for a plan now."""
+        if self._control is not None:
+            self._receive(block=False)
+        return [slot.pid for slots in self._idle.values() for slot in slots]
+
+    def refill(self) -> None:
+        """Ask for the slots missing of each kind seen (a kind is seen at its first take)."""
+        if self._control is None:
+            return
+        for flags, idle in self._idle.items():
+            self._ask(flags, self.depth - len(idle) - self._pending.get(flags, 0))
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        """Block until every kind seen so far has its slots waiting (for a benchmark that
+        measures a start with a slot ready)."""
+        while any(self._pending.values()):
+            if not self._receive(block=True, timeout=timeout):
+                return False
+        return True
+
+    def close(self) -> None:
+        """End the prespawner and every waiting slot (EOF on their sockets), and reap them."""
+        if self._control is None:
+            return
+        # The prespawner ends at EOF; the slots it made until then are still to be taken in.
+        self._control.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(EOFError):
+            while True:
+                self._receive(block=True)
+        self._control.close()
+        self._control = None
+        os.waitpid(self._pid, 0)
+        for slots in self._idle.values():
+            for slot in slots:
+                slot.sock.close()
+                os.waitpid(slot.pid, 0)
+        self._idle.clear()
+
+    def _ask(self, flags: int, count: int) -> None:
+        assert self._control is not None
+        for _ in range(max(0, count)):
+            self._control.send(flags.to_bytes(8, "little") + self._samples[flags])
+            self._pending[flags] = self._pending.get(flags, 0) + 1
+
+    def _receive(self, *, block: bool, timeout: float | None = None) -> bool:
+        """Take in the slots that arrived; with block, wait for at least one."""
+        assert self._control is not None
+        got = False
+        while True:
+            if not block or got:
+                ready, _, _ = select.select([self._control], [], [], 0)
+                if not ready:
+                    return got
+            elif timeout is not None:
+                ready, _, _ = select.select([self._control], [], [], timeout)
+                if not ready:
+                    return False
+            data, fds, _, _ = socket.recv_fds(self._control, _REPLY, 1)
+            if not data:
+                raise EOFError("the prespawner exited")
+            flags, pid = int.from_bytes(data[:8], "little"), int.from_bytes(data[8:], "little")
+            self._pending[flags] -= 1
+            if pid and fds:
+                self._idle.setdefault(flags, []).append(Slot(pid, flags, socket.socket(fileno=fds[0])))
+            got = True
+
+
+def _alive(slot: Slot) -> bool:
+    """Reap a slot that died while it waited (killed by someone); True if it still waits."""
+    with contextlib.suppress(ChildProcessError):
+        if os.waitpid(slot.pid, os.WNOHANG)[0] == 0:
+            return True
+    slot.sock.close()
+    return False
+
+
+def _serve(control: socket.socket, runtime: int) -> None:
+    """The prespawner: one slot per request, until the runtime closes the control socket."""
+    from skiff.runtime import child
+    from skiff.runtime.spawn import signals_blocked
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_IGN)  # the runtime's Ctrl-C is the runtime's (slots reset it)
+    libc.prctl(libc.PR_SET_PDEATHSIG, 9)
+    if os.getppid() != runtime:
+        return
+    # The runtime's files are not ours to hold open (a pipe's reader would wait for our
+    # copy); slots get their stdio with the plan.
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.closerange(3, control.fileno())
+    os.closerange(control.fileno() + 1, MAX_FD)
+    while request := control.recv(1 << 20):
+        flags = int.from_bytes(request[:8], "little")
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            with signals_blocked():
+                pid = libc.clone3(flags, None, parent=True)
+                if pid == 0:
+                    try:
+                        child.prespawned(theirs.fileno(), flags, runtime, request[8:])
+                    finally:
+                        os._exit(127)
+        except OSError:
+            control.send(flags.to_bytes(8, "little") + bytes(8))  # none: the runtime forks
+            ours.close()
+            theirs.close()
+            continue
+        theirs.close()
+        socket.send_fds(control, [flags.to_bytes(8, "little") + pid.to_bytes(8, "little")], [ours.fileno()])
+        ours.close()

@@ -1,0 +1,139 @@
+"""A warm Runtime: container processes made ahead of time (runtime/prespawn.py) take the
+plan of a create, and give the same container a fork would."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from support import Containers
+
+
+@pytest.fixture
+def warm(bundle: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> Iterator[Containers]:
+    c = Containers(bundle, tmp_path / "state", capfd, warm=1)
+    yield c
+    c.cleanup()
+
+
+def _ready(c: Containers) -> list[int]:
+    """Run one container so the runtime knows the kind, and wait for its next slot."""
+    assert c.run("true").code == 0
+    prespawner = c.runtime.prespawner
+    assert prespawner is not None and prespawner.wait_ready(10)
+    waiting = prespawner.waiting()
+    assert len(waiting) == 1
+    return waiting
+
+
+def test_create_hands_its_plan_to_a_waiting_process(warm: Containers) -> None:
+    waiting = _ready(warm)
+    cid = warm.create("sh", "-c", "echo $$; for ns in pid net ipc uts mnt; do readlink /proc/self/ns/$ns; done")
+    state = warm.runtime.state(cid)
+    assert state.pid in waiting  # the exec fifo's directory went along with the plan
+    warm.capfd.readouterr()
+    warm.runtime.start(cid)
+    os.waitpid(state.pid, 0)
+    out = warm.capfd.readouterr().out.split()
+    assert out[0] == "1"
+    host = [os.readlink(f"/proc/self/ns/{ns}") for ns in ("pid", "net", "ipc", "uts", "mnt")]
+    assert all(a != b for a, b in zip(out[1:], host))
+    warm.runtime.delete(cid)
+
+
+def test_the_stdio_of_the_run_reaches_the_container_not_that_of_the_slot(warm: Containers) -> None:
+    """The slot was made before fd 1 pointed at this pipe: the plan brings the stdio along."""
+    _ready(warm)
+    r, w = os.pipe()
+    saved = os.dup(1)
+    try:
+        os.dup2(w, 1)
+        os.close(w)
+        code = warm.runtime.run(warm.next_id(), str(warm.configure(("echo", "through the pipe"))))
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+    with os.fdopen(r) as pipe:
+        assert pipe.read() == "through the pipe\n"
+    assert code == 0
+
+
+def test_a_slot_killed_while_it_waits_is_replaced_by_a_fork(warm: Containers) -> None:
+    [pid] = _ready(warm)
+    os.kill(pid, signal.SIGKILL)
+    result = warm.run("sh", "-c", "echo $$")
+    assert (result.code, result.out) == (0, "1\n")
+
+
+def test_a_detached_container_outlives_the_warm_runtime(warm: Containers, tmp_path: Path) -> None:
+    from skiff.runtime.container import Runtime, Status
+
+    _ready(warm)
+    cid = warm.create("sleep", "30")
+    warm.runtime.start(cid)
+    warm.runtime.close()  # ends the slots (PDEATHSIG is off for a taken one) and the prespawner
+    cold = Runtime(str(tmp_path / "state"))
+    assert cold.state(cid).status is Status.RUNNING
+    cold.delete(cid, force=True)  # a cold runtime removes the parents the warm one kept
+
+
+def test_a_user_namespace_plan_is_forked_not_prespawned(warm: Containers) -> None:
+    """The parent maps a new user namespace's ids before anything else is made in it."""
+    import shutil
+    import tempfile
+
+    from skiff.demo import make_bundle
+
+    from support import namespaces
+
+    top = Path(tempfile.mkdtemp(prefix="skiff-userns-"))
+    top.chmod(0o755)  # the mapped root must reach the rootfs: pytest's directories are 0700
+    try:
+        warm.bundle = Path(make_bundle(str(top / "bundle")))
+
+        def edit(c: dict[str, Any]) -> None:
+            namespaces(c).append({"type": "user"})
+            c["linux"]["uidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+            c["linux"]["gidMappings"] = [{"containerID": 0, "hostID": 100000, "size": 65536}]
+
+        result = warm.run("cat", "/proc/self/uid_map", edit=edit)
+    finally:
+        shutil.rmtree(top)
+    assert result.code == 0, result.err
+    assert result.out.split() == ["0", "100000", "65536"]
+    assert warm.runtime.prespawner is not None and warm.runtime.prespawner.waiting() == []
+
+
+@pytest.mark.requires("cgroup2")
+def test_a_prespawned_process_joins_its_cgroup(warm: Containers) -> None:
+    """Made before its container's cgroup existed, it joins by itself (cgroup.procs)."""
+    def edit(c: dict[str, Any]) -> None:  # without a cgroup namespace, the full path shows
+        c["linux"]["namespaces"] = [ns for ns in c["linux"]["namespaces"] if ns["type"] != "cgroup"]
+
+    _ready(warm)
+    result = warm.run("cat", "/proc/self/cgroup", edit=edit)
+    assert result.code == 0, result.err
+    assert result.out.endswith(f"/skiff/{warm.last_id}\n")
+
+
+def test_a_run_from_another_thread_starts_with_default_signals(warm: Containers) -> None:
+    """A child cloned from a thread is not Python's main thread: its signal set-up must not
+    need to be. And the container gets no blocked or ignored signal of the runtime's."""
+    import threading
+
+    for _ in range(2):  # forked, then prespawned
+        results: list[int] = []
+        # grep itself (a shell in between may ignore signals of its own)
+        bundle = warm.configure(("grep", "-E", "^Sig(Blk|Ign)", "/proc/self/status"))
+        warm.capfd.readouterr()
+        thread = threading.Thread(target=lambda: results.append(warm.runtime.run(warm.next_id(), str(bundle))))
+        thread.start()
+        thread.join()
+        assert results == [0]
+        assert warm.capfd.readouterr().out.split() == ["SigBlk:", "0000000000000000", "SigIgn:", "0000000000000000"]
+        assert warm.runtime.prespawner is not None and warm.runtime.prespawner.wait_ready(10)
