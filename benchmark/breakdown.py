@@ -36,6 +36,7 @@ class Phase:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Breakdown:
+    contender: str                       # whose start: the library, warm or not
     runs: int
     phases: list[Phase]
     total_p50: float
@@ -89,10 +90,10 @@ def measure(library: Library, ids: Callable[[int], str], count: int, warmup: int
             runs.append(durations(marks))
         if (i + 1) % 10 == 0 or i + 1 == warmup + count:
             progress(f"breakdown: {i + 1}/{warmup + count} traced runs")
-    return summarize(runs)
+    return summarize(library.name, runs)
 
 
-def summarize(runs: Sequence[dict[str, int]]) -> Breakdown:
+def summarize(contender: str, runs: Sequence[dict[str, int]]) -> Breakdown:
     seen = {name for run in runs for name in run}
     names = [n for n in PHASES if n in seen] + sorted(seen - PHASES.keys())
     samples = {n: [round(run.get(n, 0) / NS_PER_MS, 4) for run in runs] for n in names}
@@ -110,5 +111,5 @@ def summarize(runs: Sequence[dict[str, int]]) -> Breakdown:
     if not workload.supported():
         notes.append("no \"workload\" mark: the workload is /bin/true on this machine (the /stamp executable "
                      "is x86-64 only), and the time from execve to its first instruction is in \"exited\"")
-    return Breakdown(runs=len(runs), phases=phases, total_p50=percentile(totals, 50), samples_ms=samples,
+    return Breakdown(contender=contender, runs=len(runs), phases=phases, total_p50=percentile(totals, 50), samples_ms=samples,
                      notes=notes)

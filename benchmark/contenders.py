@@ -70,9 +70,10 @@ class Library:
     traced run, a pipe) around the runs. Under --concurrency, threads call it at once.
 
     `warm`: a Runtime that keeps container processes made ahead of time (runtime/prespawn.py)
-    and its cgroup parents. Before each timed sequential run it waits until the process the
-    last run used is made again, outside the clock: what a start costs with one ready. Under
-    --concurrency it does not wait: the remaking competes with the starts, as it would."""
+    and its cgroup parents. After each sequential run it waits, outside the clock, until the
+    process the run used is made again: the next contender's run must not share the CPU
+    with that, and the next run starts with one ready. Under --concurrency it does not
+    wait: the remaking competes with the starts, as it would."""
 
     sample = RUN_TO_EXIT
 
@@ -88,15 +89,15 @@ class Library:
         # a cgroup parent of its own: a cold runtime's deletes would remove the parent a
         # warm one keeps
         self.runtime: Runtime = Runtime(root, cgroup_parent=f"skiff-{name}", warm=1 if warm else 0)
-        self._sigint = ForwardedSigint() if threading.current_thread() is threading.main_thread() else None
+        self._sigint = ForwardedSigint.share() if threading.current_thread() is threading.main_thread() else None
 
     def run_once(self, container_id: str) -> int:
         main = threading.current_thread() is threading.main_thread()
-        if main and self.runtime.prespawner is not None:
-            self.runtime.prespawner.wait_ready(10)
         start = time.perf_counter_ns()
         code = self._run(container_id, self.bundles.run, sigint=main)
         elapsed = time.perf_counter_ns() - start
+        if main and self.runtime.prespawner is not None:
+            self.runtime.prespawner.wait_ready(10)
         if code != 0:
             raise BenchmarkError(f"{self.name}: Runtime.run({container_id!r}) returned {code}")
         return elapsed
@@ -104,8 +105,6 @@ class Library:
     def run_traced(self, container_id: str, stdout: int) -> list[tuple[str, int]]:
         """One run with the runtime's trace marks (runtime/trace.py), the workload's stdout on
         the fd `stdout` (dup2'd onto fd 1 for the call: the container inherits fd 1)."""
-        if self.runtime.prespawner is not None:
-            self.runtime.prespawner.wait_ready(10)
         trace: list[tuple[str, int]] = []
         saved = os.dup(1)
         os.dup2(stdout, 1)
@@ -115,6 +114,8 @@ class Library:
         finally:
             os.dup2(saved, 1)
             os.close(saved)
+        if self.runtime.prespawner is not None:
+            self.runtime.prespawner.wait_ready(10)
         if code != 0:
             raise BenchmarkError(f"{self.name}: Runtime.run({container_id!r}) returned {code}")
         return [("begin", begin), *trace]
@@ -147,7 +148,7 @@ class Library:
     def close(self) -> None:
         self.runtime.close()
         if self._sigint is not None:
-            self._sigint.close()
+            self._sigint.release()
             self._sigint = None
 
 
@@ -157,9 +158,26 @@ class ForwardedSigint:
     does), so the benchmark would never see it and would go on. The wakeup fd is written by
     CPython's C-level handler for every signal with a Python handler, whichever one."""
 
+    _shared: ForwardedSigint | None = None
+
     def __init__(self) -> None:
         self.read_end, self.write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.previous = signal.set_wakeup_fd(self.write_end, warn_on_full_buffer=False)
+        self.users = 0
+
+    @classmethod
+    def share(cls) -> ForwardedSigint:
+        """One per process (there is one wakeup fd), for every Library contender."""
+        if cls._shared is None:
+            cls._shared = cls()
+        cls._shared.users += 1
+        return cls._shared
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users == 0:
+            self.close()
+            ForwardedSigint._shared = None
 
     def _drain(self) -> bytes:
         data = b""

@@ -57,10 +57,26 @@ def hide_unified(host_ns: int) -> None:
         raise FailedPrecondition("not in a private mount namespace: refusing to unmount anything")
     if not is_hybrid():
         return
-    for argv in (["umount", UNIFIED], ["mount", "-t", "tmpfs", "-o", "size=1m,mode=755", "skiff-bench", UNIFIED]):
+    for argv in (["umount", UNIFIED], ["mount", "-t", "tmpfs", "-o", "size=64m,mode=755", "skiff-bench", UNIFIED]):
         done = subprocess.run(argv, capture_output=True, text=True)
         if done.returncode != 0:
             raise FailedPrecondition(f"`{' '.join(argv)}` in the benchmark's mount namespace: {done.stderr.strip()}")
+
+
+def state_on_tmpfs(path: str, host_ns: int) -> None:
+    """In the private namespace: a tmpfs on the benchmark's directory, where every runtime
+    keeps its state, as /run is a tmpfs on a host (runc's and crun's default roots are there)."""
+    if mount_ns() == host_ns:
+        raise FailedPrecondition("not in a private mount namespace: refusing to mount anything")
+    from skiff.runtime import libc
+
+    libc.mount("skiff-bench", path, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV, "mode=700")
+
+
+def drop_tmpfs(path: str) -> None:
+    from skiff.runtime import libc
+
+    libc.umount2(path, libc.MNT_DETACH)
 
 
 def stray_unified(id_tag: str) -> list[str]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from skiff.benchmark.results import Results
 
+TURN = 5  # start.TURN: runs of one contender in a row
 Rows = list[list[str]]
 
 
@@ -85,7 +86,8 @@ def _numeric(cell: str) -> bool:
 def text(r: Results) -> str:
     """The whole report, as printed."""
     runs = r.options["count"]
-    out = [f"container start latency: {runs} runs each after {r.options['warmup']} warm-up rounds, round-robin; "
+    out = [f"container start latency: {runs} runs each, in turns of {TURN} in a row (the first of each turn and the "
+           f"first {r.options['warmup']} turns not kept); "
            f"workload {' '.join(r.workload)}",
            text_table(sequential_rows(r))]
     if r.concurrent:
@@ -95,7 +97,7 @@ def text(r: Results) -> str:
         out += ["", "growth: p50 with K containers already running (one contender at a time, each with K `sleep` "
                 "containers of its own and its runs in a row, K = 0 too)", text_table(growth_rows(r))]
     if r.breakdown is not None:
-        out += ["", f"breakdown of the library's start ({r.breakdown.runs} traced runs; each mark ends its phase)",
+        out += ["", f"breakdown of {r.breakdown.contender}'s start ({r.breakdown.runs} traced runs; each mark ends its phase)",
                 text_table(breakdown_rows(r))]
         out += [f"note: {n}" for n in r.breakdown.notes]
     if any(c.sample != "run to exit" for c in r.contenders):

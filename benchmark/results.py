@@ -90,7 +90,7 @@ def document(r: Results) -> dict[str, Any]:
     breakdown = None
     if r.breakdown is not None:
         b = r.breakdown
-        breakdown = {"runs": b.runs, "total_p50_ms": b.total_p50, "phases": [dataclasses.asdict(p) for p in b.phases],
+        breakdown = {"contender": b.contender, "runs": b.runs, "total_p50_ms": b.total_p50, "phases": [dataclasses.asdict(p) for p in b.phases],
                      "samples_ms": b.samples_ms, "notes": b.notes}
     summaries = r.summaries()
     return {

@@ -2,7 +2,7 @@
 whatever happens.
 
     host side:  checks, bytecode, then (hybrid host) `unshare -m` + `python -m skiff.benchmark`
-    measuring:  bundles -> contenders -> sequential (round-robin) -> concurrency (N threads)
+    measuring:  bundles -> contenders -> sequential (in turns) -> concurrency (N threads)
                 -> growth (K containers running, each contender apart) -> breakdown (library)
                 -> delete everything, check leftovers -> table, JSON, PNG
     host side:  any cgroup named after the run's tag is reported (seen from the host's
@@ -128,16 +128,15 @@ def run(options: Options) -> int:
     _compile_bytecode()
     session = Session(options=options, tag=f"{ID_TAG}{os.getpid()}", host_cgroups=hostns.cgroup_mode())
     try:
-        if hostns.is_hybrid():
-            unshare = shutil.which("unshare")
-            if unshare is None:
-                raise FailedPrecondition("unshare (util-linux) is missing: the benchmark needs a private mount "
-                                         "namespace on this hybrid cgroup host, for crun")
-            session = dataclasses.replace(session, host_ns=hostns.mount_ns())
-            code = _wait(subprocess.Popen([unshare, "-m", "--propagation", "private", "--", sys.executable,
-                                           "-m", "skiff.benchmark", session.to_json()]))
-        else:
-            code = measure(session)
+        # A private mount namespace: the runtimes' state on a tmpfs there, and on a hybrid
+        # host unified/ hidden from crun.
+        unshare = shutil.which("unshare")
+        if unshare is None:
+            raise FailedPrecondition("unshare (util-linux) is missing: the benchmark runs in a private mount "
+                                     "namespace")
+        session = dataclasses.replace(session, host_ns=hostns.mount_ns())
+        code = _wait(subprocess.Popen([unshare, "-m", "--propagation", "private", "--", sys.executable,
+                                       "-m", "skiff.benchmark", session.to_json()]))
     finally:
         removed, left = hostns.remove_empty_cgroups(session.tag)
         if removed:
@@ -190,12 +189,14 @@ def inner_main(payload: str) -> int:
 def measure(session: Session) -> int:
     o = session.options
     bench_cgroups = hostns.cgroup_mode()
-    if session.host_ns is not None:
+    if session.host_ns is not None and session.host_cgroups.startswith("hybrid"):
         bench_cgroups += " (in a private mount namespace with /sys/fs/cgroup/unified hidden: crun refuses hybrid hosts)"
     results = Results(machine=machine.describe(session.host_cgroups, bench_cgroups),
                       options=dataclasses.asdict(o), workload=())
     tmp = tempfile.mkdtemp(prefix="skiff-bench-")
     lineup = Lineup()
+    if session.host_ns is not None:
+        hostns.state_on_tmpfs(tmp, session.host_ns)
     try:
         bundles = make_bundles(os.path.join(tmp, "bundles"))
         results.workload = bundles.workload
@@ -209,6 +210,8 @@ def measure(session: Session) -> int:
     finally:
         with _sigint_deferred():
             lineup.clean_up(results.notes)
+            if session.host_ns is not None:
+                hostns.drop_tmpfs(tmp)
             shutil.rmtree(tmp, ignore_errors=True)
     stray = hostns.stray_unified(session.tag)
     if stray:
@@ -244,7 +247,7 @@ def _phases(o: Options, tag: str, bundles: Bundles, tmp: str, lineup: Lineup, re
             results.concurrent[c.name] = stats.to_ms(got)
             results.concurrent_wall_ns[c.name] = wall
     # Each point in the same way, K = 0 too: one contender at a time, its runs in a row (which
-    # is not the round-robin of the sequential table), so each ratio compares like with like.
+    # are not the turns of the sequential table), so each ratio compares like with like.
     for k in sorted({0, *o.running}) if any(o.running) else ():
         results.growth[k] = {}
         for n, c in enumerate(contenders):
@@ -253,7 +256,9 @@ def _phases(o: Options, tag: str, bundles: Bundles, tmp: str, lineup: Lineup, re
     if o.breakdown:
         from skiff.benchmark import breakdown
 
-        library = next((c for c in contenders if isinstance(c, Library)), None)
+        # the warm library where it runs: the breakdown is of skiff's fastest start
+        libraries = sorted((c for c in contenders if isinstance(c, Library)), key=lambda c: not c.runtime.warm)
+        library = libraries[0] if libraries else None
         if library is None:
             library = Library(os.path.join(tmp, "state-breakdown"), bundles)
             lineup.extras.append(library)
@@ -381,18 +386,25 @@ def _sample(c: Contender, container_id: str) -> int:
         raise
 
 
+
+
 def sequential(contenders: list[Contender], count: int, warmup: int, tag: str) -> dict[str, list[int]]:
-    """Round-robin: each round runs every contender once, so noise on the machine hits them
-    all alike; the first `warmup` rounds are not kept."""
+    """Turns: each contender in turn runs report.TURN times in a row, and the first run of a turn is
+    not kept. A start right after another runtime's pays for the switch on this kind of
+    machine (a VM whose idle vCPUs are slow to wake): crun measured 13.7 ms right after a run
+    of skiff's library, 8.1 ms right after one of its own. The turns alternate, so noise
+    over time still hits every contender alike; the first `warmup` turns are not kept."""
     samples: dict[str, list[int]] = {c.name: [] for c in contenders}
-    total = warmup + count
-    for i in range(total):
+    turn = 0
+    while any(len(got) < count for got in samples.values()):
         for n, c in enumerate(contenders):
-            elapsed = _sample(c, f"{tag}-{n}-s{i}")
-            if i >= warmup:
-                samples[c.name].append(elapsed)
-        if (i + 1) % 10 == 0 or i + 1 == total:
-            progress(f"sequential: {i + 1}/{total} rounds")
+            for j in range(report.TURN):
+                elapsed = _sample(c, f"{tag}-{n}-s{turn}x{j}")
+                if turn >= warmup and j > 0 and len(samples[c.name]) < count:
+                    samples[c.name].append(elapsed)
+        turn += 1
+        if turn % 5 == 0:
+            progress(f"sequential: {min(len(got) for got in samples.values())}/{count} runs kept")
     return samples
 
 

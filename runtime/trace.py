@@ -23,7 +23,7 @@ PHASES: dict[str, str] = {
     "rootfs": "mounts, /dev, pivot_root",
     "process": "capabilities, user, rlimits, seccomp; executable looked up",
     "created": "the parent saves the container's record (create returns)",
-    "started": "start: the parent opens exec.fifo and reads the init's go-ahead",
+    "started": "start: the go-ahead to the init (exec.fifo after create; the sync socket in run)",
     "exec": "the init is past exec.fifo, right before execve",
     "workload": "execve to the workload's first instruction",
     "exited": "the workload runs and exits; the parent's waitpid returns",

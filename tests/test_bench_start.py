@@ -97,7 +97,7 @@ def test_every_runtime_sequential_concurrent_and_growing(tmp_path: Path) -> None
 
 
 def test_breakdown_has_every_phase(tmp_path: Path) -> None:
-    done, doc = bench(tmp_path, "--runtimes", "library", "--count", "3", "--warmup", "1", "--breakdown")
+    done, doc = bench(tmp_path, "--runtimes", "library-warm", "--count", "3", "--warmup", "1", "--breakdown")
     breakdown = doc["breakdown"]
     expected = [p for p in PHASES if p != "workload" or workload.supported()]
     assert [p["name"] for p in breakdown["phases"]] == expected, breakdown["notes"]
@@ -108,7 +108,7 @@ def test_breakdown_has_every_phase(tmp_path: Path) -> None:
         assert all(d >= 0 for d in breakdown["samples_ms"][phase["name"]])
     assert breakdown["total_p50_ms"] > 0
     assert abs(sum(p["share"] for p in breakdown["phases"]) - 1) < 1e-6
-    assert "breakdown of the library's start" in done.stdout
+    assert "breakdown of library-warm's start" in done.stdout
 
 
 def test_a_missing_runtime_is_skipped_with_a_note(tmp_path: Path) -> None:
