@@ -186,7 +186,9 @@ container to exit, delete. It is timed with `time.perf_counter_ns()` around
 to a memfd; every exit code is checked) and around the call for the library. All runtimes
 run the same bundle (Debian's busybox-static as the root filesystem plus `/stamp`, the
 default config.json of `skiff-runc spec`, which is runc's, with args `/stamp`), each with its
-own `--root` in a temporary directory and a fresh container id per run. The runtimes take
+own `--root` in a temporary directory on a tmpfs (in the benchmark's own mount namespace: runc's
+and crun's default roots are on /run, a tmpfs on a host, where this machine's /run and /tmp
+are ext4) and a fresh container id per run. The runtimes take
 turns of 5 runs in a row, of which the first is not kept, after {o['warmup']} warm-up turns, so
 that noise on the machine hits them all alike; {o['count']} measured runs each. Why turns and
 not strict alternation: on this machine (a VM whose idle vCPUs are slow to wake) a start right
@@ -284,6 +286,17 @@ runs, in a row. K = 0 is measured that way too, so each ratio compares like with
 a row are not the turns of the table above, and their p50 can differ from it.
 
 {markdown_table(growth_rows(doc))}
+
+Pods through the CRI grow most. A large part of it is the host's mount table: each pod adds
+mounts to the host's mount namespace (its network, IPC and UTS
+namespaces pinned by bind mounts, its /dev/shm tmpfs, each container's overlay root), and
+every container's new mount namespace starts as a copy of the host's, which pivot_root then
+detaches: both in proportion to the mounts there. Measured apart, 2,500 extra tmpfs mounts on
+the host took the warm library's start from 4.9 ms to 16.4 ms; runc and crun copy the same
+table (containerd's pods add mounts too: an overlay root per container, a netns bind mount
+per pod). What the rest is has not been measured yet. Fewer host mounts per pod (namespaces
+held by one process instead of three bind mounts; a pod's shm in the containers' namespaces
+only) is the next step there.
 """
     if doc["breakdown"]:
         body += f"""

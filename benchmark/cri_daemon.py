@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 
+from skiff.cri.client import listening
 from skiff.errors import Unavailable
 
 IMAGE = "skiff.bench/busybox:1"
@@ -35,7 +35,7 @@ class Peer:
 
 def answers(path: str, timeout: float = 2.0) -> str | None:
     """The runtime's name and version if a CRI service answers Version on `path`, else None."""
-    if not _listening(path):
+    if not listening(path):
         return None
     import grpc
     from cri_api.v1 import api_pb2 as pb
@@ -50,15 +50,6 @@ def answers(path: str, timeout: float = 2.0) -> str | None:
         return None
     finally:
         channel.close()
-
-
-def _listening(path: str) -> bool:
-    with socket.socket(socket.AF_UNIX) as probe:
-        try:
-            probe.connect(path)
-        except OSError:
-            return False
-    return True
 
 
 def found_peers(given: list[Peer]) -> list[Peer]:

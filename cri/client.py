@@ -38,6 +38,19 @@ CONTAINER_STATES = {"created": pb.CONTAINER_CREATED, "running": pb.CONTAINER_RUN
 M = TypeVar("M", bound=Message)
 
 
+def listening(path: str) -> bool:
+    """Something accepts connections on the unix socket `path` (a killed daemon's socket
+    file stays behind, and answers nothing)."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
+
+
 def socket_path(flag: str | None) -> str:
     """--socket, else $SKIFF_CRI_SOCKET, else the service's default; `unix://` is accepted."""
     path = flag or os.environ.get("SKIFF_CRI_SOCKET") or CriConfig().socket

@@ -2,10 +2,11 @@
 
 The biggest piece of a container start that does not depend on the container is its first
 process: a fork of the runtime's process (page tables, in proportion to its size) and the
-new PID, network, IPC and UTS namespaces (the network one alone takes about 0.3 ms). A
-Runtime with `prespawn` keeps one such process ready per kind of namespace set it has seen;
-a create hands its LaunchPlan to the waiting process, which goes on from there exactly as a
-freshly forked child would (child.main), and a new one is made for the next create.
+new PID, network, IPC and UTS namespaces (the network one alone takes about 0.3 ms). A warm
+Runtime (`Runtime(root, warm=N)`) keeps N such processes ready per kind of namespace set it
+has seen; a create hands its LaunchPlan to a waiting process, which goes on from there
+exactly as a freshly forked child would (child.main), and a new one is made once the start
+is done. Make a warm Runtime before the caller starts threads: the prespawner is a fork.
 
     runtime                         prespawner (a fork, one thread)      slot (its clone)
     request "flags"        ───────► clone3(CLONE_PARENT | flags) ──────► waits on its socket

@@ -102,9 +102,22 @@ def spawn(plan: LaunchPlan, cgroup: CgroupDriver | None,
     time takes the plan where one is waiting (prespawn.py)."""
     slot = _take_slot(prespawner, plan, cgroup) if prespawner is not None else None
     if slot is not None:
-        pid, cloned, parent_end = slot.pid, slot.flags, slot.sock
-    else:
-        pid, cloned, parent_end = _fork_child(plan, cgroup)
+        try:
+            return _start(plan, slot.pid, slot.flags, slot.sock, on_hooks, on_ready)
+        except (_SilentExit, BrokenPipeError, ConnectionResetError):
+            pass  # it died while it waited (killed), before it said a word: fork instead
+    pid, cloned, parent_end = _fork_child(plan, cgroup)
+    return _start(plan, pid, cloned, parent_end, on_hooks, on_ready)
+
+
+class _SilentExit(ContainerInitError):
+    """The child was gone before it said anything."""
+
+
+def _start(plan: LaunchPlan, pid: int, cloned: int, parent_end: socket.socket,
+           on_hooks: Callable[[int], bytes] | None, on_ready: Callable[[int], None] | None) -> int:
+    """The sync exchange with the child `pid` (forked or prespawned) up to its READY, or to
+    its execve for `exec`; on failure it is killed and reaped."""
     with parent_end, Undo() as undo:
         undo.callback(kill_and_reap, [pid])
         parent_end.send(sync.GO)
@@ -186,7 +199,8 @@ def _exchange(sock: socket.socket, pid: int, plan: LaunchPlan,
             raise ContainerInitError(failure.message(), failure)
         elif init is None:
             if not message:  # EOF: every process with the socket is gone
-                raise ContainerInitError(f"container init exited before it was ready: {exit_status(pid)}")
+                error = _SilentExit if not pending else ContainerInitError
+                raise error(f"container init exited before it was ready: {exit_status(pid)}")
             pending.append(message)
         elif tag == sync.HOOKS:
             state = on_hooks(init) if on_hooks is not None else b""

@@ -20,6 +20,7 @@ import pytest
 from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc
 
+from skiff.cri.client import listening
 from skiff.cri.config import CriConfig, NetworkConfig
 
 IMAGE = "skiff.test/busybox:1"
@@ -180,7 +181,7 @@ class CriDaemon:
             self.process = subprocess.Popen([skiff, "cri", "serve", "--config", str(self.path)],
                                             stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
-        while not _listening(self.config.socket):  # a killed daemon's socket file stays behind
+        while not listening(self.config.socket):  # a killed daemon's socket file stays behind
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"skiff cri serve did not start:\n{self.log.read_text()}")
             time.sleep(0.02)
@@ -198,17 +199,6 @@ class CriDaemon:
             self.process.terminate()
             self.process.wait(timeout=20)
         _remove_bridge(self.config)
-
-
-def _listening(path: str) -> bool:
-    import socket
-
-    with socket.socket(socket.AF_UNIX) as probe:
-        try:
-            probe.connect(path)
-        except OSError:
-            return False
-    return True
 
 
 def _wait_forkserver_gone(config_path: str, timeout: float = 5.0) -> None:
