@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import select
 import signal
 import socket
 import time
@@ -64,32 +65,32 @@ def signals_blocked() -> Iterator[None]:
 
 def kill_and_reap(pids: list[int], timeout: float = 10.0) -> None:
     """SIGKILL each, then wait until each is gone: reaped if it is our child, else until the
-    kernel has removed it (a zombie counts as gone: its reaper is not us)."""
+    kernel has removed it (a zombie counts as gone: its reaper is not us). The wait is on
+    pidfds, which turn readable as their process exits: no polling."""
+    pidfds = {}
     for pid in pids:
-        with contextlib.suppress(ProcessLookupError):
+        try:
+            pidfds[os.pidfd_open(pid)] = pid
             os.kill(pid, signal.SIGKILL)
-    pending = set(pids)
-    deadline = time.monotonic() + timeout
-    while pending:
-        for pid in list(pending):
-            try:
-                done, _ = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                done = not _alive(pid)
-            if done:
-                pending.discard(pid)
-        if not pending or time.monotonic() > deadline:
-            return
-        time.sleep(0.001)
-
-
-def _alive(pid: int) -> bool:
+        except ProcessLookupError:  # gone: reaped already, or a zombie not ours to reap
+            pass
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except (FileNotFoundError, ProcessLookupError):  # gone, or going (ESRCH while it exits)
-        return False
-    return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")
+        poller = select.poll()
+        for fd in pidfds:
+            poller.register(fd, select.POLLIN)
+        deadline = time.monotonic() + timeout
+        pending = set(pidfds)
+        while pending and (left := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(left * 1000):
+                poller.unregister(fd)
+                pending.discard(fd)
+                # Reaped at once: a PID namespace's init finishes its exit only once every
+                # process in the namespace is reaped, and an exec'd one is ours to reap.
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pidfds[fd], os.WNOHANG)
+    finally:
+        for fd in pidfds:
+            os.close(fd)
 
 
 def spawn(plan: LaunchPlan, cgroup: CgroupDriver | None,
