@@ -85,6 +85,10 @@ def start_forkserver() -> ForkServer:
     from skiff.oci import default_spec, parse_spec, spec_to_dict
 
     parse_spec(spec_to_dict(default_spec()))  # builds the spec codec's converters once, here
+    from skiff.runtime.cgroups import CgroupMode, cgroupfs, detect_mode
+
+    if detect_mode() is not CgroupMode.UNIFIED:
+        cgroupfs.v1_mounts()  # read once, here, not by each container's create
     return ForkServer.start({**monitor.JOBS, **pod_namespaces.JOBS})
 
 

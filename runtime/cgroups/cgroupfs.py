@@ -15,6 +15,7 @@ whichever container leaves it empty last, not only by the one that happened to c
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import time
 from collections.abc import Callable
@@ -232,11 +233,15 @@ def own_cgroups() -> dict[str, str]:
     return out
 
 
+@functools.cache
 def v1_mounts() -> dict[frozenset[str], tuple[str, str]]:
     """cgroup v1 mounts from /proc/self/mountinfo: {controllers: (mount point, root)}.
     Mount points are not assumed: a hierarchy may be `cpu,cpuacct` (systemd hosts) or
     `cpu` and `cpuacct` apart (this development host). The first mount of a hierarchy
-    whose root is "/" wins, as it shows the whole tree."""
+    whose root is "/" wins, as it shows the whole tree. Read once per process (and by the
+    fork server for its workers): the hierarchies do not move while skiff runs (as
+    detect_mode assumes), and a node with many pods has thousands of mounts to read through
+    for each container. Callers must not change the dict."""
     out: dict[frozenset[str], tuple[str, str]] = {}
     for line in read("/proc/self/mountinfo").splitlines():
         fields = line.split(" ")
