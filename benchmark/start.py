@@ -369,8 +369,10 @@ class Lineup:
                     notes.append(f"{c.name} still lists {' '.join(still[:5])} after delete --force")
             except Exception as e:
                 notes.append(f"{c.name}: the leftover check failed: {e}")
-            finally:
+            try:
                 c.close()
+            except Exception as e:  # the daemon below must be stopped all the same
+                notes.append(f"{c.name}: closing it failed: {e}")
         if self.service is not None:
             self.service.stop()
 
@@ -384,8 +386,6 @@ def _sample(c: Contender, container_id: str) -> int:
         with contextlib.suppress(Exception):
             c.delete(container_id)
         raise
-
-
 
 
 def sequential(contenders: list[Contender], count: int, warmup: int, tag: str) -> dict[str, list[int]]:

@@ -6,16 +6,18 @@ new PID, network, IPC and UTS namespaces (the network one alone takes about 0.3 
 Runtime (`Runtime(root, warm=N)`) keeps N such processes ready per kind of namespace set it
 has seen; a create hands its LaunchPlan to a waiting process, which goes on from there
 exactly as a freshly forked child would (child.main), and a new one is made once the start
-is done. Make a warm Runtime before the caller starts threads: the prespawner is a fork.
+is done.
 
-    runtime                         prespawner (a fork, one thread)      slot (its clone)
+    runtime                         prespawner (python -c, one thread)   slot (its clone)
     request "flags"        ───────► clone3(CLONE_PARENT | flags) ──────► waits on its socket
     the slot's pid + socket ◄──────                                      (parent: the runtime)
     create: plan + stdio, GO ─────────────────────────────────────────► joins its cgroup,
                                                                          unshare the rest, mounts, ...
 
-The prespawner forks so that the runtime never forks from a thread of its own; CLONE_PARENT
-makes every slot the runtime's child, so it waits for the container as for any other. A
+The prespawner is a fresh interpreter, so the runtime never forks (from one of its threads,
+or with its heap: a slot's fork and execve cost in proportion to the process it is a copy
+of); CLONE_PARENT makes every slot the runtime's child, so it waits for the container as for
+any other. A
 slot never has a mount namespace of its own before its plan comes: one copied earlier would
 miss the mounts made since (an image's rootfs). Nothing about the container is decided
 before the plan: the namespaces are new and empty, as they would be at a fork.
@@ -32,6 +34,8 @@ import pickle
 import select
 import signal
 import socket
+import subprocess
+import sys
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -44,7 +48,6 @@ if TYPE_CHECKING:
 # cgroup ones (NamespacePlan.at_clone).
 SLOT_NAMESPACES = libc.CLONE_NEWPID | libc.CLONE_NEWNET | libc.CLONE_NEWIPC | libc.CLONE_NEWUTS
 _REPLY = 16  # flags (8 bytes) and pid (8 bytes)
-MAX_FD = os.sysconf("SC_OPEN_MAX")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,18 +80,20 @@ class Prespawner:
         self._pending: dict[int, int] = {}  # slots asked for and not yet arrived, per flags
         self._samples: dict[int, bytes] = {}  # a plan of each kind, which a new slot reads once
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        runtime = os.getpid()
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                ours.close()
-                _serve(theirs, runtime)
-                code = 0
-            finally:
-                os._exit(code)
-        theirs.close()
-        self._pid = pid
+        # A fresh interpreter, not a fork of the caller: its slots are small (their fork and
+        # their execve cost in proportion to that), and a caller's threads and heap stay out.
+        package = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package, os.environ.get("PYTHONPATH")])))
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-c", "import sys; from skiff.runtime.prespawn import serve; serve(*sys.argv[1:])",
+                 str(theirs.fileno()), str(os.getpid())],
+                # no copy of the caller's stdio: a reader of its pipes would wait for ours too
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL, env=env)
+        finally:
+            theirs.close()
+        self._process = process
         self._control: socket.socket | None = ours
 
     def take(self, plan: LaunchPlan) -> Slot | None:
@@ -103,7 +108,11 @@ class Prespawner:
         if flags not in self._samples:
             self._samples[flags] = pickle.dumps(replace(plan, exec_fifo=None, trace_fd=None),
                                                 protocol=pickle.HIGHEST_PROTOCOL)
-        self._receive(block=False)
+        try:
+            self._receive(block=False)
+        except EOFError:  # the prespawner is gone (it could not start, or was killed): fork
+            self.close()
+            return None
         idle = self._idle.setdefault(flags, [])
         slot = None
         while idle and slot is None:
@@ -122,15 +131,22 @@ class Prespawner:
         """Ask for the slots missing of each kind seen (a kind is seen at its first take)."""
         if self._control is None:
             return
-        for flags, idle in self._idle.items():
-            self._ask(flags, self.depth - len(idle) - self._pending.get(flags, 0))
+        try:
+            for flags, idle in self._idle.items():
+                self._ask(flags, self.depth - len(idle) - self._pending.get(flags, 0))
+        except OSError:  # the prespawner is gone: starts fork from now on
+            self.close()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Block until every kind seen so far has its slots waiting (for a benchmark that
         measures a start with a slot ready)."""
-        while any(self._pending.values()):
-            if not self._receive(block=True, timeout=timeout):
-                return False
+        try:
+            while any(self._pending.values()):
+                if not self._receive(block=True, timeout=timeout):
+                    return False
+        except EOFError:
+            self.close()
+            return False
         return True
 
     def close(self) -> None:
@@ -138,18 +154,19 @@ class Prespawner:
         if self._control is None:
             return
         # The prespawner ends at EOF; the slots it made until then are still to be taken in.
-        self._control.shutdown(socket.SHUT_WR)
-        with contextlib.suppress(EOFError):
+        with contextlib.suppress(EOFError, OSError):
+            self._control.shutdown(socket.SHUT_WR)
             while True:
                 self._receive(block=True)
         self._control.close()
         self._control = None
-        os.waitpid(self._pid, 0)
+        self._process.wait()
         for slots in self._idle.values():
             for slot in slots:
                 slot.sock.close()
                 os.waitpid(slot.pid, 0)
         self._idle.clear()
+        self._pending.clear()
 
     def _ask(self, flags: int, count: int) -> None:
         assert self._control is not None
@@ -189,23 +206,19 @@ def _alive(slot: Slot) -> bool:
     return False
 
 
-def _serve(control: socket.socket, runtime: int) -> None:
-    """The prespawner: one slot per request, until the runtime closes the control socket."""
+def serve(control_fd: str, runtime_pid: str) -> None:
+    """The prespawner (`python -c`): one slot per request, until the runtime closes the
+    control socket."""
     from skiff.runtime import child
     from skiff.runtime.spawn import signals_blocked
 
+    control = socket.socket(fileno=int(control_fd))
+    runtime = int(runtime_pid)
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_IGN)  # the runtime's Ctrl-C is the runtime's (slots reset it)
-    libc.prctl(libc.PR_SET_PDEATHSIG, 9)
+    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != runtime:
         return
-    # The runtime's files are not ours to hold open (a pipe's reader would wait for our
-    # copy); slots get their stdio with the plan.
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    os.closerange(3, control.fileno())
-    os.closerange(control.fileno() + 1, MAX_FD)
     while request := control.recv(1 << 20):
         flags = int.from_bytes(request[:8], "little")
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

@@ -70,6 +70,18 @@ def test_a_slot_killed_while_it_waits_is_replaced_by_a_fork(warm: Containers) ->
     assert (result.code, result.out) == (0, "1\n")
 
 
+def test_without_its_prespawner_a_warm_runtime_forks(warm: Containers) -> None:
+    """The prespawner killed (or failing to start): starts go on, by fork."""
+    _ready(warm)
+    prespawner = warm.runtime.prespawner
+    assert prespawner is not None
+    os.kill(prespawner._process.pid, signal.SIGKILL)
+    prespawner._process.wait()
+    for _ in range(2):
+        result = warm.run("sh", "-c", "echo $$")
+        assert (result.code, result.out) == (0, "1\n")
+
+
 def test_a_detached_container_outlives_the_warm_runtime(warm: Containers, tmp_path: Path) -> None:
     from skiff.runtime.container import Runtime, Status
 
