@@ -155,8 +155,8 @@ a time, for
   skiff, without a new interpreter per container;
 - **library-warm**: the same with `Runtime(DIR, warm=1)`, skiff's fast path for a long-lived
   caller: the container's first process is made ahead of time with its PID, network, IPC and
-  UTS namespaces, by a prespawner forked at `Runtime()` (skiff/runtime/prespawn.py), and takes
-  the create's plan when it comes; the cgroup parents are kept between containers. After each
+  UTS namespaces, by a prespawner (a small interpreter started by `Runtime()`,
+  skiff/runtime/prespawn.py), and takes the create's plan when it comes; the cgroup parents are kept between containers. After each
   run the benchmark waits, outside the clock, until the next process is made (so that it never
   shares the CPU with another contender's run): this is the start with one ready. Under
   `--concurrency` nothing waits, and the making competes with the starts;
@@ -288,15 +288,17 @@ a row are not the turns of the table above, and their p50 can differ from it.
 {markdown_table(growth_rows(doc))}
 
 Pods through the CRI grow most. A large part of it is the host's mount table: each pod adds
-mounts to the host's mount namespace (its network, IPC and UTS
-namespaces pinned by bind mounts, its /dev/shm tmpfs, each container's overlay root), and
-every container's new mount namespace starts as a copy of the host's, which pivot_root then
-detaches: both in proportion to the mounts there. Measured apart, 2,500 extra tmpfs mounts on
-the host took the warm library's start from 4.9 ms to 16.4 ms; runc and crun copy the same
-table (containerd's pods add mounts too: an overlay root per container, a netns bind mount
-per pod). What the rest is has not been measured yet. Fewer host mounts per pod (namespaces
-held by one process instead of three bind mounts; a pod's shm in the containers' namespaces
-only) is the next step there.
+mounts to the host's mount namespace (its network, IPC and UTS namespaces pinned by bind
+mounts, its /dev/shm tmpfs, each container's overlay root), and every container's new mount
+namespace starts as a copy of the host's, which pivot_root then detaches: both in proportion
+to the mounts there. Measured apart, 2,500 extra tmpfs mounts on the host took the warm
+library's start from 4.9 ms to 16.4 ms; runc and crun copy the same table (containerd's pods
+add mounts too: an overlay root per container, a netns bind mount per pod). skiff's own part
+was reading /proc/self/mountinfo, thousands of lines by then, on every create: it is read once
+per process now (and once by the fork server for its workers), which took this ratio from
+2.95x to about 1.8x. What the rest is has not been measured yet. Fewer host mounts per pod
+(namespaces held by one process instead of three bind mounts; a pod's shm in the containers'
+namespaces only) is the next step there.
 """
     if doc["breakdown"]:
         body += f"""
