@@ -106,8 +106,11 @@ class Prespawner:
         if not flags:
             return None
         if flags not in self._samples:
-            self._samples[flags] = pickle.dumps(replace(plan, exec_fifo=None, trace_fd=None),
-                                                protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                self._samples[flags] = pickle.dumps(replace(plan, exec_fifo=None, trace_fd=None),
+                                                    protocol=pickle.HIGHEST_PROTOCOL)
+            except (pickle.PicklingError, TypeError, AttributeError):  # a plan that only a fork carries
+                return None
         try:
             self._receive(block=False)
         except EOFError:  # the prespawner is gone (it could not start, or was killed): fork
@@ -209,7 +212,7 @@ def _alive(slot: Slot) -> bool:
 def serve(control_fd: str, runtime_pid: str) -> None:
     """The prespawner (`python -c`): one slot per request, until the runtime closes the
     control socket."""
-    from skiff.runtime import child
+    from skiff.runtime import child, seccomp  # noqa: F401 - every class a plan holds: a slot never imports
     from skiff.runtime.spawn import signals_blocked
 
     control = socket.socket(fileno=int(control_fd))

@@ -145,6 +145,11 @@ class PreparedFilter:
         """`load_filter(self)`, reachable from the child without an import."""
         load_filter(self)
 
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickled as its program (a prespawned process gets its plan pickled: the buffer's
+        ctypes type is made on the fly, and an address means nothing in another process)."""
+        return (PreparedFilter, (SeccompProgram(bpf=bytes(self._buffer), flags=self.flags),))
+
 
 def prepare(program: SeccompProgram) -> PreparedFilter:
     """Build the kernel's struct for `program`; call it in the parent, before the fork."""

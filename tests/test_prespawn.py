@@ -46,6 +46,28 @@ def test_create_hands_its_plan_to_a_waiting_process(warm: Containers) -> None:
     warm.runtime.delete(cid)
 
 
+def test_a_plan_with_a_seccomp_filter_goes_to_a_waiting_process(warm: Containers) -> None:
+    """The compiled filter travels with the plan (as its BPF program) and is loaded there."""
+    def edit(c: dict[str, Any]) -> None:
+        c["linux"]["seccomp"] = {"defaultAction": "SCMP_ACT_ALLOW",
+                                 "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}
+
+    warm.run("true", edit=edit)  # the first of its kind: forked, and the kind is seen
+    prespawner = warm.runtime.prespawner
+    assert prespawner is not None and prespawner.wait_ready(10)
+    waiting = prespawner.waiting()
+    cid = warm.create("sh", "-c", "grep Seccomp: /proc/self/status; mkdir /tmp/x", edit=edit)
+    pid = warm.runtime.state(cid).pid
+    assert pid in waiting
+    warm.capfd.readouterr()
+    warm.runtime.start(cid)
+    _, status = os.waitpid(pid, 0)
+    out, err = warm.capfd.readouterr()
+    assert out.split() == ["Seccomp:", "2"]
+    assert "Operation not permitted" in err and os.waitstatus_to_exitcode(status) != 0
+    warm.runtime.delete(cid)
+
+
 def test_the_stdio_of_the_run_reaches_the_container_not_that_of_the_slot(warm: Containers) -> None:
     """The slot was made before fd 1 pointed at this pipe: the plan brings the stdio along."""
     _ready(warm)
