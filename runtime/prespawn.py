@@ -36,6 +36,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -95,81 +96,94 @@ class Prespawner:
             theirs.close()
         self._process = process
         self._control: socket.socket | None = ours
+        # Runtime.run may be called from several threads at once; take() and close() call
+        # each other's parts (a dead prespawner closes), hence reentrant.
+        self._lock = threading.RLock()
 
     def take(self, plan: LaunchPlan) -> Slot | None:
         """A waiting slot for this plan, or None (the caller forks). `refill` makes the next
         one: called once the start is past its critical part, so that the prespawner's fork
         does not compete with it for the CPU."""
-        if plan.process.preserve_fds or plan.process.console_fd is not None or self._control is None:
-            return None  # fds at fixed numbers: only a fork passes them on
-        flags = plan_flags(plan)
-        if not flags:
-            return None
-        if flags not in self._samples:
-            try:
-                self._samples[flags] = pickle.dumps(replace(plan, exec_fifo=None, trace_fd=None),
-                                                    protocol=pickle.HIGHEST_PROTOCOL)
-            except (pickle.PicklingError, TypeError, AttributeError):  # a plan that only a fork carries
+        with self._lock:
+            if plan.process.preserve_fds or plan.process.console_fd is not None or self._control is None:
+                return None  # fds at fixed numbers: only a fork passes them on
+            flags = plan_flags(plan)
+            if not flags:
                 return None
-        try:
-            self._receive(block=False)
-        except EOFError:  # the prespawner is gone (it could not start, or was killed): fork
-            self.close()
-            return None
-        idle = self._idle.setdefault(flags, [])
-        slot = None
-        while idle and slot is None:
-            slot = idle.pop(0)
-            if not _alive(slot):
-                slot = None
-        return slot
+            if flags not in self._samples:
+                try:
+                    self._samples[flags] = pickle.dumps(replace(plan, exec_fifo=None, trace_fd=None),
+                                                        protocol=pickle.HIGHEST_PROTOCOL)
+                except (pickle.PicklingError, TypeError, AttributeError):  # a plan that only a fork carries
+                    return None
+            try:
+                self._receive(block=False)
+            except EOFError:  # the prespawner is gone (it could not start, or was killed): fork
+                self.close()
+                return None
+            idle = self._idle.setdefault(flags, [])
+            slot = None
+            while idle and slot is None:
+                slot = idle.pop(0)
+                if not _alive(slot):
+                    slot = None
+            return slot
 
     def waiting(self) -> list[int]:
         """The pids of the slots that wait for a plan now."""
-        if self._control is not None:
-            self._receive(block=False)
-        return [slot.pid for slots in self._idle.values() for slot in slots]
+        with self._lock:
+            if self._control is not None:
+                self._receive(block=False)
+            return [slot.pid for slots in self._idle.values() for slot in slots]
 
     def refill(self) -> None:
         """Ask for the slots missing of each kind seen (a kind is seen at its first take)."""
-        if self._control is None:
-            return
-        try:
-            for flags, idle in self._idle.items():
-                self._ask(flags, self.depth - len(idle) - self._pending.get(flags, 0))
-        except OSError:  # the prespawner is gone: starts fork from now on
-            self.close()
+        with self._lock:
+            if self._control is None:
+                return
+            try:
+                for flags, idle in self._idle.items():
+                    self._ask(flags, self.depth - len(idle) - self._pending.get(flags, 0))
+            except OSError:  # the prespawner is gone: starts fork from now on
+                self.close()
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         """Block until every kind seen so far has its slots waiting (for a benchmark that
         measures a start with a slot ready)."""
-        try:
-            while any(self._pending.values()):
-                if not self._receive(block=True, timeout=timeout):
-                    return False
-        except EOFError:
-            self.close()
-            return False
-        return True
+        with self._lock:
+            try:
+                while any(self._pending.values()):
+                    if not self._receive(block=True, timeout=timeout):
+                        return False
+            except EOFError:
+                self.close()
+                return False
+            return True
 
     def close(self) -> None:
         """End the prespawner and every waiting slot (EOF on their sockets), and reap them."""
-        if self._control is None:
-            return
-        # The prespawner ends at EOF; the slots it made until then are still to be taken in.
-        with contextlib.suppress(EOFError, OSError):
-            self._control.shutdown(socket.SHUT_WR)
-            while True:
-                self._receive(block=True)
-        self._control.close()
-        self._control = None
-        self._process.wait()
-        for slots in self._idle.values():
-            for slot in slots:
-                slot.sock.close()
-                os.waitpid(slot.pid, 0)
-        self._idle.clear()
-        self._pending.clear()
+        with self._lock:
+            if self._control is None:
+                return
+            # The prespawner ends at EOF; the slots it made until then are still to be taken in.
+            with contextlib.suppress(EOFError, OSError):
+                self._control.shutdown(socket.SHUT_WR)
+                while True:
+                    self._receive(block=True)
+            self._control.close()
+            self._control = None
+            self._process.wait()
+            # Killed, not left to see EOF: a fork of this process (a created container's
+            # init, say) may hold a copy of their sockets.
+            for slots in self._idle.values():
+                for slot in slots:
+                    slot.sock.close()
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(slot.pid, signal.SIGKILL)
+                    with contextlib.suppress(ChildProcessError):
+                        os.waitpid(slot.pid, 0)
+            self._idle.clear()
+            self._pending.clear()
 
     def _ask(self, flags: int, count: int) -> None:
         assert self._control is not None
@@ -190,7 +204,7 @@ class Prespawner:
                 ready, _, _ = select.select([self._control], [], [], timeout)
                 if not ready:
                     return False
-            data, fds, _, _ = socket.recv_fds(self._control, _REPLY, 1)
+            data, fds, _, _ = socket.recv_fds(self._control, _REPLY, 1, socket.MSG_CMSG_CLOEXEC)
             if not data:
                 raise EOFError("the prespawner exited")
             flags, pid = int.from_bytes(data[:8], "little"), int.from_bytes(data[8:], "little")

@@ -10,6 +10,7 @@ import os
 import select
 import signal
 import socket
+import threading
 import time
 from typing import Callable, Iterator
 
@@ -39,12 +40,16 @@ def _fork(cgroup_fd: int | None, namespaces: int) -> tuple[int, bool, int]:
     kernel can: into the cgroup (v2, Linux 5.7), with the namespaces the plan lets it make
     (NamespacePlan.at_clone). Where it cannot, fork: the child joins its cgroup and makes
     every namespace itself."""
-    if cgroup_fd is not None or namespaces:
+    # A raw clone3 skips what os.fork does for Python in the child (PyOS_AfterFork_Child):
+    # with another thread waiting for the GIL at that moment, the child waits for it to hand
+    # the GIL over, for ever. So only a single-threaded caller clones; threads fork.
+    if (cgroup_fd is not None or namespaces) and threading.active_count() == 1:
         try:
             return libc.clone3(namespaces, cgroup_fd), cgroup_fd is not None, namespaces
         except OSError as e:
             if e.errno not in _CLONE3_UNSUPPORTED:
-                raise
+                raise ContainerInitError(f"clone3 (namespaces {namespaces:#x}): {os.strerror(e.errno or 0).lower()} "
+                                         f"({errno.errorcode.get(e.errno or 0, e.errno)})") from e
     return os.fork(), False, 0
 
 
@@ -66,31 +71,54 @@ def signals_blocked() -> Iterator[None]:
 def kill_and_reap(pids: list[int], timeout: float = 10.0) -> None:
     """SIGKILL each, then wait until each is gone: reaped if it is our child, else until the
     kernel has removed it (a zombie counts as gone: its reaper is not us). The wait is on
-    pidfds, which turn readable as their process exits: no polling."""
-    pidfds = {}
+    pidfds, which turn readable as their process exits; where there are none (Linux < 5.3,
+    a seccomp profile, no fd left), /proc is looked at every millisecond."""
     for pid in pids:
-        try:
-            pidfds[os.pidfd_open(pid)] = pid
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:  # gone: reaped already, or a zombie not ours to reap
-            pass
+    pidfds: dict[int, int] = {}
+    polled: set[int] = set()
     try:
+        for pid in pids:
+            try:
+                pidfds[os.pidfd_open(pid)] = pid
+            except ProcessLookupError:  # gone: reaped already, or a zombie not ours to reap
+                _reap_if_ours(pid)
+            except OSError:
+                polled.add(pid)
         poller = select.poll()
         for fd in pidfds:
             poller.register(fd, select.POLLIN)
         deadline = time.monotonic() + timeout
         pending = set(pidfds)
-        while pending and (left := deadline - time.monotonic()) > 0:
-            for fd, _ in poller.poll(left * 1000):
+        while (pending or polled) and (left := deadline - time.monotonic()) > 0:
+            for fd, _ in poller.poll(min(left, 0.001) * 1000 if polled else left * 1000):
                 poller.unregister(fd)
                 pending.discard(fd)
                 # Reaped at once: a PID namespace's init finishes its exit only once every
                 # process in the namespace is reaped, and an exec'd one is ours to reap.
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pidfds[fd], os.WNOHANG)
+                _reap_if_ours(pidfds[fd])
+            polled = {pid for pid in polled if not _reap_if_ours(pid) and _alive(pid)}
     finally:
         for fd in pidfds:
             os.close(fd)
+
+
+def _reap_if_ours(pid: int) -> bool:
+    """True if `pid` was our child and is reaped now."""
+    try:
+        return os.waitpid(pid, os.WNOHANG)[0] != 0
+    except ChildProcessError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except (FileNotFoundError, ProcessLookupError):  # gone, or going (ESRCH while it exits)
+        return False
+    return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")
 
 
 def spawn(plan: LaunchPlan, cgroup: CgroupDriver | None,
@@ -105,7 +133,7 @@ def spawn(plan: LaunchPlan, cgroup: CgroupDriver | None,
     if slot is not None:
         try:
             return _start(plan, slot.pid, slot.flags, slot.sock, on_hooks, on_ready)
-        except (_SilentExit, BrokenPipeError, ConnectionResetError):
+        except _SilentExit:
             pass  # it died while it waited (killed), before it said a word: fork instead
     pid, cloned, parent_end = _fork_child(plan, cgroup)
     return _start(plan, pid, cloned, parent_end, on_hooks, on_ready)
@@ -121,7 +149,10 @@ def _start(plan: LaunchPlan, pid: int, cloned: int, parent_end: socket.socket,
     its execve for `exec`; on failure it is killed and reaped."""
     with parent_end, Undo() as undo:
         undo.callback(kill_and_reap, [pid])
-        parent_end.send(sync.GO)
+        try:
+            parent_end.send(sync.GO)
+        except (BrokenPipeError, ConnectionResetError) as e:
+            raise _SilentExit(f"container init exited before it was ready: {exit_status(pid)}") from e
         second_fork = plan.namespaces.second_fork and not cloned & libc.CLONE_NEWPID
         init = _exchange(parent_end, pid, plan, on_hooks, undo, second_fork)
         if plan.start_sync:
@@ -140,7 +171,7 @@ def _take_slot(prespawner: Prespawner, plan: LaunchPlan, cgroup: CgroupDriver | 
         return None
     try:
         slot.hand_over(plan, cgroup.self_joins(False) if cgroup is not None else ())
-    except OSError:  # it died since take() looked: reap it, and fork instead
+    except Exception:  # it died since take() looked, or the plan does not pickle: fork instead
         slot.sock.close()
         kill_and_reap([slot.pid])
         return None

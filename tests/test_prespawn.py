@@ -171,3 +171,27 @@ def test_a_run_from_another_thread_starts_with_default_signals(warm: Containers)
         assert results == [0]
         assert warm.capfd.readouterr().out.split() == ["SigBlk:", "0000000000000000", "SigIgn:", "0000000000000000"]
         assert warm.runtime.prespawner is not None and warm.runtime.prespawner.wait_ready(10)
+
+
+def test_threads_share_one_warm_runtime(warm: Containers) -> None:
+    """Runtime.run from several threads at once: each start takes a waiting process or forks."""
+    import threading
+
+    _ready(warm)
+    bundle = str(warm.configure(("true",)))
+    codes: list[int] = []
+    errors: list[BaseException] = []
+
+    def runs(t: int) -> None:
+        try:
+            for i in range(5):
+                codes.append(warm.runtime.run(f"{warm.last_id}-t{t}-{i}", bundle))
+        except BaseException as e:  # noqa: BLE001 - reported below, in the test's thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=runs, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and codes == [0] * 20
