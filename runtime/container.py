@@ -19,6 +19,7 @@ import enum
 import json
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Iterator
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     from skiff.runtime.prespawn import Prespawner
 
 OCI_VERSION = "1.2.0"
+_spawner_lock = threading.Lock()
 DEFAULT_ROOT = "/run/skiff-runc"
 
 
@@ -112,7 +114,9 @@ class Runtime:
         """`warm`: for a long-lived caller that starts many containers, keep that many
         container processes made ahead of time for each kind of namespace set
         (runtime/prespawn.py), and keep the cgroup parents skiff makes for its containers
-        instead of making them again for each; `close` ends the one and removes the other."""
+        instead of making them again for each; `close` ends the one and removes the other.
+        Make it in a thread that lives as long as it: the processes made ahead of time die
+        with that thread (PR_SET_PDEATHSIG follows the thread)."""
         self.store = StateStore(root)
         self.cgroup_parent = cgroup_parent
         self.warm = warm
@@ -121,6 +125,19 @@ class Runtime:
             from skiff.runtime.prespawn import Prespawner
 
             self.prespawner = Prespawner(warm)
+
+    def _spawner(self) -> Prespawner | None:
+        """Where container processes come from: a warm runtime's prespawner, and for a
+        process with threads one made on its first start. A fork from a threaded process
+        may copy a lock another thread held, and a raw clone3 leaves the child waiting for
+        the interpreter lock a waiting thread asked for: a prespawner is one thread."""
+        if self.prespawner is None and threading.active_count() > 1:
+            with _spawner_lock:
+                if self.prespawner is None:
+                    from skiff.runtime.prespawn import Prespawner
+
+                    self.prespawner = Prespawner(0)
+        return self.prespawner
 
     def close(self) -> None:
         if self.prespawner is not None:
@@ -231,7 +248,7 @@ class Runtime:
                 saved.append(record)
 
             try:
-                pid = spawn(plan, cgroup, on_hooks, on_ready if start else None, self.prespawner)
+                pid = spawn(plan, cgroup, on_hooks, on_ready if start else None, self._spawner())
                 if tracer:
                     tracer.forked()
             except Exception as e:

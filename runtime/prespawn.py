@@ -101,9 +101,9 @@ class Prespawner:
         self._lock = threading.RLock()
 
     def take(self, plan: LaunchPlan) -> Slot | None:
-        """A waiting slot for this plan, or None (the caller forks). `refill` makes the next
-        one: called once the start is past its critical part, so that the prespawner's fork
-        does not compete with it for the CPU."""
+        """A slot for this plan: a waiting one, else one made now; None if the plan cannot
+        go to a slot (the caller forks). `refill` makes the next one: called once the start
+        is past its critical part, so that the prespawner's clone does not compete with it."""
         with self._lock:
             if plan.process.preserve_fds or plan.process.console_fd is not None or self._control is None:
                 return None  # fds at fixed numbers: only a fork passes them on
@@ -127,6 +127,17 @@ class Prespawner:
                 slot = idle.pop(0)
                 if not _alive(slot):
                     slot = None
+            if slot is None:
+                # None waiting (the first of its kind, or all taken): one made now, by the
+                # prespawner, rather than a fork here, which may have other threads.
+                try:
+                    self._ask(flags, 1)
+                    while not idle and self._pending.get(flags):
+                        self._receive(block=True, timeout=10)
+                except (OSError, EOFError):
+                    self.close()
+                    return None
+                slot = idle.pop(0) if idle else None
             return slot
 
     def waiting(self) -> list[int]:
