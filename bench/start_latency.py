@@ -287,18 +287,18 @@ a row are not the turns of the table above, and their p50 can differ from it.
 
 {markdown_table(growth_rows(doc))}
 
-Pods through the CRI grow most. A large part of it is the host's mount table: each pod adds
-mounts to the host's mount namespace (its network, IPC and UTS namespaces pinned by bind
-mounts, its /dev/shm tmpfs, each container's overlay root), and every container's new mount
-namespace starts as a copy of the host's, which pivot_root then detaches: both in proportion
-to the mounts there. Measured apart, 2,500 extra tmpfs mounts on the host took the warm
-library's start from 4.9 ms to 16.4 ms; runc and crun copy the same table (containerd's pods
-add mounts too: an overlay root per container, a netns bind mount per pod). skiff's own part
-was reading /proc/self/mountinfo, thousands of lines by then, on every create: it is read once
-per process now (and once by the fork server for its workers), which took this ratio from
-2.95x to about 1.8x. What the rest is has not been measured yet. Fewer host mounts per pod
-(namespaces held by one process instead of three bind mounts; a pod's shm in the containers'
-namespaces only) is the next step there.
+Pods through the CRI grow with the pods running. A large part of it is the host's mount
+table: each pod adds mounts to the host's mount namespace (its network, IPC and UTS
+namespaces pinned by bind mounts, its /dev/shm tmpfs, each container's overlay root), and
+every container's new mount namespace starts as a copy of the host's, which pivot_root then
+detaches: both in proportion to the mounts there. Measured apart, 2,500 extra tmpfs mounts
+on the host took the warm library's start from 4.9 ms to 16.4 ms; runc and crun copy the
+same table (containerd's pods add mounts too: an overlay root per container, a netns bind
+mount per pod). skiff's own part was reading /proc/self/mountinfo, thousands of lines by
+then, on every create: it is read once per process now (and once by the fork server for its
+workers), which took this ratio from 2.95x to about 1.8x. What the rest is has not been
+measured yet. Fewer host mounts per pod (namespaces held by one process instead of three
+bind mounts; a pod's shm in the containers' namespaces only) is the next step there.
 """
     if doc["breakdown"]:
         body += f"""
