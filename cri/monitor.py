@@ -12,9 +12,12 @@ one monitor process, CRI-O's conmon in spirit:
                           the CRI log, reaps the init and writes the exit file
 
 The monitor does not exec a fresh interpreter: it stays a fork of the fork server, whose
-objects are frozen for the collector (runtime/forkserver.py), and leaves the create to a
-short-lived child, so it shares nearly all its memory with the fork server and the other
-monitors. A fresh `python -S` would cost each pod some 4 MB of its own.
+objects are frozen for the collector (runtime/forkserver.py) and which holds only what the
+jobs import (jobs.py), and leaves the create to a short-lived child, so it shares nearly all
+its memory with the fork server and the other monitors. A fresh `python -S` would cost each
+pod some 4 MB of its own; each monitor writes to about 1.5 MB of its pages (measured with
+20 pods), 0.4 MB of it right after the fork, less than os.fork leaves: it is forked raw
+(libc.fork).
 
 The daemon keeps nothing in memory about it: the exit file is the truth about an exited
 init, and the runtime's own state (runtime/state.py) about a live one.
@@ -77,7 +80,7 @@ def create_container(worker: Worker) -> None:
     err_r, err_w = os.pipe()
     report_r, report_w = os.pipe()
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1)
-    creator = os.fork()
+    creator = libc.fork()
     if creator == 0:
         code = 1
         try:

@@ -67,11 +67,13 @@ def build_server(socket_path: str, ctx: ServiceContext, *, workers: int = 16) ->
 def serve(config: CriConfig) -> None:
     import signal
 
-    from skiff.cri.recovery import recover
-    from skiff.cri.service.context import open_context, start_forkserver
+    from skiff.cri.jobs import start_forkserver
 
-    forkserver = start_forkserver()
+    forkserver = start_forkserver()  # first: before grpc and the service are imported (jobs.py)
     try:
+        from skiff.cri.recovery import recover
+        from skiff.cri.service.context import open_context
+
         ctx = open_context(config, forkserver)
         recover(ctx)
         server = build_server(config.socket, ctx)

@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from skiff import errors
+from skiff.runtime import libc
 
 MAX_MESSAGE = 64 * 1024
 MAX_FDS = 16
@@ -236,7 +237,7 @@ def _serve(control: socket.socket, jobs: dict[str, Job]) -> None:
 
 def _fork_worker(control: socket.socket, jobs: dict[str, Job], message: dict[str, Any], fds: list[int]) -> None:
     try:
-        pid = os.fork()
+        pid = libc.fork()
     except OSError as e:
         # Out of pids (the service's TasksMax, pids.max) or memory: this request fails,
         # as data on its own socket; the server stays for the next one.
@@ -252,7 +253,7 @@ def _fork_idle(control: socket.socket, jobs: dict[str, Job]) -> tuple[socket.soc
     request then costs a message, not a fork. None if the fork fails (requests fork)."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
-        pid = os.fork()
+        pid = libc.fork()
     except OSError:
         ours.close()
         theirs.close()

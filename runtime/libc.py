@@ -171,6 +171,15 @@ def clone_parent() -> int:
     )
 
 
+def fork() -> int:
+    """fork(2) as a raw clone, for a caller known to be single-threaded (the fork server and
+    its workers): the child skips os.fork's work for Python (PyOS_AfterFork_Child and the
+    os.register_at_fork handlers), which writes to some 150 pages that a long-lived child (a
+    container monitor) would then no longer share with its parent. With another thread
+    waiting for the GIL, the child would wait for ever (spawn._fork)."""
+    return clone3(0, None)
+
+
 class _CloneArgs(ctypes.Structure):
     _fields_ = [
         ("flags", ctypes.c_uint64), ("pidfd", ctypes.c_uint64), ("child_tid", ctypes.c_uint64),

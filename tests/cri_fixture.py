@@ -130,9 +130,10 @@ def _remove_bridge(config: CriConfig) -> None:
 
 @contextlib.contextmanager
 def in_process(config: CriConfig) -> Iterator[Cri]:
+    from skiff.cri.jobs import start_forkserver
     from skiff.cri.recovery import recover
     from skiff.cri.server import build_server
-    from skiff.cri.service.context import open_context, start_forkserver
+    from skiff.cri.service.context import open_context
 
     forkserver = start_forkserver()
     try:

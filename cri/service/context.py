@@ -19,7 +19,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from skiff.cri import monitor, pod_namespaces
 from skiff.cri.config import CriConfig
 from skiff.cri.network.driver import PodNetworking, networking_for
 from skiff.cri.store.container import ContainerStore
@@ -67,29 +66,6 @@ class ServiceContext:
 
     def exit_file(self, container_id: str) -> str:
         return os.path.join(self.bundle_dir(container_id), "exit")
-
-
-def start_forkserver() -> ForkServer:
-    """The fork server with every job of the service. Call it before any thread starts.
-    What the jobs use is imported first, so no worker pays for imports."""
-    import skiff.oci.codec  # noqa: F401
-    import skiff.runtime.cgroups.devices  # noqa: F401
-    import skiff.runtime.cgroups.stats  # noqa: F401
-    import skiff.runtime.cgroups.v1  # noqa: F401
-    import skiff.runtime.cgroups.v2  # noqa: F401
-    import skiff.runtime.hooks  # noqa: F401
-    import skiff.runtime.plan  # noqa: F401
-    import skiff.runtime.rootfs  # noqa: F401
-    import skiff.runtime.seccomp  # noqa: F401
-    import skiff.runtime.spawn  # noqa: F401
-    from skiff.oci import default_spec, parse_spec, spec_to_dict
-
-    parse_spec(spec_to_dict(default_spec()))  # builds the spec codec's converters once, here
-    from skiff.runtime.cgroups import CgroupMode, cgroupfs, detect_mode
-
-    if detect_mode() is not CgroupMode.UNIFIED:
-        cgroupfs.v1_mounts()  # read once, here, not by each container's create
-    return ForkServer.start({**monitor.JOBS, **pod_namespaces.JOBS})
 
 
 def open_context(config: CriConfig, forkserver: ForkServer, *, images: Images | None = None) -> ServiceContext:
