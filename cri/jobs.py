@@ -1,15 +1,47 @@
-"""The CRI service's fork server and its jobs (the container monitor, the pod's namespaces).
+"""The CRI service's fork server and its jobs: the container monitor (monitor.py), the pod's
+namespaces (pod_namespaces.py), and exec.
 
 It is started first, before the service imports grpc, protobuf and the stores: the fork
-server is what every container's monitor is a fork of, and a monitor shares the fork
-server's pages, so what only the daemon uses stays out of the monitors' memory (16 MB of
-RSS instead of 23). What the jobs use is imported here, so no worker pays for imports.
+server is what the monitor and every worker are forks of, so what only the daemon uses stays
+out of their memory (16 MB of RSS instead of 23). What the jobs use is imported here, so no
+worker pays for imports.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 from skiff.cri import monitor, pod_namespaces
-from skiff.runtime.forkserver import ForkServer
+from skiff.oci import parse_process
+from skiff.runtime.forkserver import ForkServer, Worker
+
+
+def exec_process(worker: Worker) -> None:
+    """Job "exec": args runtime_root, container_id, process (an OCI process object); fds:
+    stdout and stderr for the process (stdin is /dev/null). Replies {"pid"} once the
+    process runs, then {"exit_code"} (128+signal when killed) when it ends."""
+    from skiff.runtime.container import Runtime
+
+    a = worker.args
+    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    os.dup2(devnull, 0)
+    os.dup2(worker.fds[0], 1)
+    os.dup2(worker.fds[1], 2)
+    for fd in worker.fds:
+        os.close(fd)
+    runtime = Runtime(a["runtime_root"], cgroup_parent=a.get("cgroup_parent"))
+    pid = runtime.exec(a["container_id"], parse_process(a["process"]), detach=True)
+    os.dup2(devnull, 1)  # our copies must not keep the caller's pipes open
+    os.dup2(devnull, 2)
+    worker.reply({"pid": pid})
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    with contextlib.suppress(OSError):
+        worker.reply({"exit_code": 128 - code if code < 0 else code})
+
+
+JOBS = {"monitor": monitor.serve, "exec": exec_process, **pod_namespaces.JOBS}
 
 
 def start_forkserver() -> ForkServer:
@@ -22,6 +54,7 @@ def start_forkserver() -> ForkServer:
     import skiff.runtime.container  # noqa: F401
     import skiff.runtime.hooks  # noqa: F401
     import skiff.runtime.plan  # noqa: F401
+    import skiff.runtime.prespawn  # noqa: F401
     import skiff.runtime.rootfs  # noqa: F401
     import skiff.runtime.seccomp  # noqa: F401
     import skiff.runtime.spawn  # noqa: F401
@@ -32,4 +65,4 @@ def start_forkserver() -> ForkServer:
 
     if detect_mode() is not CgroupMode.UNIFIED:
         cgroupfs.v1_mounts()  # read once, here, not by each container's create
-    return ForkServer.start({**monitor.JOBS, **pod_namespaces.JOBS})
+    return ForkServer.start(JOBS)

@@ -8,12 +8,12 @@ restarting, as CRI-O's per-container conmon does (containerd copies in the daemo
 It exits when both pipes reach EOF.
 SIGUSR1 reopens LOG_PATH (ReopenContainerLog: kubelet renames the file, then asks for a new one).
 
-In the CRI service's container monitor (cri/monitor.py) `run` also reaps the container's
-init, the monitor's child, and writes `{"exit_code", "signal", "finished_at"}` to the exit
-file (temp file and rename), so an exit while the daemon is down is still known when it comes
-back, as conmon's exit file is for CRI-O.
+The CRI service's container monitor (cri/monitor.py) copies with `ContainerLog` too, for
+every container at once, and writes each init's end with `write_exit_file`:
+`{"exit_code", "signal", "finished_at"}` (temp file and rename), so an exit while the
+daemon is down is still known when it comes back, as conmon's exit file is for CRI-O.
 
-It runs per container, so the module imports only the standard library's built-in modules
+As a script it runs per container, so the module imports only the standard library's built-in modules
 (no `skiff` package, no site-packages: `-S`), and it never blocks the container on the log
 file: when a write fails (disk full) the line is dropped, said once on its stderr.
 The line format and the splitting live here too, for the same reason; `skiff.cri.logs`
@@ -189,12 +189,39 @@ def write_exit_file(path: str, status: int, finished_at: int) -> None:
     os.rename(tmp, path)
 
 
-def run(log_path: str, streams: dict[int, Stream], *, max_line: int = MAX_LINE_SIZE,
-        init: int | None = None, exit_file: str | None = None) -> None:
-    """Copies each fd of `streams` into `log_path` until all reach EOF; with `init`, also
-    reaps that child and records its end in `exit_file`."""
-    log = _LogFile(log_path)
-    writer = LogWriter(log.write, max_line=max_line)
+class ContainerLog:
+    """A container's stdout and stderr pipes, copied into its log file until both reach EOF."""
+
+    def __init__(self, log_path: str, streams: dict[int, Stream], *, max_line: int = MAX_LINE_SIZE) -> None:
+        self.file = _LogFile(log_path)
+        self._writer = LogWriter(self.file.write, max_line=max_line)
+        self.streams = dict(streams)  # the pipes not at EOF yet
+
+    def copy(self, fd: int) -> None:
+        """Copy what `fd` holds; at EOF, send its unfinished line and close it."""
+        try:
+            data = os.read(fd, _READ_SIZE)
+        except BlockingIOError:
+            return
+        if data:
+            self._writer.write(self.streams[fd], data)
+        else:
+            self._writer.close(self.streams.pop(fd))
+            os.close(fd)
+
+    def close(self) -> None:
+        """Stop: what the pipes still hold is not copied."""
+        for fd, stream in self.streams.items():
+            self._writer.close(stream)
+            os.close(fd)
+        self.streams.clear()
+        self.file.close()
+
+
+def run(log_path: str, streams: dict[int, Stream], *, max_line: int = MAX_LINE_SIZE) -> None:
+    """Copies each fd of `streams` into `log_path` until all reach EOF; SIGUSR1 reopens
+    `log_path`."""
+    log = ContainerLog(log_path, streams, max_line=max_line)
     reopen = False
 
     def on_usr1(signum: int, frame: FrameType | None) -> None:
@@ -214,21 +241,8 @@ def run(log_path: str, streams: dict[int, Stream], *, max_line: int = MAX_LINE_S
     poller.register(wake_r, select.POLLIN)
     for fd in streams:
         poller.register(fd, select.POLLIN)
-    open_fds = set(streams)
-    pidfd = -1
-    if init is not None:
-        pidfd = os.pidfd_open(init)  # readable once the init has exited
-        poller.register(pidfd, select.POLLIN)
-    while open_fds or pidfd >= 0:
+    while log.streams:
         for fd, _ in poller.poll():
-            if fd == pidfd:
-                assert init is not None and exit_file is not None
-                _, status = os.waitpid(init, 0)
-                write_exit_file(exit_file, status, time.time_ns())
-                poller.unregister(pidfd)
-                os.close(pidfd)
-                pidfd = -1
-                continue
             if fd == wake_r:
                 try:
                     while os.read(wake_r, 512):
@@ -236,20 +250,12 @@ def run(log_path: str, streams: dict[int, Stream], *, max_line: int = MAX_LINE_S
                 except BlockingIOError:
                     pass
                 continue
-            try:
-                data = os.read(fd, _READ_SIZE)
-            except BlockingIOError:
-                continue
-            if data:
-                writer.write(streams[fd], data)
-            else:
-                writer.close(streams[fd])
+            log.copy(fd)
+            if fd not in log.streams:
                 poller.unregister(fd)
-                os.close(fd)
-                open_fds.discard(fd)
         if reopen:
             reopen = False
-            log.reopen()
+            log.file.reopen()
     log.close()
 
 

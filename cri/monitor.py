@@ -1,48 +1,64 @@
-"""The container monitor, and the other fork-server jobs that start processes in containers.
+"""The container monitor: one process, started with the service, that creates the CRI
+containers and stays their parent. It copies their output into their CRI logs, reaps their
+inits and writes their exit files: CRI-O's conmon, for every container at once.
 
-A CRI container must outlive the daemon (kubelet restarts it, an upgrade replaces it), keep
-its logs flowing meanwhile, and still report its exit code afterwards. So each container gets
-one monitor process, CRI-O's conmon in spirit:
+A container must outlive the daemon (kubelet restarts it, an upgrade replaces it), keep its
+logs flowing meanwhile, and still report its exit code afterwards, so the monitor is not the
+daemon: it is a fork-server job that runs in a session of its own and listens on
+<state_root>/monitors/<pid>.sock (monitor_client.py is the daemon's side):
 
-    fork server ─fork─► worker: setsid; stdout/stderr pipes on fds 1 and 2
-                          a subreaper; fork ─► Runtime.create, exit (the init passes to
-                          │                    the monitor, its nearest subreaper)
-                          reply {"pid", "monitor_pid"} to the daemon
-                          becomes `skiff-monitor <id>`: log_copier.run copies the pipes into
-                          the CRI log, reaps the init and writes the exit file
+    {"op": "create", "args": {...}}   a thread runs Runtime.create with the container's
+                                      stdout and stderr on two pipes; the init is the
+                                      monitor's child → {"pid", "monitor_pid"}
+    {"op": "reopen", "id"}            ReopenContainerLog → {"ok"}
+    {"op": "release", "id", "timeout"} RemoveContainer: the reply comes once the container's
+                                      init is reaped and its pipes are at EOF, or at the
+                                      timeout, when what is left unread is dropped
+    {"op": "detach"}                  the daemon is stopping → {"containers": N}
 
-The monitor does not exec a fresh interpreter: it stays a fork of the fork server, whose
-objects are frozen for the collector (runtime/forkserver.py) and which holds only what the
-jobs import (jobs.py), and leaves the create to a short-lived child, so it shares nearly all
-its memory with the fork server and the other monitors. A fresh `python -S` would cost each
-pod some 4 MB of its own; each monitor writes to about 1.5 MB of its pages (measured with
-20 pods), 0.4 MB of it right after the fork, less than os.fork leaves: it is forked raw
-(libc.fork).
+Why one monitor for all the containers, not one per container (CRI-O) or per pod
+(containerd's shim): a Python process writes to about 1.5 MB of its pages even as a fork that
+shares all it can, and a create in a fresh fork pays for copying every page it touches
+(7 to 10 ms of a CreateContainer, measured). Here a create runs in a long-lived process
+whose container processes are made ahead of time (Runtime(warm=1), runtime/prespawn.py).
 
-The daemon keeps nothing in memory about it: the exit file is the truth about an exited
-init, and the runtime's own state (runtime/state.py) about a live one.
+What that costs: the monitor holds every container's output and exit status. If it dies,
+the containers run on, but their output has no reader and their exit codes are lost (the
+service then reports them exited with an unknown status once the runtime says they are
+stopped). It runs none of the containers' code and parses nothing of their output beyond
+splitting lines; each create runs in a thread of its own, so one stuck in the kernel (a hung
+mount) holds up only itself.
+
+Each daemon start starts a monitor of its own. An earlier one (the daemon was restarted or
+upgraded) goes on for the containers it has, answers requests about them on its socket, and
+exits once it has none left. The daemon keeps nothing in memory about them: the exit file is
+the truth about an exited init, and the runtime's own state (runtime/state.py) about a live
+one.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import functools
 import json
 import os
+import queue
+import select
 import signal
-from dataclasses import dataclass
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import setproctitle
 
-from skiff.cri import log_copier
-from skiff.errors import FailedPrecondition, SkiffError
-from skiff.oci import parse_process
-from skiff.runtime import libc
-from skiff.runtime.forkserver import Worker, error_message, raise_error
+from skiff.cri.log_copier import ContainerLog, Stream, write_exit_file
+from skiff.errors import FailedPrecondition, InvalidArgument
+from skiff.runtime.forkserver import Worker, error_message, receive_message, send_message
 
 MONITOR_TITLE = "skiff-monitor"
-PR_SET_CHILD_SUBREAPER = 36
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,122 +81,234 @@ def read_exit(path: str) -> ContainerExit | None:
         raise FailedPrecondition(f"exit file {path}: unreadable: {e}") from e
 
 
-def create_container(worker: Worker) -> None:
-    """Job "create_container": args runtime_root, cgroup_parent, container_id, bundle,
-    log_path, exit_file, monitor_log. Replies {"pid", "monitor_pid"}, then becomes the
-    monitor; on failure nothing is left (Runtime.create undoes itself).
+def socket_path(state_root: str, pid: int) -> str:
+    return os.path.join(state_root, "monitors", f"{pid}.sock")
 
-    The create runs in a child of the monitor, which exits once the init waits on its exec
-    fifo: the init, its child, passes to the monitor (a subreaper meanwhile), and the pages
-    the create wrote die with the child instead of staying in the monitor for the
-    container's life."""
+
+def serve(worker: Worker) -> None:
+    """Job "monitor": args state_root, runtime_root, cgroup_parent. Replies {"pid"} once it
+    listens, then monitors until the daemon has detached (or its end of this job's socket
+    closed) and no container is left."""
+    from skiff.runtime.container import Runtime
+
     a = worker.args
-    os.setsid()  # the daemon's process group and terminal are not the container's
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    report_r, report_w = os.pipe()
-    libc.prctl(PR_SET_CHILD_SUBREAPER, 1)
-    creator = libc.fork()
-    if creator == 0:
-        code = 1
-        try:
-            for fd in (out_r, err_r, report_r):
-                os.close(fd)
-            _create_in_child(a, out_w, err_w, report_w)
-            code = 0
-        finally:
-            os._exit(code)
-    for fd in (out_w, err_w, report_w):
-        os.close(fd)
-    # Waited for first, then read without blocking: the init, a clone of the creator, holds
-    # a copy of the report pipe's write end until it execs, so there is no EOF to wait for.
-    os.waitpid(creator, 0)
-    os.set_blocking(report_r, False)
-    report = b""
-    with contextlib.suppress(BlockingIOError):
-        while chunk := os.read(report_r, 65536):
-            report += chunk
-    os.close(report_r)
-    libc.prctl(PR_SET_CHILD_SUBREAPER, 0)  # the init is ours now; later orphans are not
-    if not report:
-        raise SkiffError("container create: its process died without a word")
-    message: dict[str, Any] = json.loads(report)
-    if "error" in message:
-        raise_error(message["error"])
-    notes = os.open(a["monitor_log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    os.setsid()  # the daemon's process group and terminal are not the containers'
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a daemon gone mid-reply is an EPIPE, not our end
+    directory = os.path.join(a["state_root"], "monitors")
+    os.makedirs(directory, mode=0o700, exist_ok=True)
+    notes = os.open(os.path.join(directory, "monitor.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
+                    0o600)
+    devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    os.dup2(devnull, 0)
     os.dup2(notes, 1)
     os.dup2(notes, 2)
-    # A reopen request (SIGUSR1) may come as soon as the daemon has our pid; it waits, blocked,
-    # until the copier's handler is in place.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
-    init = int(message["pid"])
-    worker.reply({"pid": init, "monitor_pid": os.getpid()})
-    worker.sock.close()
-    become_monitor(a["container_id"], out_r, err_r, init=init, exit_file=a["exit_file"],
-                   log_path=a["log_path"])
-
-
-def _create_in_child(a: dict[str, Any], out_w: int, err_w: int, report_w: int) -> None:
-    """Runtime.create with the container's stdout and stderr on fds 1 and 2; reports
-    {"pid"} or the error on `report_w`."""
-    from skiff.runtime.container import Runtime
-
+    # Whatever else this fork inherited (the fork server's and the daemon's files) is not ours.
+    keep = sorted({worker.sock.fileno(), devnull})
+    for low, high in zip([2, *keep], [*keep, os.sysconf("SC_OPEN_MAX")]):
+        os.closerange(low + 1, high)
+    path = socket_path(a["state_root"], os.getpid())
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # a dead monitor's, whose pid this is now
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    listener.bind(path)
+    os.chmod(path, 0o600)
+    listener.listen(64)
+    setproctitle.setproctitle(MONITOR_TITLE)
+    # In the main thread: the processes it makes ahead of time die with the thread that made them.
+    runtime = Runtime(a["runtime_root"], cgroup_parent=a.get("cgroup_parent"), warm=1)
     try:
-        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
-        os.dup2(devnull, 0)
-        os.dup2(out_w, 1)
-        os.dup2(err_w, 2)
-        state = Runtime(a["runtime_root"], cgroup_parent=a.get("cgroup_parent")).create(
-            a["container_id"], a["bundle"])
-        message: dict[str, Any] = {"pid": state.pid}
-    except BaseException as e:  # the monitor raises it again, as the job's error
-        message = error_message(e)
-    os.write(report_w, json.dumps(message).encode())
-
-
-def become_monitor(container_id: str, out_r: int, err_r: int, *, init: int, exit_file: str,
-                   log_path: str) -> None:
-    """Copy the container's output into its log until both pipes close, reap its init;
-    then exit. Never returns."""
-    setproctitle.setproctitle(f"{MONITOR_TITLE} {container_id}")
-    moved = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in (out_r, err_r)]
-    os.dup2(moved[0], log_copier.STDOUT_FD)
-    os.dup2(moved[1], log_copier.STDERR_FD)
-    # Whatever else this fork inherited (the fork server's and the daemon's files) is not
-    # the monitor's; nothing that holds one of them is freed before the exit below.
-    os.closerange(log_copier.STDERR_FD + 1, os.sysconf("SC_OPEN_MAX"))
-    code = 1
-    try:
-        log_copier.run(log_path, {log_copier.STDOUT_FD: log_copier.Stream.STDOUT,
-                                  log_copier.STDERR_FD: log_copier.Stream.STDERR},
-                       init=init, exit_file=exit_file)
-        code = 0
+        worker.reply({"pid": os.getpid()})
+        _Monitor(listener, worker.sock, runtime, devnull).run()
     finally:
-        os._exit(code)
+        runtime.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
 
 
-def exec_process(worker: Worker) -> None:
-    """Job "exec": args runtime_root, container_id, process (an OCI process object); fds:
-    stdout and stderr for the process (stdin is /dev/null). Replies {"pid"} once the
-    process runs, then {"exit_code"} (128+signal when killed) when it ends."""
-    from skiff.runtime.container import Runtime
+@dataclass(eq=False)
+class _Container:
+    id: str
+    init: int
+    pidfd: int  # -1 once the init is reaped
+    log: ContainerLog
+    exit_file: str
+    releases: list[tuple[socket.socket, float]] = field(default_factory=list)  # (reply to, deadline)
 
-    a = worker.args
-    devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    os.dup2(devnull, 0)
-    os.dup2(worker.fds[0], 1)
-    os.dup2(worker.fds[1], 2)
-    for fd in worker.fds:
-        os.close(fd)
-    runtime = Runtime(a["runtime_root"], cgroup_parent=a.get("cgroup_parent"))
-    pid = runtime.exec(a["container_id"], parse_process(a["process"]), detach=True)
-    os.dup2(devnull, 1)  # our copies must not keep the caller's pipes open
-    os.dup2(devnull, 2)
-    worker.reply({"pid": pid})
-    _, status = os.waitpid(pid, 0)
-    code = os.waitstatus_to_exitcode(status)
-    with contextlib.suppress(OSError):
-        worker.reply({"exit_code": 128 - code if code < 0 else code})
+    @property
+    def done(self) -> bool:
+        return self.pidfd < 0 and not self.log.streams
 
 
-JOBS = {"create_container": create_container, "exec": exec_process}
+class _Monitor:
+    """The main thread's loop: requests, the containers' pipes and pidfds, and the creates
+    the threads finished (handed over on a queue, with a byte on a pipe to wake the poll)."""
+
+    def __init__(self, listener: socket.socket, owner: socket.socket, runtime: Any, devnull: int) -> None:
+        self.listener = listener
+        self.owner = owner
+        self.runtime = runtime
+        self.devnull = devnull
+        self.containers: dict[str, _Container] = {}
+        self.creating = 0
+        self.detached = False
+        self.created: queue.SimpleQueue[tuple[socket.socket, dict[str, Any], _Container | None]] = queue.SimpleQueue()
+        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.poller = select.poll()
+        self.handlers: dict[int, Callable[[], None]] = {}
+
+    def watch(self, fd: int, handler: Callable[[], None]) -> None:
+        self.poller.register(fd, select.POLLIN)
+        self.handlers[fd] = handler
+
+    def unwatch(self, fd: int) -> None:
+        self.poller.unregister(fd)
+        del self.handlers[fd]
+
+    def run(self) -> None:
+        self.watch(self.listener.fileno(), self._accept)
+        self.watch(self.owner.fileno(), self._owner_closed)
+        self.watch(self.wake_r, self._finish_creates)
+        while not (self.detached and not self.containers and not self.creating):
+            for fd, _ in self.poller.poll(self._timeout()):
+                handler = self.handlers.get(fd)  # an earlier handler of this round may have unwatched it
+                if handler is not None:
+                    handler()
+            self._expire_releases()
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        with contextlib.suppress(BlockingIOError, ConnectionAbortedError):
+            conn, _ = self.listener.accept()
+            self.watch(conn.fileno(), functools.partial(self._request, conn))
+
+    def _owner_closed(self) -> None:
+        # the daemon never writes on the job's socket: readable means it closed
+        self.unwatch(self.owner.fileno())
+        self.owner.close()
+        self.detached = True
+
+    def _request(self, conn: socket.socket) -> None:
+        self.unwatch(conn.fileno())
+        try:
+            message, fds = receive_message(conn)
+            for fd in fds:
+                os.close(fd)
+            if message is None:
+                conn.close()
+                return
+            op = message.get("op")
+            if op == "create":
+                self.creating += 1
+                threading.Thread(target=self._create, args=(conn, message.get("args") or {}),
+                                 name="create", daemon=True).start()
+                return
+            container = self.containers.get(str(message.get("id")))
+            if op == "reopen":
+                if container is not None:
+                    container.log.file.reopen()
+                self._reply(conn, {"ok": container is not None})
+            elif op == "release":
+                if container is None:
+                    self._reply(conn, {})
+                else:
+                    container.releases.append((conn, time.monotonic() + float(message.get("timeout", 5.0))))
+            elif op == "detach":
+                self.detached = True
+                self._reply(conn, {"containers": len(self.containers) + self.creating})
+            else:
+                raise InvalidArgument(f"container monitor: unknown request {op!r}")
+        except Exception as e:  # the caller gets it; the monitor goes on for the others
+            self._reply(conn, error_message(e))
+
+    def _reply(self, conn: socket.socket, message: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):
+            send_message(conn, message)
+        conn.close()
+
+    # -- create (in a thread of its own) --------------------------------------------------------
+
+    def _create(self, conn: socket.socket, a: dict[str, Any]) -> None:
+        """args container_id, bundle, log_path, exit_file."""
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        container = None
+        try:
+            state = self.runtime.create(a["container_id"], a["bundle"], stdio=(self.devnull, out_w, err_w))
+            container = _Container(id=a["container_id"], init=state.pid, pidfd=os.pidfd_open(state.pid),
+                                   log=ContainerLog(a["log_path"], {out_r: Stream.STDOUT, err_r: Stream.STDERR}),
+                                   exit_file=a["exit_file"])
+            reply: dict[str, Any] = {"pid": state.pid, "monitor_pid": os.getpid()}
+        except BaseException as e:
+            os.close(out_r)
+            os.close(err_r)
+            reply = error_message(e)
+        finally:
+            os.close(out_w)  # the init has its copies: EOF comes when it and its children are gone
+            os.close(err_w)
+        self.created.put((conn, reply, container))
+        os.write(self.wake_w, b"\0")
+
+    def _finish_creates(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self.wake_r, 512):
+                pass
+        while True:
+            try:
+                conn, reply, container = self.created.get_nowait()
+            except queue.Empty:
+                return
+            self.creating -= 1
+            if container is not None:
+                self.containers[container.id] = container
+                for fd in container.log.streams:
+                    self.watch(fd, functools.partial(self._copy, container, fd))
+                self.watch(container.pidfd, functools.partial(self._reap, container))
+            self._reply(conn, reply)
+
+    # -- the containers ---------------------------------------------------------------------------
+
+    def _copy(self, container: _Container, fd: int) -> None:
+        container.log.copy(fd)
+        if fd not in container.log.streams:
+            self.unwatch(fd)
+            self._end_if_done(container)
+
+    def _reap(self, container: _Container) -> None:
+        self.unwatch(container.pidfd)
+        os.close(container.pidfd)
+        container.pidfd = -1
+        _, status = os.waitpid(container.init, 0)
+        try:
+            write_exit_file(container.exit_file, status, time.time_ns())
+        except OSError as e:  # its bundle removed already (a forced release): nobody asks any more
+            print(f"container {container.id}: exit file: {e}", flush=True)
+        self._end_if_done(container)
+
+    def _end_if_done(self, container: _Container) -> None:
+        if not container.done:
+            return
+        container.log.close()
+        del self.containers[container.id]
+        for conn, _ in container.releases:
+            self._reply(conn, {})
+
+    def _timeout(self) -> int | None:
+        deadlines = [d for c in self.containers.values() for _, d in c.releases]
+        return max(0, int((min(deadlines) - time.monotonic()) * 1000) + 1) if deadlines else None
+
+    def _expire_releases(self) -> None:
+        """A release past its timeout: something outside the container holds its pipes
+        open. Stop copying them; the init, if not reaped yet, is still waited for."""
+        now = time.monotonic()
+        for container in list(self.containers.values()):
+            due = [conn for conn, deadline in container.releases if deadline <= now]
+            if not due:
+                continue
+            for fd in list(container.log.streams):
+                self.unwatch(fd)
+            container.log.close()
+            container.releases = [(c, d) for c, d in container.releases if d > now]
+            for conn in due:
+                self._reply(conn, {})
+            self._end_if_done(container)

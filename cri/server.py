@@ -75,18 +75,21 @@ def serve(config: CriConfig) -> None:
         from skiff.cri.service.context import open_context
 
         ctx = open_context(config, forkserver)
-        recover(ctx)
-        server = build_server(config.socket, ctx)
-        server.start()
-        # SIGTERM (systemd's stop) ends the wait below like ^C does, so the socket goes too.
-        signal.signal(signal.SIGTERM, lambda *_: server.stop(grace=2))
         try:
-            server.wait_for_termination()
-        finally:
-            server.stop(grace=2).wait()
+            recover(ctx)
+            server = build_server(config.socket, ctx)
+            server.start()
+            # SIGTERM (systemd's stop) ends the wait below like ^C does, so the socket goes too.
+            signal.signal(signal.SIGTERM, lambda *_: server.stop(grace=2))
             try:
-                os.unlink(config.socket)
-            except FileNotFoundError:
-                pass
+                server.wait_for_termination()
+            finally:
+                server.stop(grace=2).wait()
+                try:
+                    os.unlink(config.socket)
+                except FileNotFoundError:
+                    pass
+        finally:
+            ctx.monitors.close()  # it stays for the containers that are left
     finally:
         forkserver.stop()

@@ -76,6 +76,10 @@ def main(plan: LaunchPlan, sock: int, close: tuple[int, ...], cgroup_joins: tupl
     try:
         _reset_signals()
         child_mark(plan.trace_fd, b"fork")
+        if plan.stdio is not None:
+            _at(Step.SYNC, "stdio")
+            for number, fd in enumerate(plan.stdio):
+                os.dup2(fd, number)
         for path in cgroup_joins:
             _at(Step.CGROUP, path)
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
@@ -116,7 +120,8 @@ def prespawned(sock: int, flags: int, runtime: int, sample: bytes) -> NoReturn:
             os._exit(0)  # the runtime died before PDEATHSIG was set
         os.closerange(3, sock)
         os.closerange(sock + 1, _MAX_FD)
-        pickle.loads(sample)  # now, not on the start: the pages it touches get copied (COW)
+        if sample:  # none for a slot made on demand
+            pickle.loads(sample)  # now, not on the start: the pages it touches get copied (COW)
         received = _receive_plan(sock)
         if received is None:
             os._exit(0)  # the runtime closed the prespawner
@@ -146,7 +151,7 @@ def _receive_plan(sock: int) -> tuple[LaunchPlan, tuple[str, ...]] | None:
         plan = replace(plan, exec_fifo=(extra.pop(0), plan.exec_fifo[1]))
     if plan.trace_fd is not None:
         plan = replace(plan, trace_fd=extra.pop(0))
-    return plan, joins
+    return replace(plan, stdio=None), joins  # the plan's stdio is on 0, 1, 2 now
 
 
 def _reset_signals() -> None:

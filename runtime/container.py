@@ -159,14 +159,16 @@ class Runtime:
     def create(self, container_id: str, bundle: str, *, console_socket: str | None = None,
                console_fd: int | None = None, pid_file: str | None = None, preserve_fds: int = 0,
                spec: Spec | None = None, config: dict[str, Any] | None = None,
-               tracer: StartTrace | None = None) -> ContainerState:
+               tracer: StartTrace | None = None, stdio: tuple[int, int, int] | None = None) -> ContainerState:
         """Set up the container and leave its init waiting for `start`. On any failure
         nothing is left: no process, cgroup, state directory. `config`: the JSON `spec` was
-        read from, stored as it is (else the spec is encoded again for the record)."""
+        read from, stored as it is (else the spec is encoded again for the record).
+        `stdio`: the init's stdin, stdout and stderr, if not this process's (a caller with
+        threads cannot lend it fds 0 to 2)."""
         try:
             return self._state(self._create(container_id, bundle, console_socket=console_socket,
                                             console_fd=console_fd, pid_file=pid_file, preserve_fds=preserve_fds,
-                                            spec=spec, config=config, tracer=tracer))
+                                            spec=spec, config=config, tracer=tracer, stdio=stdio))
         finally:
             self._refill()
 
@@ -178,7 +180,8 @@ class Runtime:
 
     def _create(self, container_id: str, bundle: str, *, console_socket: str | None, console_fd: int | None,
                 pid_file: str | None, preserve_fds: int, spec: Spec | None, config: dict[str, Any] | None,
-                tracer: StartTrace | None, start: bool = False) -> ContainerRecord:
+                tracer: StartTrace | None, start: bool = False,
+                stdio: tuple[int, int, int] | None = None) -> ContainerRecord:
         """`start`: `run`'s create + start in one go. The init waits for the go-ahead on the
         sync socket, sent once the record is saved, instead of on exec.fifo."""
         from skiff.oci import read_spec, spec_to_dict
@@ -218,7 +221,7 @@ class Runtime:
                 undo.callback(os.close, console_fd)
             plan = plan_create(spec, bundle=bundle, cgroup_mounts=cgroup.mounts(), exec_fifo=exec_fifo,
                                start_sync=start, console_fd=console_fd, preserve_fds=preserve_fds,
-                               trace_fd=tracer.child_fd if tracer else None)
+                               trace_fd=tracer.child_fd if tracer else None, stdio=stdio)
             state = ContainerState(id=container_id, pid=0, status=Status.CREATING, bundle=bundle,
                                    rootfs=plan.rootfs.path if plan.rootfs else "", created=_now(),
                                    owner="", annotations=dict(spec.annotations))

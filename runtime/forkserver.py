@@ -50,20 +50,22 @@ class Worker:
         self.fds = fds
 
     def reply(self, message: Mapping[str, Any], fds: Sequence[int] = ()) -> None:
-        _send(self.sock, message, fds)
+        send_message(self.sock, message, fds)
 
 
 Job = Callable[[Worker], None]
 
 
-def _send(sock: socket.socket, message: Mapping[str, Any], fds: Sequence[int] = ()) -> None:
+def send_message(sock: socket.socket, message: Mapping[str, Any], fds: Sequence[int] = ()) -> None:
+    """One message: a SOCK_SEQPACKET packet of JSON, with `fds` as SCM_RIGHTS."""
     data = json.dumps(message).encode()
     if len(data) > MAX_MESSAGE:
         raise errors.InvalidArgument(f"fork server message of {len(data)} bytes: over {MAX_MESSAGE}")
     socket.send_fds(sock, [data], list(fds))
 
 
-def _receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
+def receive_message(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
+    """The next message and its fds (close-on-exec); None at EOF."""
     data, fds, _, _ = socket.recv_fds(sock, MAX_MESSAGE, MAX_FDS)
     for fd in fds:
         os.set_inheritable(fd, False)
@@ -110,7 +112,7 @@ class WorkerCall:
         word) is an error too. `timeout` None waits for ever."""
         self.sock.settimeout(timeout)
         try:
-            message, fds = _receive(self.sock)
+            message, fds = receive_message(self.sock)
         except TimeoutError:
             raise errors.Unavailable(f"fork server worker: no reply within {timeout:g}s") from None
         if message is None:
@@ -122,7 +124,7 @@ class WorkerCall:
         return message, fds
 
     def send(self, message: Mapping[str, Any], fds: Sequence[int] = ()) -> None:
-        _send(self.sock, message, fds)
+        send_message(self.sock, message, fds)
 
     def close(self) -> None:
         self.sock.close()
@@ -162,7 +164,7 @@ class ForkServer:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             with self._lock:
-                _send(self._control, {"job": job, "args": dict(args or {})}, [theirs.fileno(), *fds])
+                send_message(self._control, {"job": job, "args": dict(args or {})}, [theirs.fileno(), *fds])
         except BaseException:
             ours.close()
             raise
@@ -209,7 +211,7 @@ def _serve(control: socket.socket, jobs: dict[str, Job]) -> None:
             if not events:
                 continue
             try:
-                message, fds = _receive(control)
+                message, fds = receive_message(control)
             except (ValueError, errors.SkiffError):
                 continue  # not a request (a caller's bug): the server must go on for the others
             if message is None:
@@ -219,7 +221,7 @@ def _serve(control: socket.socket, jobs: dict[str, Job]) -> None:
             try:
                 if idle is None:
                     raise OSError("no idle worker")
-                _send(idle[0], message, fds)
+                send_message(idle[0], message, fds)
             except (OSError, errors.SkiffError):
                 _fork_worker(control, jobs, message, fds)
             finally:
@@ -242,7 +244,7 @@ def _fork_worker(control: socket.socket, jobs: dict[str, Job], message: dict[str
         # Out of pids (the service's TasksMax, pids.max) or memory: this request fails,
         # as data on its own socket; the server stays for the next one.
         with contextlib.suppress(OSError), socket.socket(fileno=os.dup(fds[0])) as caller:
-            _send(caller, error_message(errors.Unavailable(f"fork server: fork: {e.strerror or e}")))
+            send_message(caller, error_message(errors.Unavailable(f"fork server: fork: {e.strerror or e}")))
         return
     if pid == 0:
         _work(control, jobs, message, fds)  # never returns
@@ -262,7 +264,7 @@ def _fork_idle(control: socket.socket, jobs: dict[str, Job]) -> tuple[socket.soc
         code = 1
         try:
             ours.close()
-            message, fds = _receive(theirs)
+            message, fds = receive_message(theirs)
             theirs.close()
             if message is None:
                 code = 0
@@ -300,7 +302,7 @@ def _work(control: socket.socket, jobs: dict[str, Job], message: dict[str, Any],
             code = 0
         except BaseException as e:  # the caller gets every failure, as data
             try:
-                _send(sock, error_message(e))
+                send_message(sock, error_message(e))
             except OSError:
                 pass
     finally:

@@ -67,6 +67,7 @@ class LaunchPlan:
     exec_fifo: tuple[int, str] | None  # (dirfd of the state dir, file name): wait there for `start`
     start_sync: bool = False           # `run`: wait for START on the sync socket instead
     trace_fd: int | None = None        # where the child writes its timestamps (trace.py), if traced
+    stdio: tuple[int, int, int] | None = None  # the process's stdin, stdout, stderr; None: the runtime's own
 
 
 def parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -130,7 +131,8 @@ def prepare_seccomp(spec: Spec) -> PreparedFilter | None:
 
 def plan_create(spec: Spec, *, bundle: str, cgroup_mounts: list[tuple[str, str]],
                 exec_fifo: tuple[int, str] | None, start_sync: bool = False, console_fd: int | None = None,
-                preserve_fds: int = 0, trace_fd: int | None = None) -> LaunchPlan:
+                preserve_fds: int = 0, trace_fd: int | None = None,
+                stdio: tuple[int, int, int] | None = None) -> LaunchPlan:
     if spec.process is None:
         raise InvalidArgument("process: required to create a container")
     namespaces = plan_namespaces(spec.linux)
@@ -156,6 +158,7 @@ def plan_create(spec: Spec, *, bundle: str, cgroup_mounts: list[tuple[str, str]]
         exec_fifo=exec_fifo,
         start_sync=start_sync,
         trace_fd=trace_fd,
+        stdio=stdio,
     )
 
 

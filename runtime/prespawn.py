@@ -22,6 +22,13 @@ slot never has a mount namespace of its own before its plan comes: one copied ea
 miss the mounts made since (an image's rootfs). Nothing about the container is decided
 before the plan: the namespaces are new and empty, as they would be at a fork.
 
+Where the container's cgroup has a cgroup2 part (a cgroup v2 host, the unified/ group of a
+hybrid one), a waiting slot would have to move itself into it: a write to cgroup.procs,
+which waits for an RCU grace period (about 10 ms here). So for such a cgroup the slot is made
+on demand instead, cloned straight into the cgroup (CLONE_INTO_CGROUP, its fd passed along):
+still by the prespawner, so the runtime still never forks, at the cost of a clone on the
+critical path.
+
 Slots die with the runtime (PR_SET_PDEATHSIG) and at `close`; a taken slot clears it, so
 a detached container outlives the runtime as usual.
 """
@@ -48,6 +55,7 @@ if TYPE_CHECKING:
 # What a slot may make before its plan: not a mount namespace (see above), nor user or
 # cgroup ones (NamespacePlan.at_clone).
 SLOT_NAMESPACES = libc.CLONE_NEWPID | libc.CLONE_NEWNET | libc.CLONE_NEWIPC | libc.CLONE_NEWUTS
+INTO_CGROUP = 1 << 63  # in a request's flags: clone into the cgroup whose fd comes with it
 _REPLY = 16  # flags (8 bytes) and pid (8 bytes)
 
 
@@ -58,8 +66,9 @@ class Slot:
     sock: socket.socket  # the runtime's end of the sync socket
 
     def hand_over(self, plan: LaunchPlan, cgroup_joins: tuple[str, ...]) -> None:
-        """Send the plan, with the fds it names and this process's stdio as it is now."""
-        fds = [0, 1, 2]
+        """Send the plan, with the fds it names and its stdio (this process's as it is now,
+        if the plan names none)."""
+        fds = list(plan.stdio or (0, 1, 2))
         fifo = plan.exec_fifo
         if fifo is not None:
             fds.append(fifo[0])
@@ -80,6 +89,7 @@ class Prespawner:
         self._idle: dict[int, list[Slot]] = {}
         self._pending: dict[int, int] = {}  # slots asked for and not yet arrived, per flags
         self._samples: dict[int, bytes] = {}  # a plan of each kind, which a new slot reads once
+        self.taken = 0  # slots handed out, waiting or made on demand
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         # A fresh interpreter, not a fork of the caller: its slots are small (their fork and
         # their execve cost in proportion to that), and a caller's threads and heap stay out.
@@ -100,10 +110,11 @@ class Prespawner:
         # each other's parts (a dead prespawner closes), hence reentrant.
         self._lock = threading.RLock()
 
-    def take(self, plan: LaunchPlan) -> Slot | None:
+    def take(self, plan: LaunchPlan, cgroup_fd: int | None = None) -> Slot | None:
         """A slot for this plan: a waiting one, else one made now; None if the plan cannot
         go to a slot (the caller forks). `refill` makes the next one: called once the start
-        is past its critical part, so that the prespawner's clone does not compete with it."""
+        is past its critical part, so that the prespawner's clone does not compete with it.
+        `cgroup_fd`: a cgroup2 directory to join; the slot is made now, cloned into it."""
         with self._lock:
             if plan.process.preserve_fds or plan.process.console_fd is not None or self._control is None:
                 return None  # fds at fixed numbers: only a fork passes them on
@@ -121,24 +132,43 @@ class Prespawner:
             except EOFError:  # the prespawner is gone (it could not start, or was killed): fork
                 self.close()
                 return None
-            idle = self._idle.setdefault(flags, [])
-            slot = None
-            while idle and slot is None:
-                slot = idle.pop(0)
-                if not _alive(slot):
-                    slot = None
-            if slot is None:
-                # None waiting (the first of its kind, or all taken): one made now, by the
-                # prespawner, rather than a fork here, which may have other threads.
-                try:
-                    self._ask(flags, 1)
-                    while not idle and self._pending.get(flags):
-                        self._receive(block=True, timeout=10)
-                except (OSError, EOFError):
-                    self.close()
-                    return None
-                slot = idle.pop(0) if idle else None
+            slot = self._make_now(flags, cgroup_fd) if cgroup_fd is not None else self._waiting_slot(flags)
+            self.taken += slot is not None
             return slot
+
+    def _waiting_slot(self, flags: int) -> Slot | None:
+        idle = self._idle.setdefault(flags, [])
+        slot = None
+        while idle and slot is None:
+            slot = idle.pop(0)
+            if not _alive(slot):
+                slot = None
+        if slot is None:
+            # None waiting (the first of its kind, or all taken): one made now, by the
+            # prespawner, rather than a fork here, which may have other threads.
+            try:
+                self._ask(flags, 1)
+                while not idle and self._pending.get(flags):
+                    self._receive(block=True, timeout=10)
+            except (OSError, EOFError):
+                self.close()
+                return None
+            slot = idle.pop(0) if idle else None
+        return slot
+
+    def _make_now(self, flags: int, cgroup_fd: int) -> Slot | None:
+        kind = flags | INTO_CGROUP
+        try:
+            assert self._control is not None
+            socket.send_fds(self._control, [kind.to_bytes(8, "little")], [cgroup_fd])
+            self._pending[kind] = self._pending.get(kind, 0) + 1
+            made = self._idle.setdefault(kind, [])
+            while not made and self._pending.get(kind):
+                self._receive(block=True, timeout=10)
+        except (OSError, EOFError):
+            self.close()
+            return None
+        return made.pop(0) if made else None
 
     def waiting(self) -> list[int]:
         """The pids of the slots that wait for a plan now."""
@@ -154,7 +184,8 @@ class Prespawner:
                 return
             try:
                 for flags, idle in self._idle.items():
-                    self._ask(flags, self.depth - len(idle) - self._pending.get(flags, 0))
+                    if not flags & INTO_CGROUP:
+                        self._ask(flags, self.depth - len(idle) - self._pending.get(flags, 0))
             except OSError:  # the prespawner is gone: starts fork from now on
                 self.close()
 
@@ -221,7 +252,7 @@ class Prespawner:
             flags, pid = int.from_bytes(data[:8], "little"), int.from_bytes(data[8:], "little")
             self._pending[flags] -= 1
             if pid and fds:
-                self._idle.setdefault(flags, []).append(Slot(pid, flags, socket.socket(fileno=fds[0])))
+                self._idle.setdefault(flags, []).append(Slot(pid, flags & ~INTO_CGROUP, socket.socket(fileno=fds[0])))
             got = True
 
 
@@ -247,15 +278,19 @@ def serve(control_fd: str, runtime_pid: str) -> None:
     libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != runtime:
         return
-    while request := control.recv(1 << 20):
+    while True:
+        request, fds, _, _ = socket.recv_fds(control, 1 << 20, 1)
+        if not request:
+            break
         flags = int.from_bytes(request[:8], "little")
+        cgroup_fd = fds[0] if fds and flags & INTO_CGROUP else None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             with signals_blocked():
-                pid = libc.clone3(flags, None, parent=True)
+                pid = libc.clone3(flags & ~INTO_CGROUP, cgroup_fd, parent=True)
                 if pid == 0:
                     try:
-                        child.prespawned(theirs.fileno(), flags, runtime, request[8:])
+                        child.prespawned(theirs.fileno(), flags & ~INTO_CGROUP, runtime, request[8:])
                     finally:
                         os._exit(127)
         except OSError:
@@ -263,6 +298,9 @@ def serve(control_fd: str, runtime_pid: str) -> None:
             ours.close()
             theirs.close()
             continue
+        finally:
+            for fd in fds:
+                os.close(fd)
         theirs.close()
         socket.send_fds(control, [flags.to_bytes(8, "little") + pid.to_bytes(8, "little")], [ours.fileno()])
         ours.close()

@@ -166,11 +166,17 @@ def _start(plan: LaunchPlan, pid: int, cloned: int, parent_end: socket.socket,
 
 
 def _take_slot(prespawner: Prespawner, plan: LaunchPlan, cgroup: CgroupDriver | None) -> Slot | None:
-    slot = prespawner.take(plan)
+    # A cgroup with a cgroup2 part: a slot cloned into it, not one that moves in (prespawn.py).
+    cgroup_fd = cgroup.dirfd() if cgroup is not None else None
+    try:
+        slot = prespawner.take(plan, cgroup_fd)
+    finally:
+        if cgroup_fd is not None:
+            os.close(cgroup_fd)
     if slot is None:
         return None
     try:
-        slot.hand_over(plan, cgroup.self_joins(False) if cgroup is not None else ())
+        slot.hand_over(plan, cgroup.self_joins(cgroup_fd is not None) if cgroup is not None else ())
     except Exception:  # it died since take() looked, or the plan does not pickle: fork instead
         slot.sock.close()
         kill_and_reap([slot.pid])
@@ -207,6 +213,15 @@ def _fork_child(plan: LaunchPlan, cgroup: CgroupDriver | None) -> tuple[int, int
     return pid, cloned, parent_end
 
 
+def _recv(sock: socket.socket) -> bytes:
+    """The child's next message; b"" once every process with the socket is gone (also when
+    the last one died with a message of ours unread, which the kernel reports as a reset)."""
+    try:
+        return sock.recv(sync.MAX_MESSAGE)
+    except ConnectionResetError:
+        return b""
+
+
 def _exchange(sock: socket.socket, pid: int, plan: LaunchPlan,
               on_hooks: Callable[[int], bytes] | None, undo: Undo, second_fork: bool) -> int:
     init: int | None = None
@@ -215,7 +230,7 @@ def _exchange(sock: socket.socket, pid: int, plan: LaunchPlan,
     # its pid. Taking READY then would make the intermediate the "init".
     pending: list[bytes] = []
     while True:
-        message = pending.pop(0) if init is not None and pending else sock.recv(sync.MAX_MESSAGE)
+        message = pending.pop(0) if init is not None and pending else _recv(sock)
         tag = message[:1]
         if tag == sync.USERNS:
             write_id_maps(pid, plan.namespaces)

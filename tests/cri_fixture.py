@@ -138,20 +138,23 @@ def in_process(config: CriConfig) -> Iterator[Cri]:
     forkserver = start_forkserver()
     try:
         ctx = open_context(config, forkserver)
-        recover(ctx)
-        server = build_server(config.socket, ctx, workers=8)
-        server.start()
-        channel = grpc.insecure_channel(f"unix://{config.socket}")
-        cri = Cri(config, channel)
         try:
-            yield cri
-        finally:
+            recover(ctx)
+            server = build_server(config.socket, ctx, workers=8)
+            server.start()
+            channel = grpc.insecure_channel(f"unix://{config.socket}")
+            cri = Cri(config, channel)
             try:
-                cri.remove_all()
+                yield cri
             finally:
-                channel.close()
-                server.stop(grace=None).wait()
-                _remove_bridge(config)
+                try:
+                    cri.remove_all()
+                finally:
+                    channel.close()
+                    server.stop(grace=None).wait()
+                    _remove_bridge(config)
+        finally:
+            ctx.monitors.close()
     finally:
         forkserver.stop()
 

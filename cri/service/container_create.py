@@ -1,7 +1,7 @@
 """CreateContainer (containerd `internal/cri/server/container_create.go`).
 
   reserve the name → record (UNKNOWN) → snapshot of the image → OCI spec and bundle →
-  a fork-server worker creates the container and becomes its monitor → record CREATED.
+  the container monitor creates the container (cri/monitor.py) → record CREATED.
 On failure `remove_container_files` undoes what exists; the record stays (UNKNOWN) only if
 that fails too, so RemoveContainer can finish.
 """
@@ -112,10 +112,7 @@ def _create(ctx: ServiceContext, record: ContainerRecord, config: pb.ContainerCo
     log_path = record.log_path or os.devnull
     if record.log_path:
         os.makedirs(os.path.dirname(log_path), mode=0o755, exist_ok=True)
-    reply = ctx.forkserver.run("create_container", {
-        "runtime_root": ctx.runtime_root, "cgroup_parent": ctx.config.cgroup_parent,
-        "container_id": record.runtime_id, "bundle": bundle, "log_path": log_path,
-        "exit_file": ctx.exit_file(record.id), "monitor_log": os.path.join(bundle, "monitor.log"),
-    })  # no timeout: given up on, a worker would go on to create a container nobody owns
+    reply = ctx.monitors.create({"container_id": record.runtime_id, "bundle": bundle, "log_path": log_path,
+                                 "exit_file": ctx.exit_file(record.id)})
     stop_signal = resolved.image.config.stop_signal if resolved.image.config else None
     return int(reply["pid"]), int(reply["monitor_pid"]), stop_signal or ""

@@ -9,6 +9,7 @@ import shutil
 
 from cri_api.v1 import api_pb2 as pb
 
+from skiff.cri.service.container_status import monitor_alive
 from skiff.cri.service.context import ServiceContext
 from skiff.cri.store.container import ContainerRecord
 from skiff.errors import NotFound
@@ -37,26 +38,9 @@ def remove_container_files(ctx: ServiceContext, record: ContainerRecord) -> None
     """The runtime container, its snapshot and bundle; each may be missing (a create that
     failed half way, a second try after a failed remove)."""
     ctx.runtime.delete(record.runtime_id, force=True)
-    _wait_monitor_gone(record)
+    if monitor_alive(record):  # its last lines in the log, its exit file written
+        ctx.monitors.release(record.monitor_pid, record.runtime_id)
     ctx.images.release(record.id)
     bundle = ctx.bundle_dir(record.id)
     if os.path.isdir(bundle):
         shutil.rmtree(bundle)
-
-
-def _wait_monitor_gone(record: ContainerRecord, timeout: float = 5.0) -> None:
-    """The monitor exits once its pipes close, a moment after the container's last process
-    is gone; Remove returns when it has, or kills it past `timeout` (something outside the
-    container kept the pipes open)."""
-    import signal
-    import time
-
-    from skiff.cri.service.container_status import monitor_alive
-
-    deadline = time.monotonic() + timeout
-    while monitor_alive(record):
-        if time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(record.monitor_pid, signal.SIGKILL)
-            return
-        time.sleep(0.002)

@@ -9,7 +9,6 @@ from dataclasses import replace
 from cri_api.v1 import api_pb2 as pb
 
 from skiff.cri.container_spec import linux_resources
-from skiff.cri.logs import request_reopen
 from skiff.cri.service.container_status import monitor_alive, lookup
 from skiff.cri.service.context import ServiceContext
 from skiff.cri.store.container import ContainerState
@@ -52,6 +51,6 @@ def reopen_container_log(ctx: ServiceContext, request: pb.ReopenContainerLogRequ
         return pb.ReopenContainerLogResponse()
     if not monitor_alive(record):
         raise FailedPrecondition(f"container {record.id}: its log monitor is gone")
-    if not request_reopen(record.monitor_pid, record.log_path):
-        raise FailedPrecondition(f"container {record.id}: {record.log_path} did not reappear after the reopen")
+    if not ctx.monitors.reopen(record.monitor_pid, record.runtime_id):
+        raise FailedPrecondition(f"container {record.id}: its monitor no longer copies its output")
     return pb.ReopenContainerLogResponse()

@@ -5,7 +5,8 @@ live under the state root:
     <state_root>/sandboxes/<id>.json     sandbox records (store/sandbox.py)
     <state_root>/containers/<id>.json    container records (store/container.py)
     <state_root>/pods/<id>/              hostname, hosts, resolv.conf, shm/, ns/{net,ipc,uts}
-    <state_root>/bundles/<id>/           config.json, exit (the monitor's exit file), monitor.log
+    <state_root>/bundles/<id>/           config.json, exit (the monitor's exit file)
+    <state_root>/monitors/               <pid>.sock of each container monitor, monitor.log
     <state_root>/runtime/                the OCI runtime's own state (runtime/state.py)
     <state_root>/network/                IPAM and the nftables lock (network/)
 """
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from skiff.cri.config import CriConfig
+from skiff.cri.monitor_client import Monitors
 from skiff.cri.network.driver import PodNetworking, networking_for
 from skiff.cri.store.container import ContainerStore
 from skiff.cri.store.sandbox import SandboxStore
@@ -36,6 +38,7 @@ class ServiceContext:
     containers: ContainerStore
     runtime: Runtime
     forkserver: ForkServer
+    monitors: Monitors
     network: PodNetworking
     _sandbox_locks: dict[str, threading.Lock] = field(default_factory=dict)
     _locks_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -71,8 +74,11 @@ class ServiceContext:
 def open_context(config: CriConfig, forkserver: ForkServer, *, images: Images | None = None) -> ServiceContext:
     state = config.state_root
     os.makedirs(state, mode=0o700, exist_ok=True)
-    for sub in ("pods", "bundles", "runtime", "network"):
+    for sub in ("pods", "bundles", "runtime", "network", "monitors"):
         os.makedirs(os.path.join(state, sub), mode=0o700, exist_ok=True)
+    monitors = Monitors(forkserver, state_root=state, runtime_root=os.path.join(state, "runtime"),
+                        cgroup_parent=config.cgroup_parent)
+    monitors.current()  # now, not in the first CreateContainer
     return ServiceContext(
         config=config,
         images=images or Images(config.images_root, registries=config.registries, progress=False),
@@ -80,5 +86,6 @@ def open_context(config: CriConfig, forkserver: ForkServer, *, images: Images | 
         containers=ContainerStore(state),
         runtime=Runtime(os.path.join(state, "runtime"), cgroup_parent=config.cgroup_parent),
         forkserver=forkserver,
+        monitors=monitors,
         network=networking_for(config.network, Path(state) / "network"),
     )
