@@ -973,9 +973,9 @@ def verdict_text(results: dict[str, Result]) -> list[str]:
     ok = sm <= cm * TARGET_MEMORY
     out.append(f"memory per running pod (PSS) <= {TARGET_MEMORY}x containerd's (shim + pause + daemon growth): "
                f"**{'met' if ok else 'not met'}**: skiff {mbytes(sm)}, containerd {mbytes(cm)} ({sm / cm:.2f}x). "
-               "PSS is what the pods cost the node: RSS counts every shared page once per process, and "
-               f"skiff's monitors share most of theirs with the fork server they are forks of (RSS: skiff "
-               f"{mbytes(s.per_pod('rss'))}, containerd {mbytes(c.per_pod('rss'))}).")
+               "PSS is what the pods cost the node: RSS counts every shared page once per process (RSS: skiff "
+               f"{mbytes(s.per_pod('rss'))}, containerd {mbytes(c.per_pod('rss'))}). skiff's one container "
+               "monitor, which runs before the pods come, counts in the daemon's growth.")
     return out
 
 
@@ -1013,7 +1013,8 @@ socket, the calls kubelet makes) against **skiff** (`skiff cri serve`) and **con
    growth since just before those pods plus every process the pods brought that is not a
    container's own `sleep` (containerd: the `containerd-shim-runc-v2` processes and the
    pause processes below them; skiff: whatever is new in the daemon's process tree, session
-   or cgroup parent), RSS and PSS from `/proc/PID/smaps_rollup`, divided by the pod count.
+   or cgroup parent; its container monitor, one for all the pods, is there before them and
+   counts in the growth), RSS and PSS from `/proc/PID/smaps_rollup`, divided by the pod count.
    PSS splits shared pages (the shim's binary, busybox) between their users, RSS counts them
    in full for each process; a daemon's PSS can shrink when it forks helpers (pages it now
    shares with them), so only the sum of the two parts means something.
