@@ -19,8 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import signal
+import socket
+import struct
 import sys
 from collections.abc import Mapping
 
@@ -28,6 +31,10 @@ from skiff.cri import pause
 from skiff.errors import InvalidArgument
 from skiff.runtime import libc
 from skiff.runtime.forkserver import Worker
+
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
 
 # CRI / OCI namespace type -> (file in /proc/self/ns, clone flag)
 SHARED = {"network": ("net", libc.CLONE_NEWNET), "ipc": ("ipc", libc.CLONE_NEWIPC),
@@ -64,6 +71,8 @@ def pin(worker: Worker) -> None:
     for t in types:
         flags |= SHARED[t][1]
     libc.unshare(flags)
+    if "network" in types:
+        _loopback_up()
     if "uts" in types and a.get("hostname"):
         libc.sethostname(a["hostname"])
     for key, value in (a.get("sysctls") or {}).items():
@@ -92,6 +101,15 @@ def pin(worker: Worker) -> None:
             finally:
                 os._exit(127)
     worker.reply({"pause_pid": pause_pid})
+
+
+def _loopback_up() -> None:
+    """`lo` up in this process's new network namespace, as every pod network mode wants it
+    (an ioctl: no netlink library in the fork server)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        request = struct.pack("16sh22x", b"lo", 0)  # struct ifreq: name, flags
+        flags = struct.unpack("16sh22x", fcntl.ioctl(s, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(s, SIOCSIFFLAGS, struct.pack("16sh22x", b"lo", flags | IFF_UP))
 
 
 def unpin(ns_dir: str) -> None:

@@ -132,16 +132,31 @@ def prespawned(sock: int, flags: int, runtime: int, sample: bytes) -> NoReturn:
     main(plan, sock, (), joins, flags)
 
 
+def launched(sock: int, flags: int, data: bytes, fds: list[int], control: int) -> NoReturn:
+    """A process the prespawner cloned with its plan already (prespawn.py: into a cgroup2
+    directory): on as main() does after a fork."""
+    gc.disable()
+    try:
+        os.close(control)  # the prespawner's end: the runtime sees EOF when the prespawner exits
+        plan, joins = take_plan(data, fds)
+    except BaseException:
+        os._exit(1)
+    main(plan, sock, (), joins, flags)
+
+
 def _receive_plan(sock: int) -> tuple[LaunchPlan, tuple[str, ...]] | None:
-    """The plan and the cgroup files to join (Slot.hand_over), with the runtime's stdio on
-    0, 1, 2 and the fds the plan names in place; None at EOF."""
+    """The plan a slot waited for (Slot.hand_over); None at EOF."""
     conn = socket.socket(fileno=sock)
     try:
         data, fds, _, _ = socket.recv_fds(conn, 1 << 20, 8)
     finally:
         conn.detach()  # the fd stays: it is the sync socket from here on
-    if not data:
-        return None
+    return take_plan(data, fds) if data else None
+
+
+def take_plan(data: bytes, fds: list[int]) -> tuple[LaunchPlan, tuple[str, ...]]:
+    """The plan and the cgroup files to join (prespawn.plan_message), with the runtime's
+    stdio on 0, 1, 2 and the fds the plan names in place."""
     plan, joins = pickle.loads(data)
     for number, fd in enumerate(fds[:3]):
         os.dup2(fd, number)

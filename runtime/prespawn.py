@@ -24,10 +24,11 @@ before the plan: the namespaces are new and empty, as they would be at a fork.
 
 Where the container's cgroup has a cgroup2 part (a cgroup v2 host, the unified/ group of a
 hybrid one), a waiting slot would have to move itself into it: a write to cgroup.procs,
-which waits for an RCU grace period (about 10 ms here). So for such a cgroup the slot is made
-on demand instead, cloned straight into the cgroup (CLONE_INTO_CGROUP, its fd passed along):
-still by the prespawner, so the runtime still never forks, at the cost of a clone on the
-critical path.
+which waits for an RCU grace period (about 10 ms here). So for such a cgroup the process is
+launched instead: the create sends the prespawner its plan, the cgroup's fd and its end of
+the sync socket in one message, and the prespawner clones it straight into the cgroup
+(CLONE_INTO_CGROUP) with the plan in hand. The runtime still never forks; the clone is on
+the critical path.
 
 Slots die with the runtime (PR_SET_PDEATHSIG) and at `close`; a taken slot clears it, so
 a detached container outlives the runtime as usual.
@@ -66,16 +67,19 @@ class Slot:
     sock: socket.socket  # the runtime's end of the sync socket
 
     def hand_over(self, plan: LaunchPlan, cgroup_joins: tuple[str, ...]) -> None:
-        """Send the plan, with the fds it names and its stdio (this process's as it is now,
-        if the plan names none)."""
-        fds = list(plan.stdio or (0, 1, 2))
-        fifo = plan.exec_fifo
-        if fifo is not None:
-            fds.append(fifo[0])
-        if plan.trace_fd is not None:
-            fds.append(plan.trace_fd)
-        data = pickle.dumps((plan, cgroup_joins), protocol=pickle.HIGHEST_PROTOCOL)
+        data, fds = plan_message(plan, cgroup_joins)
         socket.send_fds(self.sock, [data], fds)
+
+
+def plan_message(plan: LaunchPlan, cgroup_joins: tuple[str, ...]) -> tuple[bytes, list[int]]:
+    """The plan as a slot takes it (child.take_plan): pickled, with the fds it names and its
+    stdio (this process's as it is now, if the plan names none)."""
+    fds = list(plan.stdio or (0, 1, 2))
+    if plan.exec_fifo is not None:
+        fds.append(plan.exec_fifo[0])
+    if plan.trace_fd is not None:
+        fds.append(plan.trace_fd)
+    return pickle.dumps((plan, cgroup_joins), protocol=pickle.HIGHEST_PROTOCOL), fds
 
 
 def plan_flags(plan: LaunchPlan) -> int:
@@ -89,7 +93,8 @@ class Prespawner:
         self._idle: dict[int, list[Slot]] = {}
         self._pending: dict[int, int] = {}  # slots asked for and not yet arrived, per flags
         self._samples: dict[int, bytes] = {}  # a plan of each kind, which a new slot reads once
-        self.taken = 0  # slots handed out, waiting or made on demand
+        self.taken = 0  # slots handed out, waiting or launched
+        self._launched: list[int] = []  # the pid a launch() is waiting for
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         # A fresh interpreter, not a fork of the caller: its slots are small (their fork and
         # their execve cost in proportion to that), and a caller's threads and heap stay out.
@@ -110,15 +115,48 @@ class Prespawner:
         # each other's parts (a dead prespawner closes), hence reentrant.
         self._lock = threading.RLock()
 
-    def take(self, plan: LaunchPlan, cgroup_fd: int | None = None) -> Slot | None:
+    def _slottable(self, plan: LaunchPlan) -> int:
+        """The slot kind for this plan; 0 if it cannot go to a slot (the caller forks)."""
+        if plan.process.preserve_fds or plan.process.console_fd is not None or self._control is None:
+            return 0  # fds at fixed numbers: only a fork passes them on
+        return plan_flags(plan)
+
+    def launch(self, plan: LaunchPlan, cgroup_joins: tuple[str, ...], cgroup_fd: int) -> Slot | None:
+        """A process made now for this plan, cloned into the cgroup2 directory `cgroup_fd`
+        with the plan in hand: one exchange with the prespawner (the runtime's end of the
+        sync socket goes with the request). None if it cannot be (the caller forks)."""
+        with self._lock:
+            flags = self._slottable(plan)
+            if not flags:
+                return None
+            assert self._control is not None
+            kind = flags | INTO_CGROUP
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                data, fds = plan_message(plan, cgroup_joins)
+                socket.send_fds(self._control, [kind.to_bytes(8, "little") + data], [cgroup_fd, theirs.fileno(), *fds])
+                self._pending[kind] = self._pending.get(kind, 0) + 1
+                while self._pending.get(kind):
+                    self._receive(block=True, timeout=10)
+            except (OSError, EOFError):
+                ours.close()
+                self.close()
+                return None
+            finally:
+                theirs.close()
+            pid = self._launched.pop() if self._launched else 0
+            if not pid:
+                ours.close()
+                return None
+            self.taken += 1
+            return Slot(pid, flags, ours)
+
+    def take(self, plan: LaunchPlan) -> Slot | None:
         """A slot for this plan: a waiting one, else one made now; None if the plan cannot
         go to a slot (the caller forks). `refill` makes the next one: called once the start
-        is past its critical part, so that the prespawner's clone does not compete with it.
-        `cgroup_fd`: a cgroup2 directory to join; the slot is made now, cloned into it."""
+        is past its critical part, so that the prespawner's clone does not compete with it."""
         with self._lock:
-            if plan.process.preserve_fds or plan.process.console_fd is not None or self._control is None:
-                return None  # fds at fixed numbers: only a fork passes them on
-            flags = plan_flags(plan)
+            flags = self._slottable(plan)
             if not flags:
                 return None
             if flags not in self._samples:
@@ -132,7 +170,7 @@ class Prespawner:
             except EOFError:  # the prespawner is gone (it could not start, or was killed): fork
                 self.close()
                 return None
-            slot = self._make_now(flags, cgroup_fd) if cgroup_fd is not None else self._waiting_slot(flags)
+            slot = self._waiting_slot(flags)
             self.taken += slot is not None
             return slot
 
@@ -156,20 +194,6 @@ class Prespawner:
             slot = idle.pop(0) if idle else None
         return slot
 
-    def _make_now(self, flags: int, cgroup_fd: int) -> Slot | None:
-        kind = flags | INTO_CGROUP
-        try:
-            assert self._control is not None
-            socket.send_fds(self._control, [kind.to_bytes(8, "little")], [cgroup_fd])
-            self._pending[kind] = self._pending.get(kind, 0) + 1
-            made = self._idle.setdefault(kind, [])
-            while not made and self._pending.get(kind):
-                self._receive(block=True, timeout=10)
-        except (OSError, EOFError):
-            self.close()
-            return None
-        return made.pop(0) if made else None
-
     def waiting(self) -> list[int]:
         """The pids of the slots that wait for a plan now."""
         with self._lock:
@@ -184,8 +208,7 @@ class Prespawner:
                 return
             try:
                 for flags, idle in self._idle.items():
-                    if not flags & INTO_CGROUP:
-                        self._ask(flags, self.depth - len(idle) - self._pending.get(flags, 0))
+                    self._ask(flags, self.depth - len(idle) - self._pending.get(flags, 0))
             except OSError:  # the prespawner is gone: starts fork from now on
                 self.close()
 
@@ -251,8 +274,10 @@ class Prespawner:
                 raise EOFError("the prespawner exited")
             flags, pid = int.from_bytes(data[:8], "little"), int.from_bytes(data[8:], "little")
             self._pending[flags] -= 1
-            if pid and fds:
-                self._idle.setdefault(flags, []).append(Slot(pid, flags & ~INTO_CGROUP, socket.socket(fileno=fds[0])))
+            if flags & INTO_CGROUP:
+                self._launched.append(pid)
+            elif pid and fds:
+                self._idle.setdefault(flags, []).append(Slot(pid, flags, socket.socket(fileno=fds[0])))
             got = True
 
 
@@ -279,28 +304,35 @@ def serve(control_fd: str, runtime_pid: str) -> None:
     if os.getppid() != runtime:
         return
     while True:
-        request, fds, _, _ = socket.recv_fds(control, 1 << 20, 1)
+        request, fds, _, _ = socket.recv_fds(control, 1 << 20, 8)
         if not request:
             break
         flags = int.from_bytes(request[:8], "little")
-        cgroup_fd = fds[0] if fds and flags & INTO_CGROUP else None
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        namespaces = flags & ~INTO_CGROUP
+        # launch: fds are the cgroup2 directory, the process's end of the sync socket and the
+        # plan's; a slot to keep waiting gets a socket made here
+        ours, theirs = (None, None) if flags & INTO_CGROUP else socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
             with signals_blocked():
-                pid = libc.clone3(flags & ~INTO_CGROUP, cgroup_fd, parent=True)
+                pid = libc.clone3(namespaces, fds[0] if theirs is None else None, parent=True)
                 if pid == 0:
                     try:
-                        child.prespawned(theirs.fileno(), flags & ~INTO_CGROUP, runtime, request[8:])
+                        if theirs is None:
+                            child.launched(fds[1], namespaces, request[8:], fds[2:], control.fileno())
+                        else:
+                            child.prespawned(theirs.fileno(), namespaces, runtime, request[8:])
                     finally:
                         os._exit(127)
         except OSError:
-            control.send(flags.to_bytes(8, "little") + bytes(8))  # none: the runtime forks
-            ours.close()
-            theirs.close()
-            continue
+            pid = 0  # none: the runtime forks
         finally:
             for fd in fds:
                 os.close(fd)
-        theirs.close()
-        socket.send_fds(control, [flags.to_bytes(8, "little") + pid.to_bytes(8, "little")], [ours.fileno()])
-        ours.close()
+            if theirs is not None:
+                theirs.close()
+        reply = flags.to_bytes(8, "little") + pid.to_bytes(8, "little")
+        if ours is not None:
+            socket.send_fds(control, [reply], [ours.fileno()] if pid else [])
+            ours.close()
+        else:
+            control.send(reply)

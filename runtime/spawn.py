@@ -166,17 +166,20 @@ def _start(plan: LaunchPlan, pid: int, cloned: int, parent_end: socket.socket,
 
 
 def _take_slot(prespawner: Prespawner, plan: LaunchPlan, cgroup: CgroupDriver | None) -> Slot | None:
-    # A cgroup with a cgroup2 part: a slot cloned into it, not one that moves in (prespawn.py).
     cgroup_fd = cgroup.dirfd() if cgroup is not None else None
-    try:
-        slot = prespawner.take(plan, cgroup_fd)
-    finally:
-        if cgroup_fd is not None:
+    if cgroup is not None and cgroup_fd is not None:
+        # A cgroup with a cgroup2 part: a process cloned into it, not a waiting one that
+        # moves in (prespawn.py). A single-threaded caller clones it itself, quicker than
+        # through the prespawner (1.8 against 2.5 ms here, the namespaces made either way).
+        try:
+            return None if threading.active_count() == 1 else prespawner.launch(plan, cgroup.self_joins(True), cgroup_fd)
+        finally:
             os.close(cgroup_fd)
+    slot = prespawner.take(plan)
     if slot is None:
         return None
     try:
-        slot.hand_over(plan, cgroup.self_joins(cgroup_fd is not None) if cgroup is not None else ())
+        slot.hand_over(plan, cgroup.self_joins(False) if cgroup is not None else ())
     except Exception:  # it died since take() looked, or the plan does not pickle: fork instead
         slot.sock.close()
         kill_and_reap([slot.pid])

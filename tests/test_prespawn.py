@@ -1,19 +1,22 @@
 """A warm Runtime: container processes made by the prespawner (runtime/prespawn.py), ahead of
-time or, where a container's cgroup has a cgroup2 part, on demand, take the plan of a create,
-and give the same container a fork would."""
+time or, where a container's cgroup has a cgroup2 part, launched with the plan (for a caller
+with threads), give the same container a fork would."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from support import Containers
+
+T = TypeVar("T")
 
 
 @pytest.fixture
@@ -42,6 +45,17 @@ def _ready(c: Containers) -> list[int]:
     return waiting
 
 
+def _in_thread(fn: Callable[[], T]) -> T:
+    """`fn()` from a second thread: where slots do not wait (a cgroup2 part), only a caller
+    with threads goes through the prespawner; a single-threaded one clones by itself."""
+    results: list[T] = []
+    thread = threading.Thread(target=lambda: results.append(fn()))
+    thread.start()
+    thread.join()
+    assert results, "the call raised in its thread (its traceback is above)"
+    return results[0]
+
+
 def _taken(c: Containers) -> int:
     assert c.runtime.prespawner is not None
     return c.runtime.prespawner.taken
@@ -49,7 +63,8 @@ def _taken(c: Containers) -> int:
 
 def test_create_hands_its_plan_to_a_prespawned_process(warm: Containers) -> None:
     waiting, taken = _ready(warm), _taken(warm)
-    cid = warm.create("sh", "-c", "echo $$; for ns in pid net ipc uts mnt; do readlink /proc/self/ns/$ns; done")
+    cid = _in_thread(lambda: warm.create(
+        "sh", "-c", "echo $$; for ns in pid net ipc uts mnt; do readlink /proc/self/ns/$ns; done"))
     state = warm.runtime.state(cid)
     assert _taken(warm) == taken + 1  # the exec fifo's directory went along with the plan
     assert state.pid in waiting or not _slots_wait()
@@ -73,7 +88,7 @@ def test_a_plan_with_a_seccomp_filter_goes_to_a_prespawned_process(warm: Contain
     prespawner = warm.runtime.prespawner
     assert prespawner is not None and prespawner.wait_ready(10)
     waiting, taken = prespawner.waiting(), _taken(warm)
-    cid = warm.create("sh", "-c", "grep Seccomp: /proc/self/status; mkdir /tmp/x", edit=edit)
+    cid = _in_thread(lambda: warm.create("sh", "-c", "grep Seccomp: /proc/self/status; mkdir /tmp/x", edit=edit))
     pid = warm.runtime.state(cid).pid
     assert _taken(warm) == taken + 1 and (pid in waiting or not _slots_wait())
     warm.capfd.readouterr()
@@ -105,7 +120,7 @@ def test_the_stdio_of_the_run_reaches_the_container_not_that_of_the_slot(warm: C
 def test_a_slot_killed_while_it_waits_is_replaced_by_a_fork(warm: Containers) -> None:
     if not _slots_wait():
         pytest.skip("no slot waits here: a container's cgroup has a cgroup2 part (a v2 or hybrid host), "
-                    "so each slot is cloned into it on demand")
+                    "so each process is launched into it with its plan")
     [pid] = _ready(warm)
     os.kill(pid, signal.SIGKILL)
     result = warm.run("sh", "-c", "echo $$")
@@ -164,14 +179,16 @@ def test_a_user_namespace_plan_is_forked_not_prespawned(warm: Containers) -> Non
 
 
 @pytest.mark.requires("cgroup2")
-def test_a_prespawned_process_joins_its_cgroup(warm: Containers) -> None:
+def test_a_launched_process_is_cloned_into_its_cgroup(warm: Containers) -> None:
     """Made when the create came, cloned into its container's cgroup (CLONE_INTO_CGROUP)."""
     def edit(c: dict[str, Any]) -> None:  # without a cgroup namespace, the full path shows
         c["linux"]["namespaces"] = [ns for ns in c["linux"]["namespaces"] if ns["type"] != "cgroup"]
 
     _ready(warm)
-    result = warm.run("cat", "/proc/self/cgroup", edit=edit)
+    taken = _taken(warm)
+    result = _in_thread(lambda: warm.run("cat", "/proc/self/cgroup", edit=edit))
     assert result.code == 0, result.err
+    assert _taken(warm) == taken + 1
     assert result.out.endswith(f"/skiff/{warm.last_id}\n")
 
 

@@ -36,7 +36,6 @@ from skiff.runtime.undo import Undo
 
 CLONE_NEWNET = 0x40000000
 IFF_UP = 0x1
-LOOPBACK_IFINDEX = 1  # lo is ifindex 1 in every netns (net/core/dev.c)
 
 # Bridges this process has checked or made (name, gateway, prefix) -> ifindex: a pod's setup
 # then skips three netlink round trips; a veth that cannot join the bridge clears the entry.
@@ -243,9 +242,8 @@ def setup(netns_path: str, pod_id: str, config: BridgeConfig,
                 raise NetworkError(f"veth {POD_INTERFACE}: not found in netns {netns_path} after its creation")
             with _kernel(f"add {ip}/{ipam.prefix} to {POD_INTERFACE} in netns {netns_path}"):
                 ns.addr("add", index=inside, address=str(ip), prefixlen=ipam.prefix)
-            with _kernel(f"set {POD_INTERFACE} and lo up in netns {netns_path}"):
-                ns.link("set", index=inside, state="up")
-                ns.link("set", index=LOOPBACK_IFINDEX, state="up")
+            with _kernel(f"set {POD_INTERFACE} up in netns {netns_path}"):
+                ns.link("set", index=inside, state="up")  # lo is up already (pod_namespaces.py)
             with _kernel(f"add default route via {ipam.gateway} in netns {netns_path}"):
                 ns.route("add", dst="0.0.0.0/0", gateway=str(ipam.gateway), oif=inside)
         portmap.add(config.state_dir, pod_id, ip, ipam.network, masquerade=config.masquerade,
@@ -300,11 +298,3 @@ def remove_bridge(config: BridgeConfig) -> bool:
         for key in [k for k in _known_bridges if k[0] == config.bridge]:
             _known_bridges.pop(key, None)
         return True
-
-
-def loopback_up(netns_path: str) -> None:
-    """Network mode "none": the pod's netns gets `lo` up and nothing else."""
-    with _iproute_in(netns_path, "lo") as (ns, lo):
-        if lo is not None:
-            with _kernel(f"set lo up in netns {netns_path}"):
-                ns.link("set", index=lo, state="up")

@@ -66,13 +66,11 @@ class CniNetworking:
 
 
 class NoNetworking:
-    """Pods get their own netns with `lo` up and nothing else."""
+    """Pods get their own netns with `lo` up (pod_namespaces.py does that for every mode)
+    and nothing else."""
 
     def setup(self, netns_path: str, pod_id: str, port_mappings: Sequence[PortMapping], *,
               pod_name: str, pod_namespace: str, pod_uid: str) -> PodNetwork | None:
-        from skiff.cri.network import bridge
-
-        bridge.loopback_up(netns_path)
         return None
 
     def teardown(self, netns_path: str | None, pod_id: str) -> None:

@@ -10,6 +10,7 @@ that fails too, the record stays (UNKNOWN) so a RemovePodSandbox can finish the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -154,6 +155,17 @@ def run_pod_sandbox(ctx: ServiceContext, request: pb.RunPodSandboxRequest) -> pb
     return pb.RunPodSandboxResponse(pod_sandbox_id=record.id)
 
 
+def _pod_cgroup(ctx: ServiceContext, record: SandboxRecord) -> SandboxRecord:
+    from dataclasses import replace
+
+    cgroup = open_cgroup(container_id=record.cgroup_parent, cgroups_path=None, parent=ctx.config.cgroup_parent)
+    try:
+        cgroup.create()
+    finally:  # what create made is in the record even if it failed half way
+        record = ctx.sandboxes.update(record.id, lambda r: replace(r, pod_cgroup=json.dumps(cgroup.record())))
+    return record
+
+
 def _set_up(ctx: ServiceContext, record: SandboxRecord, *, shared: list[str], shared_pid: bool,
             hostname: str, sysctls: dict[str, str], mappings: list[PortMapping],
             host_network: bool) -> SandboxRecord:
@@ -171,13 +183,9 @@ def _set_up(ctx: ServiceContext, record: SandboxRecord, *, shared: list[str], sh
         os.mkdir(shm)
         libc.mount("shm", shm, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC,
                    f"mode=1777,size={SHM_SIZE}")
-    cgroup = open_cgroup(container_id=record.cgroup_parent, cgroups_path=None, parent=ctx.config.cgroup_parent)
-    try:
-        cgroup.create()
-    finally:  # what create made is in the record even if it failed half way
-        record = ctx.sandboxes.update(record.id, lambda r: replace(r, pod_cgroup=json.dumps(cgroup.record())))
     pause_joins: tuple[str, ...] = ()
     if shared_pid:
+        record = _pod_cgroup(ctx, record)
         # Recorded before the pause exists, which is born into it: teardown finds it there
         # even if the daemon dies before it learns the pause's pid.
         pause_cgroup = open_cgroup(container_id=f"{record.cgroup_parent}/pause", cgroups_path=None,
@@ -188,9 +196,17 @@ def _set_up(ctx: ServiceContext, record: SandboxRecord, *, shared: list[str], sh
             record = ctx.sandboxes.update(record.id, lambda r: replace(
                 r, pause_cgroup=json.dumps(pause_cgroup.record())))
         pause_joins = pause_cgroup.self_joins(False)
-    reply = ctx.forkserver.run("pin_namespaces", {
-        "ns_dir": os.path.join(pod_dir, "ns"), "types": shared, "hostname": hostname,
-        "sysctls": sysctls, "pid": shared_pid, "pause_joins": list(pause_joins)})
+    with ctx.forkserver.call("pin_namespaces", {
+            "ns_dir": os.path.join(pod_dir, "ns"), "types": shared, "hostname": hostname,
+            "sysctls": sysctls, "pid": shared_pid, "pause_joins": list(pause_joins)}) as pin:
+        if not shared_pid:
+            try:
+                record = _pod_cgroup(ctx, record)  # while the worker makes the namespaces
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    pin.receive()  # done with what it makes: the teardown undoes it with the rest
+                raise
+        reply, _ = pin.receive()
     pause_pid = int(reply["pause_pid"])
     pause_start = 0
     namespace_paths = {t: os.path.join(pod_dir, "ns", pod_namespaces.SHARED[t][0]) for t in shared}
