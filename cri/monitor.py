@@ -229,25 +229,37 @@ class _Monitor:
     # -- create (in a thread of its own) --------------------------------------------------------
 
     def _create(self, conn: socket.socket, a: dict[str, Any]) -> None:
-        """args container_id, bundle, log_path, exit_file."""
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
+        """args container_id, bundle, log_path, exit_file. Whatever happens, the main loop
+        gets a reply to send (the daemon waits for it without a timeout)."""
         container = None
         try:
-            state = self.runtime.create(a["container_id"], a["bundle"], stdio=(self.devnull, out_w, err_w))
-            container = _Container(id=a["container_id"], init=state.pid, pidfd=os.pidfd_open(state.pid),
-                                   log=ContainerLog(a["log_path"], {out_r: Stream.STDOUT, err_r: Stream.STDERR}),
-                                   exit_file=a["exit_file"])
-            reply: dict[str, Any] = {"pid": state.pid, "monitor_pid": os.getpid()}
+            container = self._create_container(a)
+            reply: dict[str, Any] = {"pid": container.init, "monitor_pid": os.getpid()}
         except BaseException as e:
+            reply = error_message(e)
+        self.created.put((conn, reply, container))
+        os.write(self.wake_w, b"\0")
+
+    def _create_container(self, a: dict[str, Any]) -> _Container:
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        try:
+            state = self.runtime.create(a["container_id"], a["bundle"], stdio=(self.devnull, out_w, err_w))
+            try:
+                pidfd = os.pidfd_open(state.pid)
+            except OSError:
+                self.runtime.delete(a["container_id"], force=True)
+                raise
+            return _Container(id=a["container_id"], init=state.pid, pidfd=pidfd,
+                              log=ContainerLog(a["log_path"], {out_r: Stream.STDOUT, err_r: Stream.STDERR}),
+                              exit_file=a["exit_file"])
+        except BaseException:
             os.close(out_r)
             os.close(err_r)
-            reply = error_message(e)
+            raise
         finally:
             os.close(out_w)  # the init has its copies: EOF comes when it and its children are gone
             os.close(err_w)
-        self.created.put((conn, reply, container))
-        os.write(self.wake_w, b"\0")
 
     def _finish_creates(self) -> None:
         with contextlib.suppress(BlockingIOError):

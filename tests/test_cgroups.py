@@ -274,6 +274,31 @@ def test_shared_parent_goes_with_the_last_container(box: Box) -> None:
     assert not any(os.path.exists(p) for p in parents)
 
 
+def test_containers_made_and_removed_at_once_share_their_parents(box: Box) -> None:
+    """Processes that create and destroy containers under one parent at once: a destroy
+    removes the parent whenever it finds it empty, also right after another create made it
+    again (its own record says it made it), and no create fails for that."""
+    children = []
+    for name in ("a", "b", "c"):
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                for i in range(300):
+                    cg = open_cgroup(container_id=f"{name}-{i}", cgroups_path=None, parent=f"{box.parent}/shared")
+                    cg.create()
+                    cg.destroy()
+                code = 0
+            except BaseException as e:  # noqa: BLE001 - the exit code says it, stderr says why
+                print(f"{name}: {e}", file=sys.stderr)
+            finally:
+                os._exit(code)
+        children.append(pid)
+    codes = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in children]
+    assert codes == [0, 0, 0]
+    assert not any(os.path.exists(p) for p in dirs(box.cgroup("probe", create=False)))
+
+
 def test_record_round_trip(box: Box) -> None:
     cg = box.cgroup()
     child = box.spawn(cg, "import time; time.sleep(60)")

@@ -129,6 +129,8 @@ def read_pids(path: str) -> list[int]:
 def mark(path: str) -> None:
     try:
         os.setxattr(path, MARK, _MARK_VALUE)
+    except FileNotFoundError:
+        raise  # removed already (make_dirs: a racing destroy)
     except OSError as e:
         # No trusted xattrs here (rootless, an old kernel): the record's `created` list
         # still lets this container remove what it made.
@@ -146,7 +148,8 @@ def is_marked(path: str) -> bool:
 def make_dirs(path: str, created: list[str]) -> None:
     """mkdir `path` and whichever of its parents are missing; append what this call made
     to `created`, top-down. A parent removed by a racing `destroy` between our mkdirs
-    (ENOENT on the child) is made again."""
+    (ENOENT on the child) is made again, as is one removed before it was marked: another
+    container's destroy removes an empty parent it finds marked, and ours was empty."""
     for _ in range(5):
         try:
             os.mkdir(path, 0o755)
@@ -161,7 +164,11 @@ def make_dirs(path: str, created: list[str]) -> None:
         except OSError as e:
             raise CgroupError(f"mkdir {path}: {reason(e)}") from e
         created.append(path)
-        mark(path)
+        try:
+            mark(path)
+        except FileNotFoundError:
+            created.remove(path)
+            continue
         return
     raise CgroupError(f"mkdir {path}: parent keeps disappearing")
 
