@@ -791,7 +791,7 @@ def measure_memory(client: Client, daemon: Daemon, result: Result, count: int) -
         kinds: dict[str, int] = {}
         for p in helpers:
             cmd = procs[p].cmdline
-            # skiff's monitors name their container in their title: count them as one kind
+            # the first word of a title (a process may set one): one kind per program
             label = (" ".join(cmd) if cmd[:1] == ("sleep",) else os.path.basename(cmd[0].split()[0]) if cmd
                      else procs[p].comm)
             kinds[label] = kinds.get(label, 0) + 1

@@ -140,8 +140,9 @@ def _nft_tables() -> frozenset[str]:
 
 
 def _processes() -> frozenset[tuple[int, str]]:
-    """Our children, and anything in another PID namespace (a container's processes that
-    were reparented away from us)."""
+    """Our children, anything in another PID namespace (a container's processes that were
+    reparented away from us), and any CRI container monitor (it runs in a session of its
+    own, and outlives the fork server it is a child of)."""
     me = os.getpid()
     own_ns = os.readlink("/proc/self/ns/pid")
     found = set()
@@ -161,7 +162,7 @@ def _processes() -> frozenset[tuple[int, str]]:
                 cmd = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
         except (OSError, ValueError):
             continue
-        if ppid == me or (ns != own_ns and pid != 1):
+        if ppid == me or (ns != own_ns and pid != 1) or cmd.startswith("skiff-monitor"):
             found.add((pid, cmd))
     return frozenset(found)
 

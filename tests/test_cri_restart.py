@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -41,8 +41,9 @@ def test_sigkill_and_restart_keeps_pods_and_reports_exits(daemon: CriDaemon) -> 
         pod_sandbox_id=pod_id, config=pb.ContainerConfig(
             metadata=pb.ContainerMetadata(name="waiting"), image=pb.ImageSpec(image="skiff.test/busybox:1"),
             command=["true"], annotations={"kept": "exactly"}))).container_id)
-    steady_pid = json.loads(cri.runtime.ContainerStatus(pb.ContainerStatusRequest(
-        container_id=steady, verbose=True)).info["info"])["pid"]
+    info = json.loads(cri.runtime.ContainerStatus(pb.ContainerStatusRequest(
+        container_id=steady, verbose=True)).info["info"])
+    steady_pid, monitor = info["pid"], info["monitorPid"]
     cri.channel.close()
 
     daemon.kill()
@@ -65,9 +66,21 @@ def test_sigkill_and_restart_keeps_pods_and_reports_exits(daemon: CriDaemon) -> 
         time.sleep(0.3)
         assert _texts(status.log_path).count(b"beat") > beats  # the log still flows
         assert cri.exec(steady, "echo", "still here").stdout == b"still here\n"
+        # the earlier daemon's monitor still copies steady's log, and answers for it
+        os.rename(status.log_path, f"{status.log_path}.1")
+        cri.runtime.ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=steady))
+        _wait(lambda: b"beat" in Path(status.log_path).read_bytes())
         cri.remove_all()
+        _wait(lambda: not os.path.exists(f"/proc/{monitor}"))  # its last container is gone: so is it
     finally:
         cri.channel.close()
+
+
+def _wait(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 def test_recovery_cleans_up_an_interrupted_run(daemon: CriDaemon, tmp_path: Path) -> None:
