@@ -20,14 +20,17 @@ Why one monitor for all the containers, not one per container (CRI-O) or per pod
 (containerd's shim): a Python process writes to about 1.5 MB of its pages even as a fork that
 shares all it can, and a create in a fresh fork pays for copying every page it touches
 (7 to 10 ms of a CreateContainer, measured). Here a create runs in a long-lived process
-whose container processes are made ahead of time (Runtime(warm=1), runtime/prespawn.py).
+with a warm Runtime (runtime/prespawn.py): its container processes are made ahead of time,
+or, for a cgroup with a cgroup2 part, cloned into it with the plan by a small prespawner.
 
 What that costs: the monitor holds every container's output and exit status. If it dies,
-the containers run on, but their output has no reader and their exit codes are lost (the
-service then reports them exited with an unknown status once the runtime says they are
-stopped). It runs none of the containers' code and parses nothing of their output beyond
-splitting lines; each create runs in a thread of its own, so one stuck in the kernel (a hung
-mount) holds up only itself.
+the containers' output has no reader any more (a write to stdout or stderr fails, and kills
+a process that does not handle SIGPIPE) and their exit codes are lost (the service reports
+them exited with an unknown status once the runtime says they are stopped). So it runs none
+of the containers' code and parses nothing of their output beyond splitting lines; an error
+in handling one container or request is written to monitor.log and the loop goes on; each
+create runs in a thread of its own, so one stuck in the kernel (a hung mount) holds up only
+itself. It needs about three fds per container (docs/skiff-cri.service raises the limit).
 
 Each daemon start starts a monitor of its own. An earlier one (the daemon was restarted or
 upgraded) goes on for the containers it has, answers requests about them on its socket, and
@@ -39,6 +42,7 @@ one.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import json
 import os
@@ -125,6 +129,12 @@ def serve(worker: Worker) -> None:
             os.unlink(path)
 
 
+def _note(text: str) -> None:
+    """A line in monitor.log (its stderr); a full disk loses it, nothing more."""
+    with contextlib.suppress(OSError):
+        os.write(2, f"{time.strftime('%Y-%m-%dT%H:%M:%S')} skiff-monitor: {text}\n".encode(errors="replace"))
+
+
 @dataclass(eq=False)
 class _Container:
     id: str
@@ -172,8 +182,18 @@ class _Monitor:
             for fd, _ in self.poller.poll(self._timeout()):
                 handler = self.handlers.get(fd)  # an earlier handler of this round may have unwatched it
                 if handler is not None:
-                    handler()
-            self._expire_releases()
+                    self._guarded(handler)
+            self._guarded(self._expire_releases)
+
+    def _guarded(self, handler: Callable[[], None]) -> None:
+        """One container's or request's trouble (a full disk, no fds left) must not end the
+        loop that every other container's output depends on."""
+        try:
+            handler()
+        except Exception as e:  # noqa: BLE001 - noted, and the loop goes on
+            _note(f"{type(e).__name__}: {e}")
+            if isinstance(e, OSError) and e.errno in (errno.EMFILE, errno.ENFILE):
+                time.sleep(0.05)  # out of fds: the listener stays readable; do not spin
 
     # -- requests ---------------------------------------------------------------------------
 
@@ -199,9 +219,9 @@ class _Monitor:
                 return
             op = message.get("op")
             if op == "create":
-                self.creating += 1
                 threading.Thread(target=self._create, args=(conn, message.get("args") or {}),
                                  name="create", daemon=True).start()
+                self.creating += 1
                 return
             container = self.containers.get(str(message.get("id")))
             if op == "reopen":
@@ -222,8 +242,10 @@ class _Monitor:
             self._reply(conn, error_message(e))
 
     def _reply(self, conn: socket.socket, message: dict[str, Any]) -> None:
-        with contextlib.suppress(OSError):
+        try:
             send_message(conn, message)
+        except Exception as e:  # noqa: BLE001 - the caller is gone, or the reply too big
+            _note(f"reply {message!r:.200}: {e}")
         conn.close()
 
     # -- create (in a thread of its own) --------------------------------------------------------
@@ -241,21 +263,21 @@ class _Monitor:
         os.write(self.wake_w, b"\0")
 
     def _create_container(self, a: dict[str, Any]) -> _Container:
+        container_id, bundle, log_path, exit_file = (str(a[k]) for k in ("container_id", "bundle", "log_path",
+                                                                          "exit_file"))
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        log = ContainerLog(log_path, {out_r: Stream.STDOUT, err_r: Stream.STDERR})
         try:
-            state = self.runtime.create(a["container_id"], a["bundle"], stdio=(self.devnull, out_w, err_w))
+            state = self.runtime.create(container_id, bundle, stdio=(self.devnull, out_w, err_w))
             try:
                 pidfd = os.pidfd_open(state.pid)
-            except OSError:
-                self.runtime.delete(a["container_id"], force=True)
+            except BaseException:
+                self.runtime.delete(container_id, force=True)
                 raise
-            return _Container(id=a["container_id"], init=state.pid, pidfd=pidfd,
-                              log=ContainerLog(a["log_path"], {out_r: Stream.STDOUT, err_r: Stream.STDERR}),
-                              exit_file=a["exit_file"])
+            return _Container(id=container_id, init=state.pid, pidfd=pidfd, log=log, exit_file=exit_file)
         except BaseException:
-            os.close(out_r)
-            os.close(err_r)
+            log.close()
             raise
         finally:
             os.close(out_w)  # the init has its copies: EOF comes when it and its children are gone
@@ -294,7 +316,7 @@ class _Monitor:
         try:
             write_exit_file(container.exit_file, status, time.time_ns())
         except OSError as e:  # its bundle removed already (a forced release): nobody asks any more
-            print(f"container {container.id}: exit file: {e}", flush=True)
+            _note(f"container {container.id}: exit file: {e}")
         self._end_if_done(container)
 
     def _end_if_done(self, container: _Container) -> None:

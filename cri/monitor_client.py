@@ -92,7 +92,9 @@ class Monitors:
                     left = int(self.request(pid, {"op": "detach"}, timeout=timeout).get("containers", -1))
                 owner.close()
                 if left == 0 and pidfd >= 0:
-                    select.select([pidfd], [], [], timeout)
+                    poller = select.poll()
+                    poller.register(pidfd, select.POLLIN)
+                    poller.poll(timeout * 1000)  # readable once it has exited
             finally:
                 if pidfd >= 0:
                     os.close(pidfd)

@@ -80,6 +80,12 @@ def main(plan: LaunchPlan, sock: int, close: tuple[int, ...], cgroup_joins: tupl
             _at(Step.SYNC, "stdio")
             for number, fd in enumerate(plan.stdio):
                 os.dup2(fd, number)
+            # A caller that names the stdio has other files open that a container must not
+            # hold even until its exec (the CRI monitor: other containers' pipes, whose EOF
+            # would wait for this one's start): closed, not only marked close-on-exec.
+            _close_all_but({sock, *close, *(range(3, 3 + plan.process.preserve_fds)),
+                            *(fd for fd in (plan.trace_fd, plan.process.console_fd,
+                                            plan.exec_fifo[0] if plan.exec_fifo else None) if fd is not None)})
         for path in cgroup_joins:
             _at(Step.CGROUP, path)
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
@@ -132,16 +138,26 @@ def prespawned(sock: int, flags: int, runtime: int, sample: bytes) -> NoReturn:
     main(plan, sock, (), joins, flags)
 
 
-def launched(sock: int, flags: int, data: bytes, fds: list[int], control: int) -> NoReturn:
+def launched(sock: int, flags: int, data: bytes, fds: list[int], close: tuple[int, ...]) -> NoReturn:
     """A process the prespawner cloned with its plan already (prespawn.py: into a cgroup2
-    directory): on as main() does after a fork."""
+    directory): on as main() does after a fork. `close`: the prespawner's control socket
+    (the runtime sees EOF when the prespawner exits) and the cgroup directory."""
     gc.disable()
     try:
-        os.close(control)  # the prespawner's end: the runtime sees EOF when the prespawner exits
+        for fd in close:
+            os.close(fd)
         plan, joins = take_plan(data, fds)
     except BaseException:
         os._exit(1)
     main(plan, sock, (), joins, flags)
+
+
+def _close_all_but(keep: set[int]) -> None:
+    low = 2
+    for fd in sorted(f for f in keep if f > 2):
+        os.closerange(low + 1, fd)
+        low = fd
+    os.closerange(low + 1, _MAX_FD)
 
 
 def _receive_plan(sock: int) -> tuple[LaunchPlan, tuple[str, ...]] | None:

@@ -11,7 +11,7 @@ single-threaded and then only forks itself.
     [job, args] + fds (theirs, ...) ─► recvmsg, fork ───────────────────► jobs[job](Worker)
     close theirs                       close the fds, reap children       │
     WorkerCall.receive() ◄──────────────────── Worker.reply(message, fds) ┘
-                                                 then exits, or execs (the container monitor)
+                                                 then exits, or goes on serving (the container monitor)
 
 Every message is one SOCK_SEQPACKET packet: JSON, with fds as SCM_RIGHTS. A job that raises
 sends {"error": {"kind": <skiff error category>, "message": ...}} and exits 1; the caller

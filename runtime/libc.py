@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+from typing import Any
 
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -172,12 +173,24 @@ def clone_parent() -> int:
 
 
 def fork() -> int:
-    """fork(2) as a raw clone, for a caller known to be single-threaded (the fork server and
-    its workers): the child skips os.fork's work for Python (PyOS_AfterFork_Child and the
-    os.register_at_fork handlers), which writes to some 150 pages that a long-lived child (a
-    container monitor) would then no longer share with its parent. With another thread
-    waiting for the GIL, the child would wait for ever (spawn._fork)."""
-    return clone3(0, None)
+    """fork(2) without Python's part, for a caller known to be single-threaded (the fork
+    server and its workers): the child skips os.fork's work for Python (PyOS_AfterFork_Child
+    and the os.register_at_fork handlers), which writes to some 150 pages that a long-lived
+    child (the container monitor) would then no longer share with its parent. glibc's
+    _Fork (2.34) still sets up the child's thread data, as fork does, minus the atfork
+    handlers; os.fork where there is none. With another thread waiting for the GIL, the
+    child would wait for ever (spawn._fork)."""
+    if _glibc_fork is None:
+        return os.fork()
+    return _check(_glibc_fork(), "fork")
+
+
+try:  # through PyDLL, as clone: the GIL stays held across the call
+    _glibc_fork: Any = ctypes.PyDLL(None, use_errno=True)._Fork
+    _glibc_fork.restype = ctypes.c_int
+    _glibc_fork.argtypes = []
+except AttributeError:
+    _glibc_fork = None
 
 
 class _CloneArgs(ctypes.Structure):

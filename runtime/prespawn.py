@@ -45,6 +45,7 @@ import socket
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
@@ -131,17 +132,22 @@ class Prespawner:
                 return None
             assert self._control is not None
             kind = flags | INTO_CGROUP
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             try:
                 data, fds = plan_message(plan, cgroup_joins)
+            except (pickle.PicklingError, TypeError, AttributeError):  # a plan that only a fork carries
+                return None
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
                 socket.send_fds(self._control, [kind.to_bytes(8, "little") + data], [cgroup_fd, theirs.fileno(), *fds])
                 self._pending[kind] = self._pending.get(kind, 0) + 1
-                while self._pending.get(kind):
-                    self._receive(block=True, timeout=10)
-            except (OSError, EOFError):
+                self._wait_pending(kind)
+            except (EOFError, BrokenPipeError, ConnectionResetError):
                 ours.close()
-                self.close()
+                self.close()  # the prespawner is gone, or hangs: starts fork from now on
                 return None
+            except OSError:
+                ours.close()
+                return None  # this request only (a plan over the socket's size): this start forks
             finally:
                 theirs.close()
             pid = self._launched.pop() if self._launched else 0
@@ -186,13 +192,19 @@ class Prespawner:
             # prespawner, rather than a fork here, which may have other threads.
             try:
                 self._ask(flags, 1)
-                while not idle and self._pending.get(flags):
-                    self._receive(block=True, timeout=10)
+                self._wait_pending(flags, until=lambda: bool(idle))
             except (OSError, EOFError):
                 self.close()
                 return None
             slot = idle.pop(0) if idle else None
         return slot
+
+    def _wait_pending(self, kind: int, timeout: float = 10, until: Callable[[], bool] = lambda: False) -> None:
+        """Until the prespawner has answered every request of this kind (or `until()`);
+        EOFError if it has not within `timeout` (it hangs: treated as gone)."""
+        while self._pending.get(kind) and not until():
+            if not self._receive(block=True, timeout=timeout):
+                raise EOFError(f"the prespawner did not answer within {timeout:g}s")
 
     def waiting(self) -> list[int]:
         """The pids of the slots that wait for a plan now."""
@@ -318,7 +330,7 @@ def serve(control_fd: str, runtime_pid: str) -> None:
                 if pid == 0:
                     try:
                         if theirs is None:
-                            child.launched(fds[1], namespaces, request[8:], fds[2:], control.fileno())
+                            child.launched(fds[1], namespaces, request[8:], fds[2:], (control.fileno(), fds[0]))
                         else:
                             child.prespawned(theirs.fileno(), namespaces, runtime, request[8:])
                     finally:

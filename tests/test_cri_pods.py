@@ -412,3 +412,23 @@ def test_dns_config_sysctls_and_id_filters(cri: Cri) -> None:
     by_cid = pb.ContainerFilter(id=cid[:12])
     assert [c.id for c in cri.runtime.ListContainers(pb.ListContainersRequest(filter=by_cid)).containers] == [cid]
     assert other_id != pod_id
+
+
+def test_a_created_container_holds_only_its_own_pipes(cri: Cri) -> None:
+    """Created by the one monitor, which has every container's pipes open: until its start,
+    a container's process holds its stdio, its sync socket and its state directory only, so
+    another container's log still ends when that one's processes do."""
+    import json
+
+    pod_id, pod = cri.run_pod("fds")
+    cri.start(pod_id, pod, "running", "sleep", "3600")
+    created = str(cri.runtime.CreateContainer(pb.CreateContainerRequest(
+        pod_sandbox_id=pod_id, sandbox_config=pod, config=pb.ContainerConfig(
+            metadata=pb.ContainerMetadata(name="created"), image=pb.ImageSpec(image=IMAGE),
+            command=["true"], log_path="created/0.log"))).container_id)
+    pid = json.loads(cri.runtime.ContainerStatus(pb.ContainerStatusRequest(
+        container_id=created, verbose=True)).info["info"])["pid"]
+    fds = {int(fd): os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    pipes = sorted(fd for fd, target in fds.items() if target.startswith("pipe:"))
+    assert pipes == [1, 2], fds
+    assert fds[0] == "/dev/null" and len(fds) <= 5, fds  # + the sync socket and the state directory

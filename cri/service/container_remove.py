@@ -3,7 +3,6 @@ unknown id is success, as kubelet expects. The CRI log file stays: kubelet owns 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 
