@@ -1,9 +1,8 @@
-"""Container logs in the CRI format: writing (re-exported from the copier), parsing, following.
+"""Container logs in the CRI format: writing (re-exported from log_copier.py), parsing, following.
 
 `2016-10-06T00:17:09.669794202Z stdout F the line\\n`, as kubelet
 `pkg/kubelet/kuberuntime/logs/logs.go` (`parseCRILog`) reads it: timestamp, stream, tags
 (`P` or `F`, maybe followed by `:`-separated others), then the bytes of the line.
-The writer lives in `skiff.cri.log_copier`, which must import nothing from skiff.
 """
 
 from __future__ import annotations
@@ -22,23 +21,16 @@ from skiff.cri.log_copier import (
     Stream,
     format_line,
     format_timestamp,
-    request_reopen,
-    start_log_copier,
 )
-from skiff.errors import FailedPrecondition, InvalidArgument
+from skiff.errors import InvalidArgument
 
 __all__ = [
-    "MAX_LINE_SIZE", "LogFormatError", "LogLine", "LogPathError", "LogWriter", "Stream",
+    "MAX_LINE_SIZE", "LogFormatError", "LogLine", "LogWriter", "Stream",
     "follow", "format_line", "format_timestamp", "parse_line", "parse_timestamp",
-    "request_reopen", "start_log_copier",
 ]
 
 
 class LogFormatError(InvalidArgument):
-    pass
-
-
-class LogPathError(FailedPrecondition):
     pass
 
 

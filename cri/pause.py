@@ -1,6 +1,6 @@
 """PID 1 of a pod's shared PID namespace (`python -I -S pause.py`): it holds the namespace
 open and reaps the orphans the pod's containers leave, as Kubernetes' pause does. Standard
-library only, like log_copier.py: it runs once per such pod."""
+library only: it runs once per such pod."""
 
 import os
 import signal

@@ -1,13 +1,10 @@
-"""CRI log files: the format kubelet reads, the splitting, the per-container copier, follow."""
+"""CRI log files: the format kubelet reads, the splitting, the copy of a container's pipes, follow."""
 
 from __future__ import annotations
 
 import os
 import select
-import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -15,17 +12,15 @@ from pathlib import Path
 
 import pytest
 
+from skiff.cri.log_copier import ContainerLog
 from skiff.cri.logs import (
     LogFormatError,
     LogLine,
-    LogPathError,
     LogWriter,
     Stream,
     follow,
     format_line,
     parse_line,
-    request_reopen,
-    start_log_copier,
 )
 from skiff.errors import InvalidArgument
 
@@ -137,19 +132,6 @@ def test_streams_interleave_by_line_in_order() -> None:
 
 # -- the copier ----------------------------------------------------------------------------
 
-def wait_exit(pid: int, timeout: float = 10.0) -> int:
-    """Reaps the copier `pid` (our child); kills it if it outlives `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status)
-        time.sleep(0.01)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    pytest.fail(f"log copier {pid} did not exit")
-
-
 def read_log(path: Path) -> list[tuple[str, bool, bytes]]:
     # Split on b"\n" only: bytes.splitlines also splits on \r, \x0b, \x1c and more.
     raw = path.read_bytes()
@@ -165,10 +147,14 @@ def wait_for(check: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 class Copier:
-    """start_log_copier, with every fd and the process cleaned up whatever the test does."""
+    """A ContainerLog on two pipes, as the container monitor runs one per container, driven
+    from the test: `pump` copies what the pipes hold, `finish` closes their write ends and
+    copies up to EOF."""
 
-    def __init__(self, log: Path, **kwargs: int) -> None:
-        self.pid, self.out, self.err = start_log_copier(str(log), **kwargs)
+    def __init__(self, log: Path) -> None:
+        out_r, self.out = os.pipe()
+        err_r, self.err = os.pipe()
+        self.log = ContainerLog(str(log), {out_r: Stream.STDOUT, err_r: Stream.STDERR})
 
     def close(self, fd: int) -> None:
         if fd == self.out:
@@ -177,156 +163,114 @@ class Copier:
             self.err = -1
         os.close(fd)
 
-    def finish(self) -> int:
+    def pump(self) -> None:
+        poller = select.poll()
+        for fd in self.log.streams:
+            poller.register(fd, select.POLLIN)
+        while ready := poller.poll(0):
+            for fd, _ in ready:
+                self.log.copy(fd)
+                if fd not in self.log.streams:
+                    poller.unregister(fd)
+
+    def finish(self) -> None:
         for fd in (self.out, self.err):
             if fd >= 0:
                 self.close(fd)
-        if self.pid:
-            pid, self.pid = self.pid, 0
-            return wait_exit(pid)
-        return 0
+        self.pump()
+        assert not self.log.streams  # both at EOF
+        self.log.close()
 
 
 @pytest.fixture
-def copiers() -> Iterator[Callable[..., Copier]]:
+def copiers() -> Iterator[Callable[[Path], Copier]]:
     started: list[Copier] = []
 
-    def start(log: Path, **kwargs: int) -> Copier:
-        started.append(Copier(log, **kwargs))
+    def start(log: Path) -> Copier:
+        started.append(Copier(log))
         return started[-1]
 
     yield start
     for c in started:
-        c.finish()
+        for fd in (c.out, c.err):
+            if fd >= 0:
+                os.close(fd)
+        c.log.close()
 
 
-def test_copier_end_to_end(tmp_path: Path, copiers: Callable[..., Copier]) -> None:
+def test_copier_end_to_end(tmp_path: Path, copiers: Callable[[Path], Copier]) -> None:
     log = tmp_path / "c.log"
     c = copiers(log)
     subprocess.run(["sh", "-c", "echo out; echo err >&2; echo out2; printf 'no newline'"],
                    stdout=c.out, stderr=c.err, check=True)
-    assert c.finish() == 0
+    c.finish()
     lines = read_log(log)
     assert [x for x in lines if x[0] == "stdout"] == [
         ("stdout", False, b"out"), ("stdout", False, b"out2"), ("stdout", True, b"no newline")]
     assert [x for x in lines if x[0] == "stderr"] == [("stderr", False, b"err")]
 
 
-def test_copier_long_line_and_binary(tmp_path: Path, copiers: Callable[..., Copier]) -> None:
+def test_copier_long_line_and_binary(tmp_path: Path, copiers: Callable[[Path], Copier]) -> None:
     log = tmp_path / "c.log"
     c = copiers(log)
     payload = bytes(range(256)).replace(b"\n", b"") * 200  # ~51 KB, one line
     os.write(c.out, payload + b"\n")
-    assert c.finish() == 0
+    c.finish()
     lines = read_log(log)
     assert [partial for _, partial, _ in lines] == [True, True, True, False]
     assert all(len(text) == 16 * 1024 for _, _, text in lines[:3])
     assert b"".join(text for _, _, text in lines) == payload
 
 
-def test_copier_exits_only_when_both_streams_close(tmp_path: Path, copiers: Callable[..., Copier]) -> None:
+def test_copier_goes_on_until_both_streams_close(tmp_path: Path, copiers: Callable[[Path], Copier]) -> None:
     log = tmp_path / "c.log"
     c = copiers(log)
     os.write(c.out, b"a\n")
     c.close(c.out)
     os.write(c.err, b"b\n")
-    wait_for(lambda: log.read_bytes().count(b"\n") == 2)
-    assert os.waitpid(c.pid, os.WNOHANG) == (0, 0)
+    c.pump()
+    assert list(c.log.streams.values()) == [Stream.STDERR]
     os.write(c.err, b"c\n")
-    assert c.finish() == 0
+    c.finish()
     assert read_log(log) == [("stdout", False, b"a"), ("stderr", False, b"b"), ("stderr", False, b"c")]
 
 
-def test_copier_reopens_after_rename(tmp_path: Path, copiers: Callable[..., Copier]) -> None:
+def test_copier_reopens_after_rename(tmp_path: Path, copiers: Callable[[Path], Copier]) -> None:
     log = tmp_path / "c.log"
     c = copiers(log)
     os.write(c.out, b"before\n")
-    wait_for(lambda: log.stat().st_size > 0)
+    c.pump()
     log.rename(tmp_path / "c.log.1")
     os.write(c.out, b"late\n")  # still to the renamed file: the copier has not been told
-    wait_for(lambda: (tmp_path / "c.log.1").read_bytes().count(b"\n") == 2)
-    assert request_reopen(c.pid, str(log))
+    c.pump()
+    c.log.file.reopen()
     os.write(c.out, b"after\n")
     os.write(c.err, b"err after\n")
-    assert c.finish() == 0
+    c.finish()
     assert read_log(tmp_path / "c.log.1") == [("stdout", False, b"before"), ("stdout", False, b"late")]
     assert sorted(read_log(log)) == [("stderr", False, b"err after"), ("stdout", False, b"after")]
 
 
-def test_copier_reopen_right_after_start(tmp_path: Path, copiers: Callable[..., Copier]) -> None:
-    # SIGUSR1 before the copier installed its handler must not kill it.
-    log = tmp_path / "c.log"
-    c = copiers(log)
-    os.kill(c.pid, signal.SIGUSR1)
-    os.write(c.out, b"alive\n")
-    assert c.finish() == 0
-    assert read_log(log) == [("stdout", False, b"alive")]
-
-
-def test_copier_drops_lines_when_disk_full(tmp_path: Path, copiers: Callable[..., Copier]) -> None:
+def test_copier_drops_lines_when_disk_full(copiers: Callable[[Path], Copier],
+                                           capfd: pytest.CaptureFixture[str]) -> None:
     # /dev/full fails every write with ENOSPC; the copier must keep draining the pipes.
-    notes = tmp_path / "notes"
-    with open(notes, "wb") as f:
-        c = copiers(Path("/dev/full"), stderr_fd=f.fileno())
-    for i in range(2000):  # far more than a pipe holds: a blocked copier would hang us here
+    c = copiers(Path("/dev/full"))
+    for i in range(2000):  # far more than a pipe holds: copied as it comes, or we would block
         os.write(c.out, b"line %d ................................................\n" % i)
-    assert c.finish() == 0
-    said = notes.read_text()
+        if i % 100 == 0:
+            c.pump()
+    c.finish()
+    said = capfd.readouterr().err
     assert said.count("\n") == 1 and "No space left on device" in said and "dropping" in said
 
 
-def test_start_rejects_bad_path(tmp_path: Path) -> None:
-    with pytest.raises(LogPathError, match="log_path .*missing"):
-        start_log_copier(str(tmp_path / "missing" / "c.log"))
-
-
-HELPER = """
-import os, socket, sys
-from skiff.cri.log_copier import start_log_copier
-pid, out, err = start_log_copier(sys.argv[1])
-sock = socket.socket(fileno=int(sys.argv[2]))
-socket.send_fds(sock, [str(pid).encode()], [out, err])
-os.close(out); os.close(err)
-sock.recv(1)  # wait to be killed
-"""
-
-
-def test_copier_survives_its_parent(tmp_path: Path) -> None:
-    log = tmp_path / "c.log"
-    ours, theirs = socket.socketpair()
-    helper = subprocess.Popen([sys.executable, "-c", HELPER, str(log), str(theirs.fileno())],
-                              pass_fds=[theirs.fileno()])
-    theirs.close()
-    fds: list[int] = []
-    pidfd = -1
-    try:
-        msg, fds, _, _ = socket.recv_fds(ours, 64, 2)
-        pid = int(msg)
-        pidfd = os.pidfd_open(pid)
-        os.write(fds[0], b"before\n")
-        helper.kill()
-        helper.wait()
-        assert os.getsid(pid) == pid
-        os.write(fds[0], b"after\n")
-        os.write(fds[1], b"err after\n")
-        wait_for(lambda: log.exists() and log.read_bytes().count(b"\n") == 3)
-        for fd in fds:
-            os.close(fd)
-        fds = []
-        assert select.select([pidfd], [], [], 10)[0], "copier did not exit"
-    finally:
-        for fd in fds:
-            os.close(fd)
-        helper.kill()
-        helper.wait()
-        ours.close()
-        if pidfd >= 0:
-            if not select.select([pidfd], [], [], 0)[0]:
-                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
-                select.select([pidfd], [], [], 10)
-            os.close(pidfd)
-    assert sorted(read_log(log)) == [("stderr", False, b"err after"),
-                                     ("stdout", False, b"after"), ("stdout", False, b"before")]
+def test_copier_without_its_log_directory_drops_lines(tmp_path: Path, copiers: Callable[[Path], Copier],
+                                                      capfd: pytest.CaptureFixture[str]) -> None:
+    c = copiers(tmp_path / "missing" / "c.log")
+    os.write(c.out, b"lost\n")
+    c.finish()
+    said = capfd.readouterr().err
+    assert "missing/c.log" in said and "dropping" in said
 
 
 # -- follow --------------------------------------------------------------------------------
