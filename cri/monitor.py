@@ -54,13 +54,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import setproctitle
 
 from skiff.cri.log_copier import ContainerLog, Stream, write_exit_file
 from skiff.errors import FailedPrecondition, InvalidArgument
+from skiff.runtime import libc
 from skiff.runtime.forkserver import Worker, error_message, receive_message, send_message
+
+if TYPE_CHECKING:
+    from skiff.runtime.container import Runtime
 
 MONITOR_TITLE = "skiff-monitor"
 
@@ -107,9 +111,7 @@ def serve(worker: Worker) -> None:
     os.dup2(notes, 1)
     os.dup2(notes, 2)
     # Whatever else this fork inherited (the fork server's and the daemon's files) is not ours.
-    keep = sorted({worker.sock.fileno(), devnull})
-    for low, high in zip([2, *keep], [*keep, os.sysconf("SC_OPEN_MAX")]):
-        os.closerange(low + 1, high)
+    libc.close_all_but({worker.sock.fileno(), devnull})
     path = socket_path(a["state_root"], os.getpid())
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)  # a dead monitor's, whose pid this is now
@@ -153,7 +155,7 @@ class _Monitor:
     """The main thread's loop: requests, the containers' pipes and pidfds, and the creates
     the threads finished (handed over on a queue, with a byte on a pipe to wake the poll)."""
 
-    def __init__(self, listener: socket.socket, owner: socket.socket, runtime: Any, devnull: int) -> None:
+    def __init__(self, listener: socket.socket, owner: socket.socket, runtime: Runtime, devnull: int) -> None:
         self.listener = listener
         self.owner = owner
         self.runtime = runtime

@@ -35,7 +35,6 @@ PR_CAPBSET_DROP = 24
 PR_SET_KEEPCAPS = 8
 PR_SET_DUMPABLE = 4
 MAX_SYMLINKS = 40
-_MAX_FD = os.sysconf("SC_OPEN_MAX")
 # statvfs f_flag bits -> mount flags, to repeat locked flags on a bind remount.
 _STATVFS_TO_MS = ((1, libc.MS_RDONLY), (2, libc.MS_NOSUID), (4, libc.MS_NODEV), (8, libc.MS_NOEXEC),
                   (1024, libc.MS_NOATIME), (2048, libc.MS_NODIRATIME), (4096, libc.MS_RELATIME))
@@ -83,7 +82,7 @@ def main(plan: LaunchPlan, sock: int, close: tuple[int, ...], cgroup_joins: tupl
             # A caller that names the stdio has other files open that a container must not
             # hold even until its exec (the CRI monitor: other containers' pipes, whose EOF
             # would wait for this one's start): closed, not only marked close-on-exec.
-            _close_all_but({sock, *close, *(range(3, 3 + plan.process.preserve_fds)),
+            libc.close_all_but({sock, *close, *(range(3, 3 + plan.process.preserve_fds)),
                             *(fd for fd in (plan.trace_fd, plan.process.console_fd,
                                             plan.exec_fifo[0] if plan.exec_fifo else None) if fd is not None)})
         for path in cgroup_joins:
@@ -124,8 +123,7 @@ def prespawned(sock: int, flags: int, runtime: int, sample: bytes) -> NoReturn:
             stat = f.read()
         if int(stat[stat.rindex(b")") + 2:].split()[1]) != runtime:
             os._exit(0)  # the runtime died before PDEATHSIG was set
-        os.closerange(3, sock)
-        os.closerange(sock + 1, _MAX_FD)
+        libc.close_all_but({sock})
         if sample:  # none for a slot made on demand
             pickle.loads(sample)  # now, not on the start: the pages it touches get copied (COW)
         received = _receive_plan(sock)
@@ -150,14 +148,6 @@ def launched(sock: int, flags: int, data: bytes, fds: list[int], close: tuple[in
     except BaseException:
         os._exit(1)
     main(plan, sock, (), joins, flags)
-
-
-def _close_all_but(keep: set[int]) -> None:
-    low = 2
-    for fd in sorted(f for f in keep if f > 2):
-        os.closerange(low + 1, fd)
-        low = fd
-    os.closerange(low + 1, _MAX_FD)
 
 
 def _receive_plan(sock: int) -> tuple[LaunchPlan, tuple[str, ...]] | None:

@@ -161,6 +161,15 @@ def close_range_cloexec(first: int) -> None:
     )
 
 
+def close_all_but(keep: set[int]) -> None:
+    """Close every fd above 2 that is not in `keep`."""
+    low = 2
+    for fd in sorted(f for f in keep if f > 2):
+        os.closerange(low + 1, fd)
+        low = fd
+    os.closerange(low + 1, os.sysconf("SC_OPEN_MAX"))
+
+
 def clone_parent() -> int:
     """fork(2) whose child is a sibling of the caller (CLONE_PARENT), as runc's nsexec does, so
     that the container's init is the runtime's own child even though an intermediate process
