@@ -64,15 +64,21 @@ def check_sysctls(sysctls: Mapping[str, str], types: list[str]) -> None:
 def pin(worker: Worker) -> None:
     """Job "pin_namespaces": args ns_dir, types (of SHARED), hostname, sysctls, pid (bool),
     pause_joins (the cgroup files the pause writes "0" into: its cgroup).
-    Replies {"pause_pid": pid or 0}. The caller removes the mounts with `unpin` on failure."""
+    Replies {"pause_pid": pid or 0}, with a NETLINK_ROUTE socket of the new network
+    namespace (to configure it without joining it). The caller removes the mounts with
+    `unpin` on failure."""
     a = worker.args
     types: list[str] = a["types"]
     flags = 0
     for t in types:
         flags |= SHARED[t][1]
     libc.unshare(flags)
+    netlink: list[int] = []
     if "network" in types:
         _loopback_up()
+        # bound to the namespace it is made in, wherever it is used from
+        netlink.append(socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
+                                     socket.NETLINK_ROUTE).detach())
     if "uts" in types and a.get("hostname"):
         libc.sethostname(a["hostname"])
     for key, value in (a.get("sysctls") or {}).items():
@@ -100,7 +106,7 @@ def pin(worker: Worker) -> None:
                           {"PATH": os.defpath})
             finally:
                 os._exit(127)
-    worker.reply({"pause_pid": pause_pid})
+    worker.reply({"pause_pid": pause_pid}, netlink)
 
 
 def _loopback_up() -> None:

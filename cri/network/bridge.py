@@ -113,11 +113,23 @@ def _iproute() -> Iterator[Any]:
 
 
 @contextlib.contextmanager
-def _iproute_in(netns_path: str, interface: str) -> Iterator[tuple[Any, int | None]]:
-    """pyroute2 in the netns, and the index of `interface` there."""
-    with _kernel(f"join netns {netns_path}"):
-        sock, index = _netns_socket(netns_path, interface)
-    ipr = IPRoute(fileno=sock.detach())
+def _iproute_in(netns_path: str, interface: str, netlink: socket.socket | None = None
+                ) -> Iterator[tuple[Any, int | None]]:
+    """pyroute2 in the netns, and the index of `interface` there; on `netlink`, a socket
+    made in that netns already (pod_namespaces.pin), no thread needs to join it."""
+    if netlink is None:
+        with _kernel(f"join netns {netns_path}"):
+            netlink, index = _netns_socket(netns_path, interface)
+        ipr = IPRoute(fileno=netlink.detach())
+    else:
+        ipr = IPRoute(fileno=netlink.detach())
+        try:
+            index = ipr.link("get", ifname=interface)[0]["index"]
+        except NetlinkError as e:
+            if e.code != errno.ENODEV:
+                ipr.close()
+                raise NetworkError(f"look up {interface} in netns {netns_path}: {os.strerror(e.code).lower()}") from e
+            index = None
     try:
         yield ipr, index
     finally:
@@ -200,7 +212,7 @@ def _delete_host_veth(pod_id: str) -> None:
 
 
 def setup(netns_path: str, pod_id: str, config: BridgeConfig,
-          port_mappings: Sequence[PortMapping] = ()) -> PodNetwork:
+          port_mappings: Sequence[PortMapping] = (), *, netlink: socket.socket | None = None) -> PodNetwork:
     """Connects the pod's netns to the bridge; a retry after a failed or interrupted setup of
     the same pod starts over and keeps the pod's address. The peer is created inside the
     pod's netns, already named eth0: moving and renaming it would cost two more kernel
@@ -237,7 +249,7 @@ def setup(netns_path: str, pod_id: str, config: BridgeConfig,
             undo.callback(_delete_link, host, host_name)  # before the mark that teardown looks for
             with _kernel(f"mark veth {host_name}"):
                 ipr.link("set", index=host, ifalias=mark)
-        with _iproute_in(netns_path, POD_INTERFACE) as (ns, inside):
+        with _iproute_in(netns_path, POD_INTERFACE, netlink) as (ns, inside):
             if inside is None:
                 raise NetworkError(f"veth {POD_INTERFACE}: not found in netns {netns_path} after its creation")
             with _kernel(f"add {ip}/{ipam.prefix} to {POD_INTERFACE} in netns {netns_path}"):

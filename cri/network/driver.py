@@ -3,6 +3,7 @@ standard conflist, cni.py) and "none" (a pod netns with only `lo`)."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -13,7 +14,8 @@ from skiff.cri.network import BridgeConfig, PodNetwork, PortMapping
 
 class PodNetworking(Protocol):
     def setup(self, netns_path: str, pod_id: str, port_mappings: Sequence[PortMapping], *,
-              pod_name: str, pod_namespace: str, pod_uid: str) -> PodNetwork | None: ...
+              pod_name: str, pod_namespace: str, pod_uid: str,
+              netlink: socket.socket | None = None) -> PodNetwork | None: ...
 
     def teardown(self, netns_path: str | None, pod_id: str) -> None:
         """Idempotent: a pod whose network is gone, or never was, is fine."""
@@ -27,10 +29,11 @@ class BridgeNetworking:
         self.config = config
 
     def setup(self, netns_path: str, pod_id: str, port_mappings: Sequence[PortMapping], *,
-              pod_name: str, pod_namespace: str, pod_uid: str) -> PodNetwork | None:
+              pod_name: str, pod_namespace: str, pod_uid: str,
+              netlink: socket.socket | None = None) -> PodNetwork | None:
         from skiff.cri.network import bridge
 
-        return bridge.setup(netns_path, pod_id, self.config, port_mappings)
+        return bridge.setup(netns_path, pod_id, self.config, port_mappings, netlink=netlink)
 
     def teardown(self, netns_path: str | None, pod_id: str) -> None:
         from skiff.cri.network import bridge
@@ -48,7 +51,8 @@ class CniNetworking:
         self.config = CniConfig(conf_dir=conf_dir, bin_dir=bin_dir, state_dir=state_dir)
 
     def setup(self, netns_path: str, pod_id: str, port_mappings: Sequence[PortMapping], *,
-              pod_name: str, pod_namespace: str, pod_uid: str) -> PodNetwork | None:
+              pod_name: str, pod_namespace: str, pod_uid: str,
+              netlink: socket.socket | None = None) -> PodNetwork | None:
         from skiff.cri.network import cni
 
         return cni.setup(netns_path, pod_id, self.config, port_mappings, pod_name=pod_name,
@@ -70,7 +74,8 @@ class NoNetworking:
     and nothing else."""
 
     def setup(self, netns_path: str, pod_id: str, port_mappings: Sequence[PortMapping], *,
-              pod_name: str, pod_namespace: str, pod_uid: str) -> PodNetwork | None:
+              pod_name: str, pod_namespace: str, pod_uid: str,
+              netlink: socket.socket | None = None) -> PodNetwork | None:
         return None
 
     def teardown(self, netns_path: str | None, pod_id: str) -> None:

@@ -206,10 +206,26 @@ def _set_up(ctx: ServiceContext, record: SandboxRecord, *, shared: list[str], sh
                 with contextlib.suppress(Exception):
                     pin.receive()  # done with what it makes: the teardown undoes it with the rest
                 raise
-        reply, _ = pin.receive()
-    pause_pid = int(reply["pause_pid"])
+        reply, fds = pin.receive()
+    netlink = socket.socket(fileno=fds[0]) if fds else None  # in the pod's new netns
+    try:
+        return _finish_set_up(ctx, record, reply, netlink, namespace_paths={
+            t: os.path.join(pod_dir, "ns", pod_namespaces.SHARED[t][0]) for t in shared},
+            hostname=hostname, mappings=mappings, host_network=host_network, pod_dir=pod_dir)
+    finally:
+        if netlink is not None:
+            netlink.close()
+
+
+def _finish_set_up(ctx: ServiceContext, record: SandboxRecord, reply: dict[str, object],
+                   netlink: socket.socket | None, *, namespace_paths: dict[str, str], hostname: str,
+                   mappings: list[PortMapping], host_network: bool, pod_dir: str) -> SandboxRecord:
+    """Once the namespaces are pinned: the pause's pid, the network (through `netlink`, a
+    socket in the pod's netns, when pin made one), /etc/hosts, and the record READY."""
+    from dataclasses import replace
+
+    pause_pid = int(str(reply["pause_pid"]))
     pause_start = 0
-    namespace_paths = {t: os.path.join(pod_dir, "ns", pod_namespaces.SHARED[t][0]) for t in shared}
     if pause_pid:
         from skiff.runtime.container import proc_start_time
 
@@ -220,7 +236,7 @@ def _set_up(ctx: ServiceContext, record: SandboxRecord, *, shared: list[str], sh
     netns = namespace_paths.get("network", "")
     if not host_network:
         network = ctx.network.setup(netns, record.id, mappings, pod_name=record.name,
-                                    pod_namespace=record.namespace, pod_uid=record.uid)
+                                    pod_namespace=record.namespace, pod_uid=record.uid, netlink=netlink)
     _write(os.path.join(pod_dir, "hosts"), _hosts(hostname, network, host_network))
     return ctx.sandboxes.update(record.id, lambda r: replace(
         r, state=SandboxState.READY, namespace_paths=namespace_paths, netns_path=netns,
