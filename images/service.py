@@ -163,11 +163,12 @@ class Images:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
 
-    def prepare(self, name: str, container_id: str) -> tuple[str, ResolvedImage]:
+    def prepare(self, image: str | ResolvedImage, container_id: str) -> tuple[str, ResolvedImage]:
         """A writable root filesystem for `container_id`: an overlay of the image's layers with
-        the container's own upper directory. Returns its path and the image."""
+        the container's own upper directory. Returns its path and the image (`image`: a name,
+        or one the caller resolved already)."""
         snapshot = self._snapshot_dir(container_id)
-        resolved = self.resolve(name)
+        resolved = image if isinstance(image, ResolvedImage) else self.resolve(image)
         with self._layers_lock(exclusive=False):
             # Top first, each layer once: overlayfs refuses a lowerdir named twice (ELOOP), and
             # the upper copy of a repeated layer already shows all of it.

@@ -432,3 +432,16 @@ def test_a_created_container_holds_only_its_own_pipes(cri: Cri) -> None:
     pipes = sorted(fd for fd, target in fds.items() if target.startswith("pipe:"))
     assert pipes == [1, 2], fds
     assert fds[0] == "/dev/null" and len(fds) <= 5, fds  # + the sync socket and the state directory
+
+
+def test_create_container_by_image_id(cri: Cri) -> None:
+    """kubelet names images by name; other clients (crictl) also by id or id prefix."""
+    [image] = [i for i in cri.images.ListImages(pb.ListImagesRequest()).images if IMAGE in i.repo_tags]
+    pod_id, pod = cri.run_pod("by-id")
+    for ref in (image.id, image.id.removeprefix("sha256:")[:12]):
+        cid = str(cri.runtime.CreateContainer(pb.CreateContainerRequest(
+            pod_sandbox_id=pod_id, sandbox_config=pod, config=pb.ContainerConfig(
+                metadata=pb.ContainerMetadata(name=f"by-id-{len(ref)}"), image=pb.ImageSpec(image=ref),
+                command=["true"]))).container_id)
+        cri.runtime.StartContainer(pb.StartContainerRequest(container_id=cid))
+        assert cri.wait_exited(cid).exit_code == 0

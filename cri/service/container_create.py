@@ -26,6 +26,7 @@ from skiff.cri.service.sandbox_status import state_of
 from skiff.cri.store.container import ContainerRecord, ContainerState, container_name
 from skiff.cri.store.sandbox import SandboxRecord, SandboxState
 from skiff.errors import FailedPrecondition, InvalidArgument, NotFound, SkiffError
+from skiff.images.service import ResolvedImage
 from skiff.oci import spec_to_dict
 
 
@@ -47,7 +48,7 @@ def _create_in_sandbox(ctx: ServiceContext, config: pb.ContainerConfig, sandbox:
     if os.path.isabs(config.log_path) or ".." in config.log_path.split("/"):
         raise InvalidArgument(f"config.log_path: {config.log_path!r}: must be relative to the pod's "
                               "log_directory, without '..'")
-    image_name, image_id = _image(ctx, config.image.image)
+    image, image_id = _image(ctx, config.image.image)
 
     container_id = secrets.token_hex(32)
     name = container_name(name=config.metadata.name, attempt=config.metadata.attempt, sandbox_name=sandbox.name,
@@ -67,7 +68,7 @@ def _create_in_sandbox(ctx: ServiceContext, config: pb.ContainerConfig, sandbox:
     try:
         pid, monitor_pid, stop_signal = _create(ctx, record, config, sandbox_config=pb.PodSandboxConfig.FromString(sandbox.config),
                                    namespace_paths=sandbox.namespace_paths, pod_cgroup=sandbox.cgroup_parent,
-                                   image_name=image_name)
+                                   image=image)
     except BaseException as cause:
         try:
             remove_container_files(ctx, record)
@@ -84,24 +85,22 @@ def _create_in_sandbox(ctx: ServiceContext, config: pb.ContainerConfig, sandbox:
     return pb.CreateContainerResponse(container_id=container_id)
 
 
-def _image(ctx: ServiceContext, ref: str) -> tuple[str, str]:
-    """(a name to prepare it by, its id) for the image the request names. A name resolves
-    directly; only an id or id prefix needs the list of every image (kubelet passes names)."""
-    from skiff.images.service import normalize
-
+def _image(ctx: ServiceContext, ref: str) -> tuple[ResolvedImage, str]:
+    """The image the request names, resolved, and its id. A name resolves directly; only an
+    id or id prefix needs the list of every image (kubelet passes names)."""
     with contextlib.suppress(SkiffError):
         resolved = ctx.images.resolve(ref)
-        return normalize(ref), resolved.manifest.config.digest
+        return resolved, resolved.manifest.config.digest
     entry = ImageService(ctx.images).find(ref)
     if entry is None:
         raise NotFound(f"config.image.image: image {ref!r} not found: pull it first")
-    return (entry.tags or entry.digests)[0], entry.id
+    return ctx.images.resolve((entry.tags or entry.digests)[0]), entry.id
 
 
 def _create(ctx: ServiceContext, record: ContainerRecord, config: pb.ContainerConfig, *,
             sandbox_config: pb.PodSandboxConfig, namespace_paths: dict[str, str], pod_cgroup: str,
-            image_name: str) -> tuple[int, int, str]:
-    rootfs, resolved = ctx.images.prepare(image_name, record.id)
+            image: ResolvedImage) -> tuple[int, int, str]:
+    rootfs, resolved = ctx.images.prepare(image, record.id)
     pod = PodContext(sandbox_id=record.sandbox_id, config=sandbox_config, namespace_paths=namespace_paths,
                      pod_dir=ctx.pod_dir(record.sandbox_id), cgroups_path=f"{pod_cgroup}/{record.id}")
     spec = container_spec(config, pod, image=resolved.image.config, rootfs=rootfs, container_id=record.id)
