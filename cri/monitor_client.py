@@ -29,7 +29,9 @@ class Monitors:
         self.pid = 0
         self._start_time: int | None = None
 
-    def alive(self, pid: int, start_time: int | None) -> bool:
+    @staticmethod
+    def alive(pid: int, start_time: int | None) -> bool:
+        """Is `pid` still the monitor that started at `start_time` (a pid may be reused)?"""
         return bool(pid) and proc_start_time(pid) == start_time
 
     def current(self) -> int:

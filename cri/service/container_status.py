@@ -13,6 +13,7 @@ from dataclasses import replace
 from cri_api.v1 import api_pb2 as pb
 
 from skiff.cri.monitor import read_exit
+from skiff.cri.monitor_client import Monitors
 from skiff.cri.service.context import ServiceContext
 from skiff.cri.store.container import ContainerRecord, ContainerState, ExitReason
 from skiff.errors import NotFound, SkiffError
@@ -22,10 +23,7 @@ UNKNOWN_EXIT_CODE = 255
 
 
 def monitor_alive(record: ContainerRecord) -> bool:
-    """Is `monitor_pid` still this container's monitor (a pid may be reused)?"""
-    from skiff.runtime.container import proc_start_time
-
-    return bool(record.monitor_pid) and proc_start_time(record.monitor_pid) == record.monitor_start
+    return Monitors.alive(record.monitor_pid, record.monitor_start)
 
 
 def refreshed(ctx: ServiceContext, record: ContainerRecord) -> ContainerRecord:
