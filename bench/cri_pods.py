@@ -61,6 +61,8 @@ from cri_api.v1 import api_pb2_grpc
 
 from report import write_section  # bench/report.py: this script's directory is on sys.path
 
+from skiff.benchmark.stats import percentile
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SKIFF = os.path.join(os.path.dirname(sys.executable), "skiff")
 SECTION = "cri-pods"
@@ -677,12 +679,6 @@ def remove_all_pods(socket: str, notes: list[str]) -> None:
 
 # -- the measurements ---------------------------------------------------------------------------
 
-def quantile(values: list[float], q: int) -> float:
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1]
-
-
 @dataclass
 class Result:
     runtime: str
@@ -722,8 +718,8 @@ def measure_ready(client: Client, result: Result, mode: str, count: int, warmup:
             calls["StartContainer"].append(t.start_container)
     result.ready[mode] = times
     result.calls[mode] = calls
-    progress(f"{result.runtime}: pod-ready, {mode} network: p50 {quantile(times, 50) * 1e3:.1f} ms, "
-             f"p99 {quantile(times, 99) * 1e3:.1f} ms over {count}")
+    progress(f"{result.runtime}: pod-ready, {mode} network: p50 {percentile(times, 50) * 1e3:.1f} ms, "
+             f"p99 {percentile(times, 99) * 1e3:.1f} ms over {count}")
 
 
 def start_many(client: Client, count: int, tag: str) -> list[PodTimes]:
@@ -775,7 +771,7 @@ def measure_memory(client: Client, daemon: Daemon, result: Result, count: int) -
     before = {p: memory(p) for p in baseline}
     pods = start_many(client, count, "memory")
     try:
-        time.sleep(2)   # let lazy work (log copiers, first reads) settle
+        time.sleep(2)   # let lazy work (first reads, the monitor's copies) settle
         procs = processes()
         helpers = daemon.helper_pids(procs) - baseline
         containers = daemon.runtime_pids(procs) - daemon.helper_pids(procs)
@@ -878,9 +874,9 @@ def rows(results: dict[str, Result]) -> list[Row]:
 
     out: list[Row] = []
     for mode, label in (("pod", "pod network"), ("host", "host network")):
-        out.append(Row(f"pod ready p50, {label}", *pick(lambda r: quantile(r.ready[mode], 50)), ms,
+        out.append(Row(f"pod ready p50, {label}", *pick(lambda r: percentile(r.ready[mode], 50)), ms,
                        f"<= {TARGET_READY}x", lambda x: x <= TARGET_READY))
-        out.append(Row(f"pod ready p99, {label}", *pick(lambda r: quantile(r.ready[mode], 99)), ms))
+        out.append(Row(f"pod ready p99, {label}", *pick(lambda r: percentile(r.ready[mode], 99)), ms))
     size = next(iter(results.values())).burst_size
     out.append(Row(f"burst of {size} pods, pods/s (median of rounds)",
                    *pick(lambda r: statistics.median(r.burst_pods_per_s)), lambda x: f"{x:.1f}",
@@ -960,7 +956,7 @@ def verdict_text(results: dict[str, Result]) -> list[str]:
     s, c = results["skiff"], results["containerd"]
     out = []
     for mode, label in (("pod", "with pod networking"), ("host", "in the host network")):
-        sp, cp = quantile(s.ready[mode], 50), quantile(c.ready[mode], 50)
+        sp, cp = percentile(s.ready[mode], 50), percentile(c.ready[mode], 50)
         ok = sp / cp <= TARGET_READY
         out.append(f"pod ready p50 {label} <= {TARGET_READY}x containerd's: **{'met' if ok else 'not met'}**: "
                    f"skiff {ms(sp)}, containerd {ms(cp)} ({sp / cp:.2f}x; the target allows {ms(cp * TARGET_READY)})"
@@ -1014,7 +1010,8 @@ socket, the calls kubelet makes) against **skiff** (`skiff cri serve`) and **con
    container's own `sleep` (containerd: the `containerd-shim-runc-v2` processes and the
    pause processes below them; skiff: whatever is new in the daemon's process tree, session
    or cgroup parent; its container monitor, one for all the pods, is there before them and
-   counts in the growth), RSS and PSS from `/proc/PID/smaps_rollup`, divided by the pod count.
+   counts in the growth; the one new `python3` is the fork server's next idle worker, one per
+   daemon), RSS and PSS from `/proc/PID/smaps_rollup`, divided by the pod count.
    PSS splits shared pages (the shim's binary, busybox) between their users, RSS counts them
    in full for each process; a daemon's PSS can shrink when it forks helpers (pages it now
    shares with them), so only the sum of the two parts means something.

@@ -160,7 +160,9 @@ a time, for
   skiff/runtime/prespawn.py), and takes the create's plan when it comes; the cgroup parents are kept between containers. After each
   run the benchmark waits, outside the clock, until the next process is made (so that it never
   shares the CPU with another contender's run): this is the start with one ready. Under
-  `--concurrency` nothing waits, and the making competes with the starts;
+  `--concurrency` nothing waits, and the making competes with the starts. That is the cgroup
+  v1 path, which the benchmark's layout gives (below); where a container's cgroup has a
+  cgroup2 part, a warm runtime makes no process ahead (README, "warm");
 - **skiff-runc**: `skiff-runc --root DIR run --bundle BUNDLE ID`, a new Python interpreter per
   container (the venv's console script);
 - **runc** and **crun**: the same command line with Debian's binaries;
@@ -297,8 +299,8 @@ on the host took the warm library's start from 4.9 ms to 16.4 ms; runc and crun 
 same table (containerd's pods add mounts too: an overlay root per container, a netns bind
 mount per pod). skiff's own part was reading /proc/self/mountinfo, thousands of lines by
 then, on every create: it is read once per process now (and once by the fork server for its
-workers), which took this ratio from 2.95x to about 1.8x (it moves between 1.6x and 2x from
-run to run). The rest is the kernel's: fewer host mounts per pod (namespaces held by a
+workers), which took this ratio from 2.95x to about 1.8x then (it moves a lot from run to run:
+see the table). The rest is the kernel's: fewer host mounts per pod (namespaces held by a
 process instead of three bind mounts; a pod's shm in the containers' namespaces only; the
 overlay root mounted in the container's own namespace), or a container mount namespace
 copied from a small template with the mounts it needs passed in as detached mounts

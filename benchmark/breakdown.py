@@ -6,8 +6,9 @@ this process or the container's), a "begin" taken right before the call, and "wo
 which the workload itself reports: `/stamp` writes the time of its first instruction to its
 stdout, here a pipe. Put in time order, each mark ends the phase it names: its duration is
 its time minus the previous mark's. There is no network phase: a runtime run only makes the
-new network namespace (holding `lo`), which is part of "namespaces"; setting up a pod's
-network is the CRI service's work, in its pod-ready samples.
+new network namespace (holding `lo`), at the clone, inside "fork" (or, for a warm runtime,
+before the run); setting up a pod's network is the CRI service's work, in its pod-ready
+samples.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from skiff.benchmark.results import Results
 
-TURN = 5  # start.TURN: runs of one contender in a row
+TURN = 5  # runs of one contender in a row (start.py)
 Rows = list[list[str]]
 
 

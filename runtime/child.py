@@ -124,7 +124,7 @@ def prespawned(sock: int, flags: int, runtime: int, sample: bytes) -> NoReturn:
         if int(stat[stat.rindex(b")") + 2:].split()[1]) != runtime:
             os._exit(0)  # the runtime died before PDEATHSIG was set
         libc.close_all_but({sock})
-        if sample:  # none for a slot made on demand
+        if sample:
             pickle.loads(sample)  # now, not on the start: the pages it touches get copied (COW)
         received = _receive_plan(sock)
         if received is None:

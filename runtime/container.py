@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 
 from skiff.errors import FailedPrecondition, NotFound
 from skiff.oci.spec import LinuxResources, Process, Spec
-from skiff.runtime import console
+from skiff.runtime import console, libc
 from skiff.runtime.cgroups import CgroupDriver, load_cgroup, open_cgroup
 from skiff.runtime.state import EXEC_FIFO, ContainerRecord, StateStore
 from skiff.runtime.trace import StartTrace, Trace
@@ -131,7 +131,7 @@ class Runtime:
         process with threads one made on its first start. A fork from a threaded process
         may copy a lock another thread held, and a raw clone3 leaves the child waiting for
         the interpreter lock a waiting thread asked for: a prespawner is one thread."""
-        if self.prespawner is None and threading.active_count() > 1:
+        if self.prespawner is None and not libc.single_threaded():
             with _spawner_lock:
                 if self.prespawner is None:
                     from skiff.runtime.prespawn import Prespawner
@@ -158,19 +158,20 @@ class Runtime:
 
     def create(self, container_id: str, bundle: str, *, console_socket: str | None = None,
                console_fd: int | None = None, pid_file: str | None = None, preserve_fds: int = 0,
-               spec: Spec | None = None, config: dict[str, Any] | None = None,
-               tracer: StartTrace | None = None, stdio: tuple[int, int, int] | None = None) -> ContainerState:
+               spec: Spec | None = None, stdio: tuple[int, int, int] | None = None) -> ContainerState:
         """Set up the container and leave its init waiting for `start`. On any failure
-        nothing is left: no process, cgroup, state directory. `config`: the JSON `spec` was
-        read from, stored as it is (else the spec is encoded again for the record).
-        `stdio`: the init's stdin, stdout and stderr, if not this process's (a caller with
-        threads cannot lend it fds 0 to 2)."""
+        nothing is left: no process, cgroup, state directory. `stdio`: the init's stdin,
+        stdout and stderr, if not this process's (a caller with threads cannot lend it fds 0
+        to 2)."""
         try:
-            return self._state(self._create(container_id, bundle, console_socket=console_socket,
-                                            console_fd=console_fd, pid_file=pid_file, preserve_fds=preserve_fds,
-                                            spec=spec, config=config, tracer=tracer, stdio=stdio))
+            record = self._create(container_id, bundle, console_socket=console_socket, console_fd=console_fd,
+                                  pid_file=pid_file, preserve_fds=preserve_fds, spec=spec, config=None,
+                                  tracer=None, stdio=stdio)
         finally:
             self._refill()
+        return ContainerState(id=record.id, pid=record.pid, status=Status.CREATED, bundle=record.bundle,
+                              rootfs=record.rootfs, created=record.created, owner=record.owner,
+                              annotations=record.annotations)
 
     def _refill(self) -> None:
         """Make the prespawned processes the last start used, now that it is done: made
@@ -237,7 +238,7 @@ class Runtime:
 
             def on_ready(pid: int) -> None:
                 start_time = proc_start_time(pid)
-                if start_time is None:  # it failed between READY and the fifo, and told stderr why
+                if start_time is None:  # it failed right after READY, and told stderr why
                     raise ContainerInitError(f"container init exited right after it was ready: {exit_status(pid)}")
                 record = ContainerRecord(
                     id=container_id, bundle=bundle, rootfs=state.rootfs, pid=pid, pid_start=start_time,

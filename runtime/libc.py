@@ -161,6 +161,14 @@ def close_range_cloexec(first: int) -> None:
     )
 
 
+def single_threaded() -> bool:
+    """Whether this process has one thread, counted by the kernel: threads that a C library
+    starts (grpc's) are not in Python's threading.active_count(), and a raw clone from a
+    process with any other thread may copy a lock it holds (glibc's, taken by setgroups in
+    the child: seen as a container process waiting for ever in setgroups)."""
+    return len(os.listdir("/proc/self/task")) == 1
+
+
 def close_all_but(keep: set[int]) -> None:
     """Close every fd above 2 that is not in `keep`."""
     low = 2

@@ -14,11 +14,11 @@ is done.
     create: plan + stdio, GO ─────────────────────────────────────────► joins its cgroup,
                                                                          unshare the rest, mounts, ...
 
-The prespawner is a fresh interpreter, so the runtime never forks (from one of its threads,
-or with its heap: a slot's fork and execve cost in proportion to the process it is a copy
-of); CLONE_PARENT makes every slot the runtime's child, so it waits for the container as for
-any other. A
-slot never has a mount namespace of its own before its plan comes: one copied earlier would
+The prespawner is a fresh interpreter, so a runtime with threads never forks for a slot (a
+fork from a thread may copy a lock another thread held), and no slot carries the runtime's
+heap (a slot's fork and execve cost in proportion to the process it is a copy of);
+CLONE_PARENT makes every slot the runtime's child, so it waits for the container as for any
+other. What no slot can take (a plan with a console or preserved fds) is forked. A slot never has a mount namespace of its own before its plan comes: one copied earlier would
 miss the mounts made since (an image's rootfs). Nothing about the container is decided
 before the plan: the namespaces are new and empty, as they would be at a fork.
 
@@ -27,8 +27,8 @@ hybrid one), a waiting slot would have to move itself into it: a write to cgroup
 which waits for an RCU grace period (about 10 ms here). So for such a cgroup the process is
 launched instead: the create sends the prespawner its plan, the cgroup's fd and its end of
 the sync socket in one message, and the prespawner clones it straight into the cgroup
-(CLONE_INTO_CGROUP) with the plan in hand. The runtime still never forks; the clone is on
-the critical path.
+(CLONE_INTO_CGROUP) with the plan in hand; the clone is on the critical path. A
+single-threaded runtime clones such a process itself, which is quicker.
 
 Slots die with the runtime (PR_SET_PDEATHSIG) and at `close`; a taken slot clears it, so
 a detached container outlives the runtime as usual.

@@ -10,7 +10,6 @@ import os
 import select
 import signal
 import socket
-import threading
 import time
 from typing import Callable, Iterator
 
@@ -43,7 +42,7 @@ def _fork(cgroup_fd: int | None, namespaces: int) -> tuple[int, bool, int]:
     # A raw clone3 skips what os.fork does for Python in the child (PyOS_AfterFork_Child):
     # with another thread waiting for the GIL at that moment, the child waits for it to hand
     # the GIL over, for ever. So only a single-threaded caller clones; threads fork.
-    if (cgroup_fd is not None or namespaces) and threading.active_count() == 1:
+    if (cgroup_fd is not None or namespaces) and libc.single_threaded():
         try:
             return libc.clone3(namespaces, cgroup_fd), cgroup_fd is not None, namespaces
         except OSError as e:
@@ -129,14 +128,19 @@ def spawn(plan: LaunchPlan, cgroup: CgroupDriver | None,
     for `exec`, once it has exec'd. `on_hooks(pid)` runs the parent's hooks and returns the
     state JSON the container's own hooks get. With a prespawner, a process made ahead of
     time takes the plan where one is waiting (prespawn.py)."""
-    slot = _take_slot(prespawner, plan, cgroup) if prespawner is not None else None
-    if slot is not None:
-        try:
-            return _start(plan, slot.pid, slot.flags, slot.sock, on_hooks, on_ready)
-        except _SilentExit:
-            pass  # it died while it waited (killed), before it said a word: fork instead
-    pid, cloned, parent_end = _fork_child(plan, cgroup)
-    return _start(plan, pid, cloned, parent_end, on_hooks, on_ready)
+    cgroup_fd = cgroup.dirfd() if cgroup is not None else None
+    try:
+        slot = _take_slot(prespawner, plan, cgroup, cgroup_fd) if prespawner is not None else None
+        if slot is not None:
+            try:
+                return _start(plan, slot.pid, slot.flags, slot.sock, on_hooks, on_ready)
+            except _SilentExit:
+                pass  # it died while it waited (killed), before it said a word: fork instead
+        pid, cloned, parent_end = _fork_child(plan, cgroup, cgroup_fd)
+        return _start(plan, pid, cloned, parent_end, on_hooks, on_ready)
+    finally:
+        if cgroup_fd is not None:
+            os.close(cgroup_fd)
 
 
 class _SilentExit(ContainerInitError):
@@ -165,16 +169,13 @@ def _start(plan: LaunchPlan, pid: int, cloned: int, parent_end: socket.socket,
         return init
 
 
-def _take_slot(prespawner: Prespawner, plan: LaunchPlan, cgroup: CgroupDriver | None) -> Slot | None:
-    cgroup_fd = cgroup.dirfd() if cgroup is not None else None
+def _take_slot(prespawner: Prespawner, plan: LaunchPlan, cgroup: CgroupDriver | None,
+               cgroup_fd: int | None) -> Slot | None:
     if cgroup is not None and cgroup_fd is not None:
         # A cgroup with a cgroup2 part: a process cloned into it, not a waiting one that
         # moves in (prespawn.py). A single-threaded caller clones it itself, quicker than
         # through the prespawner (1.8 against 2.5 ms here, the namespaces made either way).
-        try:
-            return None if threading.active_count() == 1 else prespawner.launch(plan, cgroup.self_joins(True), cgroup_fd)
-        finally:
-            os.close(cgroup_fd)
+        return None if libc.single_threaded() else prespawner.launch(plan, cgroup.self_joins(True), cgroup_fd)
     slot = prespawner.take(plan)
     if slot is None:
         return None
@@ -187,10 +188,11 @@ def _take_slot(prespawner: Prespawner, plan: LaunchPlan, cgroup: CgroupDriver | 
     return slot
 
 
-def _fork_child(plan: LaunchPlan, cgroup: CgroupDriver | None) -> tuple[int, int, socket.socket]:
-    """(pid, namespaces made at the clone, our end of the sync socket)."""
+def _fork_child(plan: LaunchPlan, cgroup: CgroupDriver | None,
+                cgroup_fd: int | None) -> tuple[int, int, socket.socket]:
+    """(pid, namespaces made at the clone, our end of the sync socket). `cgroup_fd`: the
+    cgroup2 directory to clone into (the caller closes it)."""
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    cgroup_fd = cgroup.dirfd() if cgroup is not None else None
     # The child joins its cgroup itself (faster than a move from here, see self_joins);
     # what is left to join depends on whether clone3 put it in the cgroup2 part already.
     joins = {cloned: cgroup.self_joins(cloned) if cgroup is not None else () for cloned in (True, False)}
@@ -210,8 +212,6 @@ def _fork_child(plan: LaunchPlan, cgroup: CgroupDriver | None) -> tuple[int, int
         parent_end.close()
         raise
     finally:
-        if cgroup_fd is not None:
-            os.close(cgroup_fd)
         child_end.close()
     return pid, cloned, parent_end
 
@@ -239,9 +239,7 @@ def _exchange(sock: socket.socket, pid: int, plan: LaunchPlan,
             write_id_maps(pid, plan.namespaces)
             sock.send(sync.IDMAPS_DONE)
         elif tag == sync.PID:
-            init = sync.decode_pid(message) or pid  # 0: the process we forked is the init
-            if init != pid:
-                undo.callback(kill_and_reap, [init])
+            init = _init_pid(message, pid, undo)
         elif tag == sync.ERROR:
             failure = sync.decode_failure(message)
             if init is None and second_fork:
@@ -268,12 +266,19 @@ def _exchange(sock: socket.socket, pid: int, plan: LaunchPlan,
 def _await_init_pid(sock: socket.socket, pid: int, undo: Undo) -> None:
     """Read on until A's PID message (or EOF: A failed before the clone) so that the undo
     reaps the init as well."""
-    while message := sock.recv(sync.MAX_MESSAGE):
+    while message := _recv(sock):
         if message[:1] == sync.PID:
-            init = sync.decode_pid(message)
-            if init != pid:
-                undo.callback(kill_and_reap, [init])
+            _init_pid(message, pid, undo)
             return
+
+
+def _init_pid(message: bytes, pid: int, undo: Undo) -> int:
+    """The init's pid from a PID message (0: the process we forked is the init); a second
+    process is killed with the rest if the start fails."""
+    init = sync.decode_pid(message) or pid
+    if init != pid:
+        undo.callback(kill_and_reap, [init])
+    return init
 
 
 def exit_status(pid: int) -> str:

@@ -24,7 +24,7 @@ PHASES: dict[str, str] = {
     "process": "capabilities, user, rlimits, seccomp; executable looked up",
     "created": "the parent saves the container's record (create returns)",
     "started": "start: the go-ahead to the init (exec.fifo after create; the sync socket in run)",
-    "exec": "the init is past exec.fifo, right before execve",
+    "exec": "the init has its go-ahead (exec.fifo or the sync socket), right before execve",
     "workload": "execve to the workload's first instruction",
     "exited": "the workload runs and exits; the parent's waitpid returns",
     "deleted": "delete: kill what is left, remove the cgroup and the state",
