@@ -24,6 +24,7 @@ from typing import NoReturn
 import _prctl  # python-prctl's C module: capset and no_new_privs without the wrapper's setup
 
 from skiff.runtime import libc
+from skiff.runtime.mount_template import ROOTFS
 from skiff.runtime.capabilities import last_cap
 from skiff.runtime import sync
 from skiff.runtime.plan import HookPlan, LaunchPlan, ProcessPlan
@@ -83,7 +84,7 @@ def main(plan: LaunchPlan, sock: int, close: tuple[int, ...], cgroup_joins: tupl
             # hold even until its exec (the CRI monitor: other containers' pipes, whose EOF
             # would wait for this one's start): closed, not only marked close-on-exec.
             libc.close_all_but({sock, *close, *(range(3, 3 + plan.process.preserve_fds)),
-                            *(fd for fd in (plan.trace_fd, plan.process.console_fd,
+                            *(fd for fd in (plan.trace_fd, plan.process.console_fd, plan.mount_template,
                                             plan.exec_fifo[0] if plan.exec_fifo else None) if fd is not None)})
         for path in cgroup_joins:
             _at(Step.CGROUP, path)
@@ -101,8 +102,7 @@ def main(plan: LaunchPlan, sock: int, close: tuple[int, ...], cgroup_joins: tupl
             os.close(fd)
         _at(Step.EXEC, "mark the runtime's fds close-on-exec")
         libc.close_range_cloexec(3 + plan.process.preserve_fds)  # hooks get none either
-        if _namespaces(plan, sock, cloned):
-            _init(plan, sock)
+        _init(plan, sock, _namespaces(plan, sock, cloned))
     except _StepFailed as e:
         _report(sock, _where.step, 0, e.detail)
     except OSError as e:
@@ -172,6 +172,8 @@ def take_plan(data: bytes, fds: list[int]) -> tuple[LaunchPlan, tuple[str, ...]]
         plan = replace(plan, exec_fifo=(extra.pop(0), plan.exec_fifo[1]))
     if plan.trace_fd is not None:
         plan = replace(plan, trace_fd=extra.pop(0))
+    if plan.mount_template is not None:
+        plan = replace(plan, mount_template=extra.pop(0))
     return replace(plan, stdio=None), joins  # the plan's stdio is on 0, 1, 2 now
 
 
@@ -202,8 +204,10 @@ def _recv(sock: int, expected: bytes) -> None:
 
 # -- the intermediate child: namespaces --------------------------------------------------
 
-def _namespaces(plan: LaunchPlan, sock: int, cloned: int) -> bool:
-    """Join and make namespaces. True when this process goes on as the container's init."""
+def _namespaces(plan: LaunchPlan, sock: int, cloned: int) -> dict[int, int] | None:
+    """Join and make namespaces; returns in the process that goes on as the container's
+    init, with the detached copies of the rootfs and bind sources if it copied the runtime's
+    mount namespace template (mount_template.py)."""
     ns = plan.namespaces
     _recv(sock, sync.GO)
     fds = []
@@ -214,6 +218,12 @@ def _namespaces(plan: LaunchPlan, sock: int, cloned: int) -> bool:
         _at(Step.SETNS, path)
         libc.setns(fd, flag)
         os.close(fd)
+    trees = None
+    if plan.mount_template is not None and plan.rootfs is not None and ns.unshare & ~cloned & libc.CLONE_NEWNS:
+        trees = _detached_copies(plan.rootfs)
+        _at(Step.SETNS, "the runtime's mount namespace template")
+        libc.setns(plan.mount_template, libc.CLONE_NEWNS)
+        os.close(plan.mount_template)  # a created container holds only what it needs until its start
     if ns.unshare & ~cloned:
         _at(Step.UNSHARE, f"flags {ns.unshare & ~cloned:#x}")
         libc.unshare(ns.unshare & ~cloned)
@@ -227,22 +237,23 @@ def _namespaces(plan: LaunchPlan, sock: int, cloned: int) -> bool:
         os.setresuid(0, 0, 0)
     if not ns.second_fork or cloned & libc.CLONE_NEWPID:
         os.write(sock, sync.encode_pid(0))  # "me": getpid() would say 1 in a new PID namespace
-        return True
+        return trees
     _at(Step.CLONE)
     pid = libc.clone_parent()
     if pid == 0:
-        return True
+        return trees
     os.write(sock, sync.encode_pid(pid))
     os._exit(0)
 
 
 # -- the container's init ------------------------------------------------------------------
 
-def _init(plan: LaunchPlan, sock: int) -> NoReturn:
+def _init(plan: LaunchPlan, sock: int, trees: dict[int, int] | None) -> NoReturn:
     proc = plan.process
     child_mark(plan.trace_fd, b"namespaces")
+    root = ROOTFS if trees is not None else plan.rootfs.path if plan.rootfs is not None else ""
     if plan.rootfs is not None:
-        _prepare_rootfs(plan.rootfs)
+        _prepare_rootfs(plan.rootfs, root, trees)
     state = b""
     if plan.hooks_sync:
         os.write(sock, sync.HOOKS)
@@ -254,7 +265,7 @@ def _init(plan: LaunchPlan, sock: int) -> NoReturn:
     for hook in plan.create_container_hooks:
         _run_hook("createContainer", hook, state)
     if plan.rootfs is not None:
-        _pivot_root(plan.rootfs.path)
+        _pivot_root(root)
     _at(Step.SETSID)
     os.setsid()
     if proc.terminal:
@@ -366,12 +377,34 @@ def _locked_flags(path: str) -> int:
     return flags
 
 
-def _mount(root: str, op: MountOp) -> None:
+def _detached_copies(rootfs: RootfsPlan) -> dict[int, int]:
+    """In the runtime's mount namespace, before joining the template: a detached copy
+    (open_tree) of the rootfs, under key -1, and of each bind mount's source, under the
+    mount's index in rootfs.mounts."""
+    trees = {-1: _copy_tree(rootfs.path, recursive=True)}
+    for i, op in enumerate(rootfs.mounts):
+        if op.flags & libc.MS_BIND and not op.flags & libc.MS_REMOUNT and op.source is not None:
+            trees[i] = _copy_tree(op.source, recursive=bool(op.flags & libc.MS_REC))
+    return trees
+
+
+def _copy_tree(source: str, *, recursive: bool) -> int:
+    _at(Step.MOUNT, f"copy {source}")
+    return libc.open_tree(source, libc.OPEN_TREE_CLONE | libc.OPEN_TREE_CLOEXEC
+                          | (libc.AT_RECURSIVE if recursive else 0))
+
+
+def _mount(root: str, op: MountOp, tree: int | None) -> None:
+    """`tree`: the detached copy of a bind's source, attached instead of a bind mount."""
     target = _resolve(root, op.target)
     _at(Step.MOUNT, f"{op.source or op.fstype} on {target}")
     if not op.flags & libc.MS_REMOUNT:
         _make_target(target, op.is_file)
-    libc.mount(op.source, target, op.fstype, op.flags, op.data)
+    if tree is not None:
+        libc.attach_tree(tree, target)
+        os.close(tree)
+    else:
+        libc.mount(op.source, target, op.fstype, op.flags, op.data)
     if op.remount is not None:
         flags = libc.MS_BIND | libc.MS_REMOUNT | op.remount | (_locked_flags(target) & BIND_REMOUNT_KEEP)
         libc.mount(None, target, None, flags)
@@ -379,21 +412,28 @@ def _mount(root: str, op: MountOp) -> None:
         libc.mount(None, target, None, op.propagation)
 
 
-def _prepare_rootfs(rootfs: RootfsPlan) -> None:
-    root = rootfs.path
+def _prepare_rootfs(rootfs: RootfsPlan, root: str, trees: dict[int, int] | None) -> None:
+    """`root`: where the rootfs is in this namespace: its host path, or mount_template.ROOTFS
+    where its detached copy (`trees`) goes."""
+    if trees is not None:
+        _at(Step.MOUNT, f"{rootfs.path} on {root}")
+        libc.attach_tree(trees[-1], root)
+        os.close(trees[-1])
     _at(Step.ROOT_PROPAGATION, "/")
     # Slave by default: host mounts still reach the container, its mounts never reach the host.
     propagation = rootfs.propagation or libc.MS_REC | libc.MS_SLAVE
     libc.mount(None, "/", None, propagation)
     if propagation & libc.MS_SHARED:
-        # pivot_root refuses a new root whose parent mount is shared (runc prepareRoot)
-        parent = _mount_point_of(root.rsplit("/", 1)[0] or "/")
-        _at(Step.ROOT_PROPAGATION, parent)
-        libc.mount(None, parent, None, libc.MS_PRIVATE)
-    _at(Step.MOUNT, f"{root} on itself")
-    libc.mount(root, root, None, libc.MS_BIND | libc.MS_REC)  # pivot_root needs a mount point
-    for op in rootfs.mounts:
-        _mount(root, op)
+        # pivot_root refuses a new root, or its parent mount, that is shared (runc
+        # prepareRoot); a bind of the root on itself below is private then, an attached copy not.
+        for point in ("/", root) if trees is not None else (_mount_point_of(root.rsplit("/", 1)[0] or "/"),):
+            _at(Step.ROOT_PROPAGATION, point)
+            libc.mount(None, point, None, libc.MS_PRIVATE)
+    if trees is None:
+        _at(Step.MOUNT, f"{root} on itself")
+        libc.mount(root, root, None, libc.MS_BIND | libc.MS_REC)  # pivot_root needs a mount point
+    for i, op in enumerate(rootfs.mounts):
+        _mount(root, op, trees.get(i) if trees is not None else None)
     for dev in rootfs.devices:
         target = _resolve(root, dev.path)
         _at(Step.MKNOD, target)

@@ -121,10 +121,14 @@ class Runtime:
         self.cgroup_parent = cgroup_parent
         self.warm = warm
         self.prespawner: Prespawner | None = None
+        self.mount_template: int | None = None
         if warm:
+            from skiff.runtime import mount_template
             from skiff.runtime.prespawn import Prespawner
 
             self.prespawner = Prespawner(warm)
+            with contextlib.suppress(OSError):  # a kernel without open_tree: containers copy ours
+                self.mount_template = mount_template.make()
 
     def _spawner(self) -> Prespawner | None:
         """Where container processes come from: a warm runtime's prespawner, and for a
@@ -140,6 +144,9 @@ class Runtime:
         return self.prespawner
 
     def close(self) -> None:
+        if self.mount_template is not None:
+            os.close(self.mount_template)
+            self.mount_template = None
         if self.prespawner is not None:
             self.prespawner.close()
             self.prespawner = None
@@ -222,7 +229,8 @@ class Runtime:
                 undo.callback(os.close, console_fd)
             plan = plan_create(spec, bundle=bundle, cgroup_mounts=cgroup.mounts(), exec_fifo=exec_fifo,
                                start_sync=start, console_fd=console_fd, preserve_fds=preserve_fds,
-                               trace_fd=tracer.child_fd if tracer else None, stdio=stdio)
+                               trace_fd=tracer.child_fd if tracer else None, stdio=stdio,
+                               mount_template=self.mount_template)
             state = ContainerState(id=container_id, pid=0, status=Status.CREATING, bundle=bundle,
                                    rootfs=plan.rootfs.path if plan.rootfs else "", created=_now(),
                                    owner="", annotations=dict(spec.annotations))

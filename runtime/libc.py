@@ -16,8 +16,10 @@ _libc = ctypes.CDLL(None, use_errno=True)
 
 # Syscall numbers that glibc 2.36 has no wrapper for.
 _SYSCALLS = {
-    "x86_64": {"pivot_root": 155, "clone": 56, "clone3": 435, "close_range": 436},
-    "aarch64": {"pivot_root": 41, "clone": 220, "clone3": 435, "close_range": 436},
+    "x86_64": {"pivot_root": 155, "clone": 56, "clone3": 435, "close_range": 436, "open_tree": 428,
+               "move_mount": 429},
+    "aarch64": {"pivot_root": 41, "clone": 220, "clone3": 435, "close_range": 436, "open_tree": 428,
+                "move_mount": 429},
 }[os.uname().machine]
 
 # clone(2) and namespace flags.
@@ -55,6 +57,12 @@ MS_RELATIME = 1 << 21
 MS_STRICTATIME = 1 << 24
 MS_LAZYTIME = 1 << 25
 MNT_DETACH = 2
+# open_tree(2) and move_mount(2).
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = os.O_CLOEXEC
+AT_RECURSIVE = 0x8000
+AT_FDCWD = -100
+MOVE_MOUNT_F_EMPTY_PATH = 4
 CLOSE_RANGE_CLOEXEC = 4
 
 PR_SET_PDEATHSIG = 1
@@ -136,6 +144,19 @@ def pivot_root(new_root: str, put_old: str) -> None:
         _syscall(_SYSCALLS["pivot_root"], ctypes.c_char_p(new_root.encode()), ctypes.c_char_p(put_old.encode())),
         new_root,
     )
+
+
+def open_tree(path: str, flags: int) -> int:
+    """A detached copy of the mount at `path` (OPEN_TREE_CLONE): a bind mount that belongs to
+    no namespace until move_mount attaches it, in whichever namespace the caller is then."""
+    return _check(_syscall(_SYSCALLS["open_tree"], ctypes.c_int(AT_FDCWD), ctypes.c_char_p(path.encode()),
+                           ctypes.c_uint(flags)), path)
+
+
+def attach_tree(tree: int, target: str) -> None:
+    """move_mount(2) of a detached tree (open_tree) onto `target`."""
+    _check(_syscall(_SYSCALLS["move_mount"], ctypes.c_int(tree), ctypes.c_char_p(b""), ctypes.c_int(AT_FDCWD),
+                    ctypes.c_char_p(target.encode()), ctypes.c_uint(MOVE_MOUNT_F_EMPTY_PATH)), target)
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:

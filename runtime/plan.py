@@ -68,6 +68,14 @@ class LaunchPlan:
     start_sync: bool = False           # `run`: wait for START on the sync socket instead
     trace_fd: int | None = None        # where the child writes its timestamps (trace.py), if traced
     stdio: tuple[int, int, int] | None = None  # the process's stdin, stdout, stderr; None: the runtime's own
+    mount_template: int | None = None  # fd of the namespace to copy instead of the runtime's (mount_template.py)
+
+    @property
+    def at_clone(self) -> int:
+        """The namespaces the first clone makes (NamespacePlan.at_clone): a mount namespace
+        copied from the template is made by the child once it joined the template."""
+        flags = self.namespaces.at_clone
+        return flags & ~libc.CLONE_NEWNS if self.mount_template is not None else flags
 
 
 def parse_env(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -132,13 +140,19 @@ def prepare_seccomp(spec: Spec) -> PreparedFilter | None:
 def plan_create(spec: Spec, *, bundle: str, cgroup_mounts: list[tuple[str, str]],
                 exec_fifo: tuple[int, str] | None, start_sync: bool = False, console_fd: int | None = None,
                 preserve_fds: int = 0, trace_fd: int | None = None,
-                stdio: tuple[int, int, int] | None = None) -> LaunchPlan:
+                stdio: tuple[int, int, int] | None = None, mount_template: int | None = None) -> LaunchPlan:
+    """`mount_template`: the runtime's mount_template, used if the container can copy it: not
+    with a user namespace (joining the template needs the host's CAP_SYS_ADMIN, and attaching
+    host mounts in a namespace it owns is another matter) nor with createContainer hooks,
+    which run in the container's namespace before pivot_root and must see the host's paths."""
     if spec.process is None:
         raise InvalidArgument("process: required to create a container")
     namespaces = plan_namespaces(spec.linux)
     if not namespaces.all & libc.CLONE_NEWNS:
         raise InvalidArgument("linux.namespaces: a mount namespace is required to set up the rootfs")
     hooks = spec.hooks or Hooks()
+    if namespaces.all & libc.CLONE_NEWUSER or hooks.create_container:
+        mount_template = None
     sysctl = tuple(("/proc/sys/" + key.replace(".", "/"), value)
                    for key, value in (spec.linux.sysctl.items() if spec.linux else ()))
     return LaunchPlan(
@@ -159,6 +173,7 @@ def plan_create(spec: Spec, *, bundle: str, cgroup_mounts: list[tuple[str, str]]
         start_sync=start_sync,
         trace_fd=trace_fd,
         stdio=stdio,
+        mount_template=mount_template,
     )
 
 

@@ -80,6 +80,8 @@ def plan_message(plan: LaunchPlan, cgroup_joins: tuple[str, ...]) -> tuple[bytes
         fds.append(plan.exec_fifo[0])
     if plan.trace_fd is not None:
         fds.append(plan.trace_fd)
+    if plan.mount_template is not None:
+        fds.append(plan.mount_template)
     return pickle.dumps((plan, cgroup_joins), protocol=pickle.HIGHEST_PROTOCOL), fds
 
 

@@ -199,7 +199,7 @@ def _fork_child(plan: LaunchPlan, cgroup: CgroupDriver | None,
     parent = os.getpid()
     try:
         with signals_blocked():
-            pid, in_cgroup, cloned = _fork(cgroup_fd, plan.namespaces.at_clone)
+            pid, in_cgroup, cloned = _fork(cgroup_fd, plan.at_clone)
             if pid == 0:
                 try:
                     child.main(plan, child_end.fileno(), (parent_end.fileno(),) + (

@@ -231,9 +231,12 @@ def bundle(tmp_path: Path) -> Path:
 pytest_plugins = ["vm.plugin", "cri_fixture"]  # tests/ is on sys.path: it is the rootdir conftest's folder
 
 
-@pytest.fixture
-def containers(bundle: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> Iterator[Containers]:
-    c = Containers(bundle, tmp_path / "state", capfd)
+@pytest.fixture(params=["cold", "warm"])
+def containers(bundle: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str],
+               request: pytest.FixtureRequest) -> Iterator[Containers]:
+    """A cold runtime, and a warm one: its containers copy the mount namespace template
+    (runtime/mount_template.py) and come from the prespawner."""
+    c = Containers(bundle, tmp_path / "state", capfd, warm=1 if request.param == "warm" else 0)
     yield c
     c.cleanup()
 

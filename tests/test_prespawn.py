@@ -178,6 +178,25 @@ def test_a_user_namespace_plan_is_forked_not_prespawned(warm: Containers) -> Non
     assert warm.runtime.prespawner is not None and warm.runtime.prespawner.waiting() == []
 
 
+def test_the_mount_namespace_template_holds_nothing_of_the_host(warm: Containers) -> None:
+    """A warm runtime's containers copy this namespace instead of the host's, whose mount
+    table grows with every pod (runtime/mount_template.py): one tmpfs, with an empty
+    directory where a container attaches its rootfs."""
+    from skiff.runtime import libc
+
+    template = warm.runtime.mount_template
+    assert template is not None
+
+    def look() -> tuple[list[str], list[str]]:
+        libc.unshare(0x200)  # CLONE_FS: this thread alone joins the template
+        libc.setns(template, libc.CLONE_NEWNS)
+        return os.listdir("/"), os.listdir("/rootfs")
+
+    assert _in_thread(look) == (["rootfs"], [])
+    warm.runtime.close()
+    assert warm.runtime.mount_template is None
+
+
 @pytest.mark.requires("cgroup2")
 def test_a_launched_process_is_cloned_into_its_cgroup(warm: Containers) -> None:
     """Made when the create came, cloned into its container's cgroup (CLONE_INTO_CGROUP)."""

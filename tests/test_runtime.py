@@ -392,6 +392,44 @@ def test_bind_mounts_ro_and_rw(containers: Containers, tmp_path: Path) -> None:
     assert (shared / "out").read_text() == "hi\n"
 
 
+def test_binds_carry_the_mounts_under_their_source_and_later_ones(containers: Containers, tmp_path: Path) -> None:
+    """An rbind brings the mounts under its source along, a bind does not; a mount the host
+    makes under a shared source once the container is set up reaches it as well (a warm
+    runtime's containers attach detached copies of their sources: the same for each)."""
+    from skiff.runtime import libc
+
+    source = tmp_path / "source"
+    mounted: list[Path] = []
+
+    def mount_tmpfs(sub: str) -> None:
+        (source / sub).mkdir()
+        libc.mount("tmpfs", str(source / sub), "tmpfs", 0, "size=16k")
+        mounted.append(source / sub)
+        (source / sub / "f").write_text(f"in {sub}\n")
+
+    def edit(c: dict[str, Any]) -> None:
+        c["mounts"] += [{"destination": "/r", "type": "bind", "source": str(source), "options": ["rbind"]},
+                        {"destination": "/b", "type": "bind", "source": str(source), "options": ["bind"]}]
+
+    source.mkdir()
+    try:
+        libc.mount(str(source), str(source), None, libc.MS_BIND)
+        mounted.append(source)
+        libc.mount(None, str(source), None, libc.MS_SHARED)
+        mount_tmpfs("sub")
+        cid = containers.create("sh", "-c", "cat /r/sub/f; ls /b/sub; cat /r/later/f", edit=edit)
+        mount_tmpfs("later")
+        pid = containers.runtime.state(cid).pid
+        containers.capfd.readouterr()
+        containers.runtime.start(cid)
+        os.waitpid(pid, 0)
+        assert containers.capfd.readouterr().out == "in sub\nin later\n"
+        containers.runtime.delete(cid)
+    finally:
+        for path in reversed(mounted):
+            libc.umount2(str(path), 0)
+
+
 def test_terminal_through_the_console_socket(containers: Containers, tmp_path: Path) -> None:
     path = str(tmp_path / "console.sock")
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
