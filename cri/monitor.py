@@ -161,15 +161,16 @@ class _Monitor:
         self.runtime = runtime
         self.devnull = devnull
         self.containers: dict[str, _Container] = {}
+        self.releasing: dict[str, _Container] = {}  # those with a release waiting: the loop looks at these only
         self.creating = 0
         self.detached = False
         self.created: queue.SimpleQueue[tuple[socket.socket, dict[str, Any], _Container | None]] = queue.SimpleQueue()
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        self.poller = select.poll()
+        self.poller = select.epoll()  # a wake-up costs what is ready, not every container's fds (poll)
         self.handlers: dict[int, Callable[[], None]] = {}
 
     def watch(self, fd: int, handler: Callable[[], None]) -> None:
-        self.poller.register(fd, select.POLLIN)
+        self.poller.register(fd, select.EPOLLIN)
         self.handlers[fd] = handler
 
     def unwatch(self, fd: int) -> None:
@@ -235,6 +236,7 @@ class _Monitor:
                     self._reply(conn, {})
                 else:
                     container.releases.append((conn, time.monotonic() + float(message.get("timeout", 5.0))))
+                    self.releasing[container.id] = container
             elif op == "detach":
                 self.detached = True
                 self._reply(conn, {"containers": len(self.containers) + self.creating})
@@ -326,18 +328,20 @@ class _Monitor:
             return
         container.log.close()
         del self.containers[container.id]
+        self.releasing.pop(container.id, None)
         for conn, _ in container.releases:
             self._reply(conn, {})
 
-    def _timeout(self) -> int | None:
-        deadlines = [d for c in self.containers.values() for _, d in c.releases]
-        return max(0, int((min(deadlines) - time.monotonic()) * 1000) + 1) if deadlines else None
+    def _timeout(self) -> float:
+        """Seconds until the next release expires; -1: none waits."""
+        deadlines = [d for c in self.releasing.values() for _, d in c.releases]
+        return max(0.0, min(deadlines) - time.monotonic() + 0.001) if deadlines else -1
 
     def _expire_releases(self) -> None:
         """A release past its timeout: something outside the container holds its pipes
         open. Stop copying them; the init, if not reaped yet, is still waited for."""
         now = time.monotonic()
-        for container in list(self.containers.values()):
+        for container in list(self.releasing.values()):
             due = [conn for conn, deadline in container.releases if deadline <= now]
             if not due:
                 continue
@@ -345,6 +349,8 @@ class _Monitor:
                 self.unwatch(fd)
             container.log.close()
             container.releases = [(c, d) for c, d in container.releases if d > now]
+            if not container.releases:
+                del self.releasing[container.id]
             for conn in due:
                 self._reply(conn, {})
             self._end_if_done(container)

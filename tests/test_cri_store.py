@@ -189,13 +189,32 @@ def test_corrupt_records_are_skipped_and_reported(tmp_path: Path) -> None:
     assert not (store.root / "bad1.json").exists()
 
 
-def test_corrupt_name_index_is_reported_and_reset(tmp_path: Path) -> None:
+def test_a_corrupt_reservation_is_reported_and_removed(tmp_path: Path) -> None:
     store = SandboxStore(tmp_path)
     store.reserve_name("n", "id1")
+    [reservation] = (store.root / "_names").iterdir()
+    reservation.write_text("[")
+    report = store.load()
+    assert len(report.problems) == 1 and "the reservation is removed" in report.problems[0]
+    store.reserve_name("n", "id2")
+    assert store.reserved_names() == {"n": "id2"}
+
+
+def test_the_name_index_of_an_older_skiff_becomes_one_file_per_name(tmp_path: Path) -> None:
+    store = SandboxStore(tmp_path)
+    (store.root / "_names.json").write_text('{"version": 1, "names": {"n": "id1", "m": "id2"}}')
+    assert store.load().problems == ()
+    assert not (store.root / "_names.json").exists()
+    assert store.reserved_names() == {"m": "id2", "n": "id1"}
+    with pytest.raises(AlreadyExists, match="reserved for id1"):
+        store.reserve_name("n", "id3")
+    store.delete("id1")  # the owner's list was made with the files
+    assert store.reserved_names() == {"m": "id2"}
+
     (store.root / "_names.json").write_text("[")
     report = store.load()
     assert len(report.problems) == 1 and "name reservations reset" in report.problems[0]
-    store.reserve_name("n", "id2")
+    assert store.reserved_names() == {"m": "id2"}
 
 
 def test_newer_record_version_is_refused(tmp_path: Path) -> None:
