@@ -290,21 +290,24 @@ a row are not the turns of the table above, and their p50 can differ from it.
 
 {markdown_table(growth_rows(doc))}
 
-Pods through the CRI grow with the pods running. A large part of it is the host's mount
-table: each pod adds mounts to the host's mount namespace (its network, IPC and UTS
-namespaces pinned by bind mounts, its /dev/shm tmpfs, each container's overlay root), and
-every container's new mount namespace starts as a copy of the host's, which pivot_root then
-detaches: both in proportion to the mounts there. Measured apart, 2,500 extra tmpfs mounts
-on the host took the warm library's start from 4.9 ms to 16.4 ms; runc and crun copy the
-same table (containerd's pods add mounts too: an overlay root per container, a netns bind
-mount per pod). skiff's own part was reading /proc/self/mountinfo, thousands of lines by
-then, on every create: it is read once per process now (and once by the fork server for its
-workers), which took this ratio from 2.95x to about 1.8x then (it moves a lot from run to run:
-see the table). The rest is the kernel's: fewer host mounts per pod (namespaces held by a
-process instead of three bind mounts; a pod's shm in the containers' namespaces only; the
-overlay root mounted in the container's own namespace), or a container mount namespace
-copied from a small template with the mounts it needs passed in as detached mounts
-(open_tree), is the next step there.
+Pods through the CRI still grow with the pods running, but skiff's start path no longer
+does: measured apart with a 100 ms pause after each sample's delete, pod-ready with 500 pods
+running took what it took with none (20.7 against 20.8 ms). What the next start runs into is
+the kernel's work that a delete leaves behind, done by kernel workers on this 2-CPU machine:
+each removed memory cgroup walks the LRU lists of every mounted filesystem to hand its
+objects to the parent (memcg_reparent_list_lrus; a pod mounts about 8: its overlay root,
+/dev/shm, and each container's proc, sysfs, mqueue, devpts and /dev), and each removed v1
+cpuset rebuilds the scheduler domains over all cpusets; both take cgroup_mutex, which the
+next create's mkdir waits for. runc and crun pay it too, with fewer filesystems per
+container (their 500 / 0 above).
+
+What grew in skiff itself is gone: a warm runtime's containers copy an almost empty mount
+namespace (runtime/mount_template.py) instead of the host's, which has about 5 mounts per
+pod (2,500 extra host mounts had taken the warm library's start from 4.9 to 16.4 ms); the
+container monitor waits with epoll instead of polling every container's pipes; a whole id
+resolves without a listing of the store; a name reservation is one file, not a rewrite of
+an index of all the names; a new v1 cpuset clones its parent's CPUs instead of a write that
+rebuilds the scheduler domains; /proc/self/mountinfo is read once per process.
 """
     if doc["breakdown"]:
         body += f"""

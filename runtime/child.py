@@ -37,6 +37,9 @@ PR_SET_KEEPCAPS = 8
 PR_SET_DUMPABLE = 4
 MAX_SYMLINKS = 40
 # statvfs f_flag bits -> mount flags, to repeat locked flags on a bind remount.
+# The signals a handler of the runtime's may hold, as plain ints: signal.valid_signals()
+# makes an enum member of each, 50 us between fork and exec.
+_HANDLED = tuple(int(s) for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGPIPE))
 _STATVFS_TO_MS = ((1, libc.MS_RDONLY), (2, libc.MS_NOSUID), (4, libc.MS_NODEV), (8, libc.MS_NOEXEC),
                   (1024, libc.MS_NOATIME), (2048, libc.MS_NODIRATIME), (4096, libc.MS_RELATIME))
 
@@ -181,11 +184,10 @@ def _reset_signals() -> None:
     """The container starts with every signal at its default and none blocked, whatever
     the runtime's process had (spawn.signals_blocked blocked them all for the fork).
     SIGPIPE stays ignored until execve: a write to a gone runtime must fail, not kill."""
-    for signum in signal.valid_signals():
-        if signum not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGPIPE) \
-                and signal.getsignal(signum) not in (signal.SIG_DFL, None):
+    for signum in _HANDLED:
+        if signal.getsignal(signum) not in (signal.SIG_DFL, None):
             libc.default_signal(signum)
-    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+    libc.set_signal_mask(None)
 
 
 def _report(sock: int, step: Step, err: int, detail: str) -> None:

@@ -173,6 +173,31 @@ def ignore_signal(signum: int) -> None:
     _signal(signum, 1)
 
 
+# sigset_t as glibc has it (1024 bits). signal.pthread_sigmask turns each signal of the
+# sets it takes and returns into an enum member: 90 us a block and restore, 1 us this way.
+SigSet = ctypes.c_ulong * (1024 // (8 * ctypes.sizeof(ctypes.c_ulong)))
+_SIG_BLOCK, _SIG_SETMASK = 0, 2
+_pthread_sigmask = _libc.pthread_sigmask
+_pthread_sigmask.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+
+
+def block_all_signals() -> ctypes.Array[ctypes.c_ulong]:
+    """Block every signal in this thread; the mask it had before."""
+    previous = SigSet()
+    err = _pthread_sigmask(_SIG_BLOCK, ctypes.byref(SigSet(*[~0 & ((1 << 64) - 1)] * len(previous))),
+                           ctypes.byref(previous))
+    if err:
+        raise OSError(err, os.strerror(err), "pthread_sigmask")
+    return previous
+
+
+def set_signal_mask(mask: ctypes.Array[ctypes.c_ulong] | None) -> None:
+    """This thread's blocked signals: `mask`, or none."""
+    err = _pthread_sigmask(_SIG_SETMASK, ctypes.byref(mask if mask is not None else SigSet()), None)
+    if err:
+        raise OSError(err, os.strerror(err), "pthread_sigmask")
+
+
 def close_range_cloexec(first: int) -> None:
     """Mark every fd >= first close-on-exec (CVE-2024-21626: no host fd may reach exec)."""
     _check(

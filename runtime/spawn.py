@@ -59,12 +59,12 @@ def signals_blocked() -> Iterator[None]:
     run the caller's code there. The child resets the handlers, then unblocks
     (child.main); this process unblocks as soon as the clone returns."""
     parent = os.getpid()
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+    previous = libc.block_all_signals()
     try:
         yield
     finally:
         if os.getpid() == parent:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+            libc.set_signal_mask(previous)
 
 
 def kill_and_reap(pids: list[int], timeout: float = 10.0) -> None:
