@@ -36,10 +36,10 @@ PR_CAPBSET_DROP = 24
 PR_SET_KEEPCAPS = 8
 PR_SET_DUMPABLE = 4
 MAX_SYMLINKS = 40
-# statvfs f_flag bits -> mount flags, to repeat locked flags on a bind remount.
 # The signals a handler of the runtime's may hold, as plain ints: signal.valid_signals()
 # makes an enum member of each, 50 us between fork and exec.
 _HANDLED = tuple(int(s) for s in signal.valid_signals() if s not in (signal.SIGKILL, signal.SIGSTOP, signal.SIGPIPE))
+# statvfs f_flag bits -> mount flags, to repeat locked flags on a bind remount.
 _STATVFS_TO_MS = ((1, libc.MS_RDONLY), (2, libc.MS_NOSUID), (4, libc.MS_NODEV), (8, libc.MS_NOEXEC),
                   (1024, libc.MS_NOATIME), (2048, libc.MS_NODIRATIME), (4096, libc.MS_RELATIME))
 

@@ -184,7 +184,7 @@ _pthread_sigmask.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
 def block_all_signals() -> ctypes.Array[ctypes.c_ulong]:
     """Block every signal in this thread; the mask it had before."""
     previous = SigSet()
-    err = _pthread_sigmask(_SIG_BLOCK, ctypes.byref(SigSet(*[~0 & ((1 << 64) - 1)] * len(previous))),
+    err = _pthread_sigmask(_SIG_BLOCK, ctypes.byref(SigSet(*[ctypes.c_ulong(-1).value] * len(previous))),
                            ctypes.byref(previous))
     if err:
         raise OSError(err, os.strerror(err), "pthread_sigmask")
