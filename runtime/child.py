@@ -327,9 +327,11 @@ def _write(path: str, value: str) -> None:
 
 # -- rootfs ----------------------------------------------------------------------------------
 
-def _resolve(root: str, path: str) -> str:
+def _resolve(root: str, path: str, plain: set[str]) -> str:
     """`path` inside `root`, following symlinks as if `root` were "/" (no escape through
-    `..` or an absolute link), as runc's securejoin does."""
+    `..` or an absolute link), as runc's securejoin does. `plain`: the paths a look found
+    to be no symlink, which need no second look (the mount targets share their parents:
+    /sys/fs/cgroup/...) until a mount covers them (`_mount` forgets those)."""
     parts = [p for p in path.split("/") if p]
     current: list[str] = []
     links = 0
@@ -342,6 +344,9 @@ def _resolve(root: str, path: str) -> str:
                 current.pop()
             continue
         candidate = root + "/" + "/".join(current + [part])
+        if candidate in plain:
+            current.append(part)
+            continue
         try:
             st = os.lstat(candidate)
         except FileNotFoundError:
@@ -357,17 +362,23 @@ def _resolve(root: str, path: str) -> str:
                 current = []
             parts = [p for p in target.split("/") if p] + parts
             continue
+        plain.add(candidate)
         current.append(part)
     return root + "/" + "/".join(current)
 
 
 def _make_target(path: str, is_file: bool) -> None:
-    if is_file:
+    """The mount point, made if missing; its parent is tried first, which mostly exists."""
+    try:
+        if is_file:
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+        else:
+            os.mkdir(path, 0o755)
+    except FileNotFoundError:
         os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
-        if not os.path.exists(path):
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
-    else:
-        os.makedirs(path, mode=0o755, exist_ok=True)
+        _make_target(path, is_file)
+    except (FileExistsError, IsADirectoryError):
+        pass  # a file bind onto a directory fails at the mount, naming both
 
 
 def _locked_flags(path: str) -> int:
@@ -396,9 +407,9 @@ def _copy_tree(source: str, *, recursive: bool) -> int:
                           | (libc.AT_RECURSIVE if recursive else 0))
 
 
-def _mount(root: str, op: MountOp, tree: int | None) -> None:
+def _mount(root: str, op: MountOp, tree: int | None, plain: set[str]) -> None:
     """`tree`: the detached copy of a bind's source, attached instead of a bind mount."""
-    target = _resolve(root, op.target)
+    target = _resolve(root, op.target, plain)
     _at(Step.MOUNT, f"{op.source or op.fstype} on {target}")
     if not op.flags & libc.MS_REMOUNT:
         _make_target(target, op.is_file)
@@ -412,6 +423,7 @@ def _mount(root: str, op: MountOp, tree: int | None) -> None:
         libc.mount(None, target, None, flags)
     if op.propagation:
         libc.mount(None, target, None, op.propagation)
+    plain.difference_update([p for p in plain if p.startswith(target + "/")])
 
 
 def _prepare_rootfs(rootfs: RootfsPlan, root: str, trees: dict[int, int] | None) -> None:
@@ -434,24 +446,26 @@ def _prepare_rootfs(rootfs: RootfsPlan, root: str, trees: dict[int, int] | None)
     if trees is None:
         _at(Step.MOUNT, f"{root} on itself")
         libc.mount(root, root, None, libc.MS_BIND | libc.MS_REC)  # pivot_root needs a mount point
+    plain: set[str] = set()
     for i, op in enumerate(rootfs.mounts):
-        _mount(root, op, trees.get(i) if trees is not None else None)
+        _mount(root, op, trees.get(i) if trees is not None else None, plain)
+    os.umask(0)  # mknod's mode as it is, until _process_setup sets the process's own
     for dev in rootfs.devices:
-        target = _resolve(root, dev.path)
+        target = _resolve(root, dev.path, plain)
         _at(Step.MKNOD, target)
         if rootfs.bind_devices:
             _make_target(target, True)
             libc.mount(dev.path, target, None, libc.MS_BIND)
             continue
         try:
+            os.mknod(target, dev.mode, os.makedev(dev.major, dev.minor))
+        except FileExistsError:  # the spec names a default device again: its node wins
             os.unlink(target)
-        except FileNotFoundError:
-            pass
-        os.mknod(target, dev.mode, os.makedev(dev.major, dev.minor))
-        os.chmod(target, dev.mode & 0o7777)  # mknod's mode is cut by the umask
-        os.chown(target, dev.uid, dev.gid)
+            os.mknod(target, dev.mode, os.makedev(dev.major, dev.minor))
+        if dev.uid or dev.gid:  # made by root: 0, 0 already
+            os.chown(target, dev.uid, dev.gid)
     for link_target, link in rootfs.symlinks:
-        path = _resolve(root, link)
+        path = _resolve(root, link, plain)
         _at(Step.SYMLINK, path)
         try:
             os.symlink(link_target, path)

@@ -142,6 +142,16 @@ def test_dev_has_the_default_devices_and_links(containers: Containers) -> None:
         "/proc/self/fd", "/proc/self/fd/0", "pts/ptmx"]
 
 
+def test_spec_devices_get_their_mode_and_owner_and_may_replace_a_default(containers: Containers) -> None:
+    def edit(c: dict[str, Any]) -> None:
+        c["linux"]["devices"] = [
+            {"path": "/dev/mine", "type": "c", "major": 1, "minor": 5, "fileMode": 0o640, "uid": 1000, "gid": 1001},
+            {"path": "/dev/null", "type": "c", "major": 1, "minor": 3, "fileMode": 0o600}]
+
+    result = containers.run("stat", "-c", "%n %t:%T %a %u:%g", "/dev/mine", "/dev/null", edit=edit)
+    assert result.out.splitlines() == ["/dev/mine 1:5 640 1000:1001", "/dev/null 1:3 600 0:0"], result.err
+
+
 def test_env_and_args_reach_the_process(containers: Containers) -> None:
     def edit(c: dict[str, Any]) -> None:
         c["process"]["env"] = ["PATH=/bin", "GREETING=hello world", "EMPTY="]
