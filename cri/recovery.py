@@ -11,7 +11,9 @@ Assumptions, each a way a previous daemon can have stopped:
 - Files without a record (a bundle, a pod directory with pinned namespaces) belong to a call
   that died before its record was written, or after it was deleted: removed.
 - A reserved name whose id has no record was reserved by a call that died right after:
-  released, so the next attempt with that name is not refused (containerd/cri#1014).
+  released, so the next attempt with that name is not refused (containerd/cri#1014). A live
+  record whose reservation was lost (an unreadable file, which `load` removes) reserves its
+  name again.
 Records the store cannot read are reported and left alone.
 """
 
@@ -24,8 +26,8 @@ from skiff.cri import pod_namespaces
 from skiff.cri.service.container_remove import remove_container_files
 from skiff.cri.service.context import ServiceContext
 from skiff.cri.service.sandbox_stop import teardown_sandbox
-from skiff.cri.store.container import ContainerRecord, ContainerState
-from skiff.cri.store.sandbox import SandboxState
+from skiff.cri.store.container import ContainerRecord, ContainerState, container_name
+from skiff.cri.store.sandbox import SandboxState, sandbox_name
 from skiff.errors import SkiffError
 
 log = logging.getLogger("skiff.cri")
@@ -62,8 +64,23 @@ def recover(ctx: ServiceContext) -> list[str]:
         for reserved, owner in store.reserved_names().items():
             if owner not in known:
                 store.release_name(reserved)
+    problems += _reserve_live_names(ctx)
     for line in problems:
         log.warning("recovery: %s", line)
+    return problems
+
+
+def _reserve_live_names(ctx: ServiceContext) -> list[str]:
+    problems: list[str] = []
+    pods = {s.id: s for s in ctx.sandboxes.list()}
+    for s in pods.values():
+        problems += _attempt(f"pod sandbox {s.id}: reserving its name again", ctx.sandboxes.reserve_name,
+                             sandbox_name(name=s.name, namespace=s.namespace, uid=s.uid, attempt=s.attempt), s.id)
+    for c in ctx.containers.list():
+        if (pod := pods.get(c.sandbox_id)) is not None:
+            problems += _attempt(f"container {c.id}: reserving its name again", ctx.containers.reserve_name,
+                                 container_name(name=c.name, attempt=c.attempt, sandbox_name=pod.name,
+                                                sandbox_namespace=pod.namespace, sandbox_uid=pod.uid), c.id)
     return problems
 
 

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 from cri_api.v1 import api_pb2 as pb
 from cri_fixture import CriDaemon, service_config
@@ -115,4 +116,25 @@ def test_recovery_cleans_up_an_interrupted_run(daemon: CriDaemon, tmp_path: Path
         assert again != pod_id
         cri.remove_all()
     finally:
+        cri.channel.close()
+
+
+def test_a_live_pod_whose_name_reservation_was_lost_reserves_it_again(daemon: CriDaemon) -> None:
+    """An unreadable reservation is removed at start; the live pod's record is the truth, so
+    a second pod with the same metadata is still refused."""
+    cri = daemon.start()
+    pod_id, pod = cri.run_pod("keeper")
+    cri.channel.close()
+    daemon.kill()
+    for reservation in (Path(daemon.config.state_root) / "sandboxes" / "_names").iterdir():
+        reservation.write_text("[")
+
+    cri = daemon.start()
+    try:
+        with pytest.raises(grpc.RpcError) as info:
+            cri.runtime.RunPodSandbox(pb.RunPodSandboxRequest(config=pod))
+        assert info.value.code() is grpc.StatusCode.ALREADY_EXISTS, info.value.details()
+        assert [p.id for p in cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items] == [pod_id]
+    finally:
+        cri.remove_all()
         cri.channel.close()

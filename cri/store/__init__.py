@@ -260,10 +260,17 @@ class RecordStore(Generic[R]):
         path = self._name_path(name)
         path.parent.mkdir(mode=0o700, exist_ok=True)
         self._write(path, {"version": RECORD_VERSION, "name": name, "id": id})
-        # The owner's list is an index: rebuilt from the reservations should it be lost.
+        self._index_owner(path.name, id)
+
+    def _index_owner(self, reservation: str, id: str) -> None:
+        """The owner's list is an index, made again from the reservations at `load`."""
         owned = self.root / _OWNERS / id
         owned.mkdir(mode=0o700, parents=True, exist_ok=True)
-        (owned / path.name).touch()
+        (owned / reservation).touch()
+
+    def _reservation_files(self) -> list[Path]:
+        directory = self.root / _NAMES
+        return sorted(p for p in directory.iterdir() if not p.name.startswith(".")) if directory.is_dir() else []
 
     def _drop(self, name: str, id: str) -> None:
         path = self._name_path(name)
@@ -272,10 +279,7 @@ class RecordStore(Generic[R]):
 
     def _reservations(self) -> Iterator[tuple[Path, str, str]]:
         """(file, name, id) of every readable reservation."""
-        directory = self.root / _NAMES
-        for path in sorted(directory.iterdir()) if directory.is_dir() else ():
-            if path.name.startswith("."):
-                continue
+        for path in self._reservation_files():
             with contextlib.suppress(FileNotFoundError, CorruptRecord, InvalidArgument):
                 yield (path, *self._read_reservation(path, path.read_bytes()))
 
@@ -297,19 +301,17 @@ class RecordStore(Generic[R]):
                 self._hold(name, id)
             legacy.unlink()
         directory = self.root / _NAMES
-        for path in sorted(directory.iterdir()) if directory.is_dir() else ():
-            if path.name.startswith("."):
-                continue
+        for path in directory.glob(f".*{_TMP}") if directory.is_dir() else ():
+            path.unlink(missing_ok=True)  # an interrupted reservation
+        for path in self._reservation_files():
             try:
-                name, id = self._read_reservation(path, path.read_bytes())
+                _, id = self._read_reservation(path, path.read_bytes())
             except (CorruptRecord, InvalidArgument) as e:
                 # Records are the truth; recovery re-reserves the names of the live ones.
                 problems.append(f"{e}; the reservation is removed")
                 path.unlink()
                 continue
-            owned = self.root / _OWNERS / id
-            owned.mkdir(mode=0o700, parents=True, exist_ok=True)
-            (owned / path.name).touch()
+            self._index_owner(path.name, id)
         return problems
 
     def _ids(self) -> list[str]:
@@ -433,11 +435,14 @@ class RecordStore(Generic[R]):
     def release_name(self, name: str) -> None:
         """Free `name`; a name not reserved is fine."""
         with self._locked():
-            with contextlib.suppress(CorruptRecord, InvalidArgument):
+            try:
                 owner = self._owner(name)
-                if owner is not None:
-                    self._drop(name, owner)
-            self._name_path(name).unlink(missing_ok=True)
+            except (CorruptRecord, InvalidArgument):
+                owner = None
+            if owner is not None:
+                self._drop(name, owner)
+            else:
+                self._name_path(name).unlink(missing_ok=True)  # an unreadable one goes all the same
 
     def reserved_names(self) -> dict[str, str]:
         """Every reservation, name to id: recovery compares them with the records."""
