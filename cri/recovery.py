@@ -27,7 +27,7 @@ from skiff.cri.service.container_remove import remove_container_files
 from skiff.cri.service.context import ServiceContext
 from skiff.cri.service.sandbox_stop import teardown_sandbox
 from skiff.cri.store.container import ContainerRecord, ContainerState, container_name
-from skiff.cri.store.sandbox import SandboxState, sandbox_name
+from skiff.cri.store.sandbox import SandboxRecord, SandboxState, sandbox_name
 from skiff.errors import SkiffError
 
 log = logging.getLogger("skiff.cri")
@@ -47,14 +47,16 @@ def recover(ctx: ServiceContext) -> list[str]:
         if sandbox.state is SandboxState.UNKNOWN:
             problems += _attempt(f"pod sandbox {sandbox.id}: finishing an interrupted run or remove",
                                  teardown_sandbox, ctx, sandbox, remove=True)
-    known_containers = {c.id for c in ctx.containers.list()}
+    live_containers = ctx.containers.list()
+    known_containers = {c.id for c in live_containers}
     bundles = os.path.join(ctx.config.state_root, "bundles")
     for name in sorted(os.listdir(bundles)):
         if name not in known_containers:
             problems += _attempt(f"container {name}: removing files without a record",
                                  remove_container_files, ctx, ContainerRecord(id=name, sandbox_id="", name="",
                                                                                runtime_id=name))
-    known_sandboxes = {s.id for s in ctx.sandboxes.list()}
+    live_sandboxes = {s.id: s for s in ctx.sandboxes.list()}
+    known_sandboxes = set(live_sandboxes)
     pods = os.path.join(ctx.config.state_root, "pods")
     for name in sorted(os.listdir(pods)):
         if name not in known_sandboxes:
@@ -64,19 +66,19 @@ def recover(ctx: ServiceContext) -> list[str]:
         for reserved, owner in store.reserved_names().items():
             if owner not in known:
                 store.release_name(reserved)
-    problems += _reserve_live_names(ctx)
+    problems += _reserve_live_names(ctx, live_sandboxes, live_containers)
     for line in problems:
         log.warning("recovery: %s", line)
     return problems
 
 
-def _reserve_live_names(ctx: ServiceContext) -> list[str]:
+def _reserve_live_names(ctx: ServiceContext, pods: dict[str, SandboxRecord],
+                        containers: list[ContainerRecord]) -> list[str]:
     problems: list[str] = []
-    pods = {s.id: s for s in ctx.sandboxes.list()}
     for s in pods.values():
         problems += _attempt(f"pod sandbox {s.id}: reserving its name again", ctx.sandboxes.reserve_name,
                              sandbox_name(name=s.name, namespace=s.namespace, uid=s.uid, attempt=s.attempt), s.id)
-    for c in ctx.containers.list():
+    for c in containers:
         if (pod := pods.get(c.sandbox_id)) is not None:
             problems += _attempt(f"container {c.id}: reserving its name again", ctx.containers.reserve_name,
                                  container_name(name=c.name, attempt=c.attempt, sandbox_name=pod.name,

@@ -87,8 +87,8 @@ def main(plan: LaunchPlan, sock: int, close: tuple[int, ...], cgroup_joins: tupl
             # hold even until its exec (the CRI monitor: other containers' pipes, whose EOF
             # would wait for this one's start): closed, not only marked close-on-exec.
             libc.close_all_but({sock, *close, *(range(3, 3 + plan.process.preserve_fds)),
-                            *(fd for fd in (plan.trace_fd, plan.process.console_fd, plan.mount_template,
-                                            plan.exec_fifo[0] if plan.exec_fifo else None) if fd is not None)})
+                            *plan.passed_fds(),
+                            *((plan.process.console_fd,) if plan.process.console_fd is not None else ())})
         for path in cgroup_joins:
             _at(Step.CGROUP, path)
             fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
@@ -170,14 +170,7 @@ def take_plan(data: bytes, fds: list[int]) -> tuple[LaunchPlan, tuple[str, ...]]
     for number, fd in enumerate(fds[:3]):
         os.dup2(fd, number)
         os.close(fd)
-    extra = fds[3:]
-    if plan.exec_fifo is not None:
-        plan = replace(plan, exec_fifo=(extra.pop(0), plan.exec_fifo[1]))
-    if plan.trace_fd is not None:
-        plan = replace(plan, trace_fd=extra.pop(0))
-    if plan.mount_template is not None:
-        plan = replace(plan, mount_template=extra.pop(0))
-    return replace(plan, stdio=None), joins  # the plan's stdio is on 0, 1, 2 now
+    return replace(plan.with_fds(fds[3:]), stdio=None), joins  # the plan's stdio is on 0, 1, 2 now
 
 
 def _reset_signals() -> None:

@@ -28,14 +28,14 @@ def make() -> int:
     moves only the calling thread (it unshares the thread's filesystem context too), and that
     thread ends. OSError if the kernel lacks open_tree (Linux 5.2)."""
     os.close(libc.open_tree("/", libc.OPEN_TREE_CLOEXEC))
-    result: list[int | BaseException] = []
+    fds: list[int] = []
+    errors: list[BaseException] = []
     workdir = "/proc"  # any directory will do, covered in the template only: this one exists
 
     def build() -> None:
         try:
             libc.unshare(libc.CLONE_NEWNS)
-            fd = os.open("/proc/thread-self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-            result.append(fd)
+            fds.append(os.open("/proc/thread-self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC))
             libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
             libc.mount("tmpfs", workdir, "tmpfs", libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC,
                        "size=16k,mode=755")
@@ -44,15 +44,13 @@ def make() -> int:
             libc.pivot_root(".", ".")
             libc.umount2(".", libc.MNT_DETACH)
         except BaseException as e:  # noqa: BLE001 - raised again in the caller's thread
-            result.append(e)
+            errors.append(e)
 
     thread = threading.Thread(target=build, name="skiff-mount-template")
     thread.start()
     thread.join()
-    if isinstance(result[-1], BaseException):
-        if result and isinstance(result[0], int):
-            os.close(result[0])
-        raise result[-1]
-    fd = result[0]
-    assert isinstance(fd, int)
-    return fd
+    if errors:
+        for fd in fds:
+            os.close(fd)
+        raise errors[0]
+    return fds[0]

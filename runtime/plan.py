@@ -8,7 +8,7 @@ spec is found here, before any fork, so the child only does syscalls.
 from __future__ import annotations
 
 import resource
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from skiff.errors import InvalidArgument
@@ -69,6 +69,22 @@ class LaunchPlan:
     trace_fd: int | None = None        # where the child writes its timestamps (trace.py), if traced
     stdio: tuple[int, int, int] | None = None  # the process's stdin, stdout, stderr; None: the runtime's own
     mount_template: int | None = None  # fd of the namespace to copy instead of the runtime's (mount_template.py)
+
+    def passed_fds(self) -> list[int]:
+        """The fds the plan names that travel with it to a prespawned process (not a
+        console's: such a plan is forked), in the order `with_fds` takes them."""
+        return [fd for fd in (self.exec_fifo[0] if self.exec_fifo else None, self.trace_fd, self.mount_template)
+                if fd is not None]
+
+    def with_fds(self, fds: list[int]) -> LaunchPlan:
+        """The plan with the numbers its fds have in the process that received them."""
+        taken = iter(fds)
+        return replace(
+            self,
+            exec_fifo=(next(taken), self.exec_fifo[1]) if self.exec_fifo is not None else None,
+            trace_fd=next(taken) if self.trace_fd is not None else None,
+            mount_template=next(taken) if self.mount_template is not None else None,
+        )
 
     @property
     def at_clone(self) -> int:

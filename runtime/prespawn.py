@@ -75,13 +75,7 @@ class Slot:
 def plan_message(plan: LaunchPlan, cgroup_joins: tuple[str, ...]) -> tuple[bytes, list[int]]:
     """The plan as a slot takes it (child.take_plan): pickled, with the fds it names and its
     stdio (this process's as it is now, if the plan names none)."""
-    fds = list(plan.stdio or (0, 1, 2))
-    if plan.exec_fifo is not None:
-        fds.append(plan.exec_fifo[0])
-    if plan.trace_fd is not None:
-        fds.append(plan.trace_fd)
-    if plan.mount_template is not None:
-        fds.append(plan.mount_template)
+    fds = [*(plan.stdio or (0, 1, 2)), *plan.passed_fds()]
     return pickle.dumps((plan, cgroup_joins), protocol=pickle.HIGHEST_PROTOCOL), fds
 
 
