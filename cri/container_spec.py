@@ -111,9 +111,10 @@ class PodContext:
     config: pb.PodSandboxConfig
     # OCI namespace type ("network", "ipc", "uts", "pid") -> the pod's pinned namespace
     namespace_paths: Mapping[str, str]
-    # holds `hostname`, `hosts`, `resolv.conf` (each may be missing) and, when IPC is
-    # pod-shared, `shm/` (a tmpfs the service mounted)
+    # holds, when IPC is pod-shared, `shm/` (a tmpfs the service mounted)
     pod_dir: str
+    # holds `hostname`, `hosts`, `resolv.conf` (each may be missing)
+    files_dir: str
     cgroups_path: str  # the container's linux.cgroupsPath (the service computes it)
 
 
@@ -173,6 +174,16 @@ def container_spec(
     )
     _validate(spec)
     return spec
+
+
+def new_namespaces(config: pb.ContainerConfig, pod: PodContext) -> tuple[LinuxNamespaceType, ...]:
+    """The namespaces the container's spec will make rather than join, known before its
+    image is at hand (for Runtime.prepare); a config that container_spec refuses has none."""
+    try:
+        found = _namespaces(config, pod, Linux(), _privileged(config.linux.security_context, pod.config))
+    except InvalidArgument:
+        return ()
+    return tuple(ns.type for ns in found if not ns.path)
 
 
 # --- process -------------------------------------------------------------------------
@@ -456,7 +467,7 @@ def _pod_binds(pod: PodContext, ipc_host: bool, readonly: bool) -> list[_Bind]:
     found = []
     for name, target in (("hostname", "/etc/hostname"), ("hosts", "/etc/hosts"),
                          ("resolv.conf", "/etc/resolv.conf")):
-        source = os.path.join(pod.pod_dir, name)
+        source = os.path.join(pod.files_dir, name)
         if os.path.isfile(source):
             found.append(_Bind(container_path=target, host_path=source, readonly=readonly,
                                field=f"pod {name}"))

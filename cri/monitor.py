@@ -10,6 +10,10 @@ daemon: it is a fork-server job that runs in a session of its own and listens on
     {"op": "create", "args": {...}}   a thread runs Runtime.create with the container's
                                       stdout and stderr on two pipes; the init is the
                                       monitor's child → {"pid", "monitor_pid"}
+    {"op": "prepare", "args": {...}}  CreateContainer, before its snapshot and spec: a thread
+                                      runs Runtime.prepare (the cgroup, a process in its
+                                      cgroup2 part); the create that follows uses them → {"ok"}
+    {"op": "discard", "id"}           that create will not come → {"ok"}
     {"op": "reopen", "id"}            ReopenContainerLog → {"ok"}
     {"op": "release", "id", "timeout"} RemoveContainer: the reply comes once the container's
                                       init is reaped and its pipes are at EOF, or at the
@@ -54,17 +58,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import setproctitle
 
 from skiff.cri.log_copier import ContainerLog, Stream, write_exit_file
 from skiff.errors import FailedPrecondition, InvalidArgument
 from skiff.runtime import libc
+from skiff.runtime.container import PREPARED_FOR, Runtime
 from skiff.runtime.forkserver import Worker, error_message, receive_message, send_message
-
-if TYPE_CHECKING:
-    from skiff.runtime.container import Runtime
 
 MONITOR_TITLE = "skiff-monitor"
 
@@ -97,8 +99,6 @@ def serve(worker: Worker) -> None:
     """Job "monitor": args state_root, runtime_root, cgroup_parent. Replies {"pid"} once it
     listens, then monitors until the daemon has detached (or its end of this job's socket
     closed) and no container is left."""
-    from skiff.runtime.container import Runtime
-
     a = worker.args
     os.setsid()  # the daemon's process group and terminal are not the containers'
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)  # a daemon gone mid-reply is an EPIPE, not our end
@@ -187,6 +187,7 @@ class _Monitor:
                 if handler is not None:
                     self._guarded(handler)
             self._guarded(self._expire_releases)
+            self._guarded(self.runtime.discard_prepared)  # a create that never came (its daemon died)
 
     def _guarded(self, handler: Callable[[], None]) -> None:
         """One container's or request's trouble (a full disk, no fds left) must not end the
@@ -221,13 +222,16 @@ class _Monitor:
                 conn.close()
                 return
             op = message.get("op")
-            if op == "create":
-                threading.Thread(target=self._create, args=(conn, message.get("args") or {}),
-                                 name="create", daemon=True).start()
+            if op in ("create", "prepare"):
+                threading.Thread(target=self._create if op == "create" else self._prepare,
+                                 args=(conn, message.get("args") or {}), name=op, daemon=True).start()
                 self.creating += 1
                 return
             container = self.containers.get(str(message.get("id")))
-            if op == "reopen":
+            if op == "discard":
+                self.runtime.discard(str(message.get("id")))
+                self._reply(conn, {"ok": True})
+            elif op == "reopen":
                 if container is not None:
                     container.log.file.reopen()
                 self._reply(conn, {"ok": container is not None})
@@ -264,6 +268,20 @@ class _Monitor:
         except BaseException as e:
             reply = error_message(e)
         self.created.put((conn, reply, container))
+        os.write(self.wake_w, b"\0")
+
+    def _prepare(self, conn: socket.socket, a: dict[str, Any]) -> None:
+        """args container_id, cgroups_path, new_namespaces (OCI type names); replied from
+        the main loop, as a create is."""
+        from skiff.oci.spec import LinuxNamespaceType
+
+        try:
+            self.runtime.prepare(str(a["container_id"]), cgroups_path=a.get("cgroups_path"),
+                                 new_namespaces=tuple(LinuxNamespaceType(n) for n in a.get("new_namespaces", ())))
+            reply: dict[str, Any] = {"ok": True}
+        except BaseException as e:
+            reply = error_message(e)
+        self.created.put((conn, reply, None))
         os.write(self.wake_w, b"\0")
 
     def _create_container(self, a: dict[str, Any]) -> _Container:
@@ -333,9 +351,10 @@ class _Monitor:
             self._reply(conn, {})
 
     def _timeout(self) -> float:
-        """Seconds until the next release expires; -1: none waits."""
+        """Seconds until the next release expires, or until it is time to look for what
+        Runtime.prepare made and no create took."""
         deadlines = [d for c in self.releasing.values() for _, d in c.releases]
-        return max(0.0, min(deadlines) - time.monotonic() + 0.001) if deadlines else -1
+        return max(0.0, min(deadlines) - time.monotonic() + 0.001) if deadlines else PREPARED_FOR
 
     def _expire_releases(self) -> None:
         """A release past its timeout: something outside the container holds its pipes

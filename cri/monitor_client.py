@@ -52,17 +52,29 @@ class Monitors:
 
     def request(self, pid: int, message: dict[str, Any], timeout: float | None = None) -> dict[str, Any]:
         """One request to monitor `pid`, on a connection of its own."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        with WorkerCall(sock) as call:
-            try:
-                sock.connect(socket_path(self.state_root, pid))
-            except OSError as e:
-                raise Unavailable(f"container monitor {pid}: {e.strerror or e}") from None
+        with self._send(pid, message) as call:
+            return _reply(call, timeout)
+
+    def _send(self, pid: int, message: dict[str, Any]) -> WorkerCall:
+        call = WorkerCall(socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET))
+        try:
+            call.sock.connect(socket_path(self.state_root, pid))
             call.send(message)
-            reply, fds = call.receive(timeout)
-            for fd in fds:
-                os.close(fd)
-            return reply
+        except OSError as e:
+            call.close()
+            raise Unavailable(f"container monitor {pid}: {e.strerror or e}") from None
+        return call
+
+    def prepare(self, args: dict[str, Any]) -> Preparing:
+        """Ask this daemon's monitor to make a container's cgroup and first process
+        (Runtime.prepare: args container_id, cgroups_path, new_namespaces) while the caller
+        makes the snapshot and the spec; `create` then uses them."""
+        pid = self.current()
+        try:
+            call: WorkerCall | None = self._send(pid, {"op": "prepare", "args": args})
+        except Unavailable:
+            call = None  # the create starts a monitor again and makes its own
+        return Preparing(self, pid, str(args["container_id"]), call)
 
     def create(self, args: dict[str, Any]) -> dict[str, Any]:
         # no timeout: given up on, the monitor would go on to create a container nobody owns
@@ -100,3 +112,34 @@ class Monitors:
             finally:
                 if pidfd >= 0:
                     os.close(pidfd)
+
+
+def _reply(call: WorkerCall, timeout: float | None) -> dict[str, Any]:
+    reply, fds = call.receive(timeout)
+    for fd in fds:
+        os.close(fd)
+    return reply
+
+
+class Preparing:
+    """A prepare sent to monitor `pid` (Monitors.prepare), its reply not read yet."""
+
+    def __init__(self, monitors: Monitors, pid: int, container_id: str, call: WorkerCall | None) -> None:
+        self._monitors = monitors
+        self.pid = pid
+        self.container_id = container_id
+        self._call = call
+
+    def wait(self) -> None:
+        """Until the monitor is done: the create must find what it made. A prepare that
+        failed is no error: the create makes its own."""
+        if self._call is not None:
+            with self._call as call, contextlib.suppress(SkiffError, OSError):
+                _reply(call, START_TIMEOUT)
+            self._call = None
+
+    def discard(self) -> None:
+        """The create will not come: the monitor removes what it made."""
+        self.wait()
+        with contextlib.suppress(SkiffError, OSError):
+            self._monitors.request(self.pid, {"op": "discard", "id": self.container_id}, timeout=START_TIMEOUT)

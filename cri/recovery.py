@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 
-from skiff.cri import pod_namespaces
+from skiff.cri import pod_files, pod_namespaces
 from skiff.cri.service.container_remove import remove_container_files
 from skiff.cri.service.context import ServiceContext
 from skiff.cri.service.sandbox_stop import teardown_sandbox
@@ -58,7 +58,8 @@ def recover(ctx: ServiceContext) -> list[str]:
     live_sandboxes = {s.id: s for s in ctx.sandboxes.list()}
     known_sandboxes = set(live_sandboxes)
     pods = os.path.join(ctx.config.state_root, "pods")
-    for name in sorted(os.listdir(pods)):
+    files = os.path.join(ctx.config.state_root, pod_files.DIRECTORY)
+    for name in sorted(set(os.listdir(pods)) | set(os.listdir(files))):
         if name not in known_sandboxes:
             problems += _attempt(f"pod sandbox {name}: removing files without a record",
                                  _remove_pod_dir, ctx, name)
@@ -97,9 +98,12 @@ def _remove_pod_dir(ctx: ServiceContext, sandbox_id: str) -> None:
     from skiff.cri.service.sandbox_stop import unmount
 
     pod_dir = ctx.pod_dir(sandbox_id)
-    pod_namespaces.unpin(os.path.join(pod_dir, "ns"))
-    unmount(os.path.join(pod_dir, "shm"))
-    shutil.rmtree(pod_dir)
+    if os.path.isdir(pod_dir):
+        pod_namespaces.unpin(os.path.join(pod_dir, "ns"))
+        unmount(os.path.join(pod_dir, "shm"))
+        shutil.rmtree(pod_dir)
+    if os.path.isdir(ctx.pod_files_dir(sandbox_id)):
+        shutil.rmtree(ctx.pod_files_dir(sandbox_id))
 
 
 def _attempt(what: str, step: object, *args: object, **kwargs: object) -> list[str]:

@@ -90,6 +90,6 @@ def serve(config: CriConfig) -> None:
                 except FileNotFoundError:
                     pass
         finally:
-            ctx.monitors.close()  # it stays for the containers that are left
+            ctx.close()
     finally:
         forkserver.stop()

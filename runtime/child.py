@@ -364,7 +364,8 @@ def _make_target(path: str, is_file: bool) -> None:
     """The mount point, made if missing; its parent is tried first, which mostly exists."""
     try:
         if is_file:
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644))
+            # O_EXCL: an existing file stays as it is (opened for writing, overlayfs would copy it up)
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o644))
         else:
             os.mkdir(path, 0o755)
     except FileNotFoundError:
@@ -390,7 +391,9 @@ def _detached_copies(rootfs: RootfsPlan) -> dict[int, int]:
     trees = {-1: _copy_tree(rootfs.path, recursive=True)}
     for i, op in enumerate(rootfs.mounts):
         if op.flags & libc.MS_BIND and not op.flags & libc.MS_REMOUNT and op.source is not None:
-            trees[i] = _copy_tree(op.source, recursive=bool(op.flags & libc.MS_REC))
+            # A file has nothing mounted below it, and a recursive copy would look at every
+            # mount below the one holding it.
+            trees[i] = _copy_tree(op.source, recursive=bool(op.flags & libc.MS_REC) and not op.is_file)
     return trees
 
 

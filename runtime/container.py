@@ -33,7 +33,8 @@ from skiff.runtime.trace import StartTrace, Trace
 from skiff.runtime.undo import Undo
 
 if TYPE_CHECKING:
-    from skiff.runtime.prespawn import Prespawner
+    from skiff.oci.spec import LinuxNamespaceType
+    from skiff.runtime.prespawn import Prespawner, Slot
 
 OCI_VERSION = "1.2.0"
 _spawner_lock = threading.Lock()
@@ -109,6 +110,33 @@ def _reap(pid: int) -> int | None:
     return os.waitstatus_to_exitcode(status) if done else None
 
 
+PREPARED_FOR = 60.0  # seconds that what `prepare` made waits for its create
+
+
+@dataclass(eq=False)
+class _Prepared:
+    """What Runtime.prepare made for a create to come: the cgroup, and a slot waiting in its
+    cgroup2 part (none without one, or without a prespawner)."""
+    cgroups_path: str | None
+    cgroup: CgroupDriver
+    slot: Slot | None
+    deadline: float
+
+    def take_slot(self) -> Slot | None:
+        slot, self.slot = self.slot, None
+        return slot
+
+    def discard(self) -> None:
+        """Kill the slot, if not taken, and remove the cgroup (and the parents it made, when empty)."""
+        from skiff.runtime.spawn import kill_and_reap
+
+        slot = self.take_slot()
+        if slot is not None:
+            slot.sock.close()
+            kill_and_reap([slot.pid])
+        self.cgroup.destroy()
+
+
 class Runtime:
     def __init__(self, root: str = DEFAULT_ROOT, *, cgroup_parent: str | None = None, warm: int = 0) -> None:
         """`warm`: for a long-lived caller that starts many containers, keep that many
@@ -122,6 +150,8 @@ class Runtime:
         self.warm = warm
         self.prespawner: Prespawner | None = None
         self.mount_template: int | None = None
+        self._prepared: dict[str, _Prepared] = {}
+        self._prepared_lock = threading.Lock()
         if warm:
             from skiff.runtime import mount_template
             from skiff.runtime.prespawn import Prespawner
@@ -144,6 +174,7 @@ class Runtime:
         return self.prespawner
 
     def close(self) -> None:
+        self.discard_prepared(expired_only=False)
         if self.mount_template is not None:
             os.close(self.mount_template)
             self.mount_template = None
@@ -180,6 +211,74 @@ class Runtime:
                               rootfs=record.rootfs, created=record.created, owner=record.owner,
                               annotations=record.annotations)
 
+    def prepare(self, container_id: str, *, cgroups_path: str | None,
+                new_namespaces: tuple[LinuxNamespaceType, ...] = ()) -> None:
+        """Make ahead what a create of `container_id` will need whatever its spec says: its
+        cgroup (`cgroups_path` as the spec's linux.cgroupsPath will be), and where that has a
+        cgroup2 part, a process cloned into it with `new_namespaces` (the ones the spec will
+        make, not join) to wait for its plan. For a caller that knows of a create before it
+        has the bundle (the CRI, while it makes the snapshot and the spec): the clone into a
+        cgroup2 directory, which a waiting process cannot join as fast, is off the create's
+        path. A create with another cgroupsPath, or a spec the process does not fit, makes
+        its own; what is not used within PREPARED_FOR seconds is removed by
+        `discard_prepared`, and `discard(container_id)` removes it at once."""
+        from skiff.runtime.namespaces import FLAGS
+        from skiff.runtime.prespawn import SLOT_NAMESPACES
+
+        if container_id in self._prepared:
+            raise FailedPrecondition(f"container {container_id!r}: prepared already")
+        cgroup = self._unused_cgroup(container_id, cgroups_path)
+        prepared = _Prepared(cgroups_path, cgroup, None, time.monotonic() + PREPARED_FOR)
+        with Undo() as undo:
+            undo.callback(cgroup.destroy)
+            cgroup.create()
+            cgroup_fd = cgroup.dirfd()
+            if cgroup_fd is not None:
+                try:
+                    spawner = self._spawner()
+                    if spawner is not None:
+                        flags = 0
+                        for kind in new_namespaces:
+                            flags |= FLAGS[kind]
+                        prepared.slot = spawner.slot_in(flags & SLOT_NAMESPACES, cgroup_fd)
+                finally:
+                    os.close(cgroup_fd)
+            undo.keep()
+        with self._prepared_lock:
+            self._prepared[container_id] = prepared
+
+    def discard(self, container_id: str) -> None:
+        """Remove what `prepare` made for `container_id` and no create took; none is fine."""
+        with self._prepared_lock:
+            prepared = self._prepared.pop(container_id, None)
+        if prepared is not None:
+            prepared.discard()
+
+    def discard_prepared(self, *, expired_only: bool = True) -> None:
+        """Remove what `prepare` made and no create took within PREPARED_FOR seconds (or all)."""
+        now = time.monotonic()
+        with self._prepared_lock:
+            gone = [k for k, p in self._prepared.items() if not expired_only or p.deadline <= now]
+            done = [self._prepared.pop(k) for k in gone]
+        for prepared in done:
+            with contextlib.suppress(Exception):  # its cgroup removed by someone else, say
+                prepared.discard()
+
+    def _unused_cgroup(self, container_id: str, cgroups_path: str | None) -> CgroupDriver:
+        cgroup = open_cgroup(container_id=container_id, cgroups_path=cgroups_path, parent=self.cgroup_parent)
+        if cgroup.pids():  # someone else's: never join, limit or (on delete) kill it
+            raise FailedPrecondition(f"container {container_id!r}: its cgroup already has processes "
+                                     f"(linux.cgroupsPath {cgroups_path!r})")
+        return cgroup
+
+    def _take_prepared(self, container_id: str, cgroups_path: str | None) -> _Prepared | None:
+        with self._prepared_lock:
+            prepared = self._prepared.pop(container_id, None)
+        if prepared is not None and prepared.cgroups_path != cgroups_path:
+            prepared.discard()
+            return None
+        return prepared
+
     def _refill(self) -> None:
         """Make the prespawned processes the last start used, now that it is done: made
         during the start, they would compete with it for the CPU."""
@@ -214,13 +313,14 @@ class Runtime:
                 undo.callback(os.close, dirfd)
                 exec_fifo = (dirfd, EXEC_FIFO)
             linux = spec.linux
-            cgroup = open_cgroup(container_id=container_id, cgroups_path=linux.cgroups_path if linux else None,
-                                 parent=self.cgroup_parent)
-            if cgroup.pids():  # someone else's: never join, limit or (on delete) kill it
-                raise FailedPrecondition(f"container {container_id!r}: its cgroup already has processes "
-                                         f"(linux.cgroupsPath {linux.cgroups_path if linux else None!r})")
-            undo.callback(cgroup.destroy)  # before create: it removes only what create made
-            cgroup.create()
+            prepared = self._take_prepared(container_id, linux.cgroups_path if linux else None)
+            if prepared is not None:
+                cgroup = prepared.cgroup
+                undo.callback(prepared.discard)  # the slot, if spawn did not take it, and the cgroup
+            else:
+                cgroup = self._unused_cgroup(container_id, linux.cgroups_path if linux else None)
+                undo.callback(cgroup.destroy)  # before create: it removes only what create made
+                cgroup.create()
             cgroup.apply(with_device_rules(linux.resources if linux else None, linux.devices if linux else ()))
             if tracer:
                 tracer.mark("cgroup")
@@ -260,7 +360,8 @@ class Runtime:
                 saved.append(record)
 
             try:
-                pid = spawn(plan, cgroup, on_hooks, on_ready if start else None, self._spawner())
+                pid = spawn(plan, cgroup, on_hooks, on_ready if start else None, self._spawner(),
+                            prepared.take_slot() if prepared is not None else None)
                 if tracer:
                     tracer.forked()
             except Exception as e:

@@ -30,6 +30,11 @@ the sync socket in one message, and the prespawner clones it straight into the c
 (CLONE_INTO_CGROUP) with the plan in hand; the clone is on the critical path. A
 single-threaded runtime clones such a process itself, which is quicker.
 
+A caller that knows of a create before it has the plan (the CRI, while it makes the
+container's snapshot and spec) takes that clone off the critical path: Runtime.prepare makes
+the cgroup and asks for a slot cloned into its cgroup2 part (`slot_in`), which waits there
+for its plan like any other slot.
+
 Slots die with the runtime (PR_SET_PDEATHSIG) and at `close`; a taken slot clears it, so
 a detached container outlives the runtime as usual.
 """
@@ -58,6 +63,7 @@ if TYPE_CHECKING:
 # cgroup ones (NamespacePlan.at_clone).
 SLOT_NAMESPACES = libc.CLONE_NEWPID | libc.CLONE_NEWNET | libc.CLONE_NEWIPC | libc.CLONE_NEWUTS
 INTO_CGROUP = 1 << 63  # in a request's flags: clone into the cgroup whose fd comes with it
+SLOT_IN_CGROUP = 1 << 62  # the same, and the clone waits there for its plan (a slot)
 _REPLY = 16  # flags (8 bytes) and pid (8 bytes)
 
 
@@ -84,6 +90,12 @@ def plan_flags(plan: LaunchPlan) -> int:
     return plan.namespaces.at_clone & SLOT_NAMESPACES
 
 
+def fits(plan: LaunchPlan) -> bool:
+    """Whether a slot can take the plan: fds at fixed numbers (a console, preserved fds) only
+    a fork passes on."""
+    return not plan.process.preserve_fds and plan.process.console_fd is None
+
+
 class Prespawner:
     def __init__(self, depth: int = 1) -> None:
         self.depth = depth
@@ -91,7 +103,7 @@ class Prespawner:
         self._pending: dict[int, int] = {}  # slots asked for and not yet arrived, per flags
         self._samples: dict[int, bytes] = {}  # a plan of each kind, which a new slot reads once
         self.taken = 0  # slots handed out, waiting or launched
-        self._launched: list[int] = []  # the pid a launch() is waiting for
+        self._launched: list[tuple[int, socket.socket | None]] = []  # what launch() or slot_in() waits for
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         # A fresh interpreter, not a fork of the caller: its slots are small (their fork and
         # their execve cost in proportion to that), and a caller's threads and heap stay out.
@@ -114,9 +126,7 @@ class Prespawner:
 
     def _slottable(self, plan: LaunchPlan) -> int:
         """The slot kind for this plan; 0 if it cannot go to a slot (the caller forks)."""
-        if plan.process.preserve_fds or plan.process.console_fd is not None or self._control is None:
-            return 0  # fds at fixed numbers: only a fork passes them on
-        return plan_flags(plan)
+        return plan_flags(plan) if fits(plan) and self._control is not None else 0
 
     def launch(self, plan: LaunchPlan, cgroup_joins: tuple[str, ...], cgroup_fd: int) -> Slot | None:
         """A process made now for this plan, cloned into the cgroup2 directory `cgroup_fd`
@@ -126,32 +136,59 @@ class Prespawner:
             flags = self._slottable(plan)
             if not flags:
                 return None
-            assert self._control is not None
-            kind = flags | INTO_CGROUP
             try:
                 data, fds = plan_message(plan, cgroup_joins)
             except (pickle.PicklingError, TypeError, AttributeError):  # a plan that only a fork carries
                 return None
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
             try:
-                socket.send_fds(self._control, [kind.to_bytes(8, "little") + data], [cgroup_fd, theirs.fileno(), *fds])
-                self._pending[kind] = self._pending.get(kind, 0) + 1
-                self._wait_pending(kind)
-            except (EOFError, BrokenPipeError, ConnectionResetError):
-                ours.close()
-                self.close()  # the prespawner is gone, or hangs: starts fork from now on
-                return None
-            except OSError:
-                ours.close()
-                return None  # this request only (a plan over the socket's size): this start forks
+                pid, _ = self._clone(flags | INTO_CGROUP, data, [cgroup_fd, theirs.fileno(), *fds])
             finally:
                 theirs.close()
-            pid = self._launched.pop() if self._launched else 0
             if not pid:
                 ours.close()
                 return None
             self.taken += 1
             return Slot(pid, flags, ours)
+
+    def slot_in(self, flags: int, cgroup_fd: int) -> Slot | None:
+        """A slot with the namespaces of `flags`, cloned now into the cgroup2 directory
+        `cgroup_fd`, to wait there for its plan (Runtime.prepare). None if it cannot be."""
+        with self._lock:
+            if self._control is None:
+                return None
+            pid, sock = self._clone(flags | SLOT_IN_CGROUP, self._samples.get(flags, b""), [cgroup_fd])
+            if not pid or sock is None:
+                return None
+            self.taken += 1
+            return Slot(pid, flags, sock)
+
+    def keep_sample(self, plan: LaunchPlan) -> bool:
+        """Keep a plan of this kind for the slots made later to read ahead (see take); False
+        if the plan does not pickle."""
+        flags = plan_flags(plan)
+        if flags not in self._samples:
+            try:
+                self._samples[flags] = pickle.dumps(replace(plan, exec_fifo=None, trace_fd=None),
+                                                    protocol=pickle.HIGHEST_PROTOCOL)
+            except (pickle.PicklingError, TypeError, AttributeError):  # a plan that only a fork carries
+                return False
+        return True
+
+    def _clone(self, kind: int, data: bytes, fds: list[int]) -> tuple[int, socket.socket | None]:
+        """One clone into a cgroup by the prespawner: (pid, our end of a slot's socket); pid 0
+        if it could not be made (the caller forks)."""
+        assert self._control is not None
+        try:
+            socket.send_fds(self._control, [kind.to_bytes(8, "little") + data], fds)
+            self._pending[kind] = self._pending.get(kind, 0) + 1
+            self._wait_pending(kind)
+        except (EOFError, BrokenPipeError, ConnectionResetError):
+            self.close()  # the prespawner is gone, or hangs: starts fork from now on
+            return 0, None
+        except OSError:
+            return 0, None  # this request only (a plan over the socket's size): this start forks
+        return self._launched.pop() if self._launched else (0, None)
 
     def take(self, plan: LaunchPlan) -> Slot | None:
         """A slot for this plan: a waiting one, else one made now; None if the plan cannot
@@ -161,12 +198,8 @@ class Prespawner:
             flags = self._slottable(plan)
             if not flags:
                 return None
-            if flags not in self._samples:
-                try:
-                    self._samples[flags] = pickle.dumps(replace(plan, exec_fifo=None, trace_fd=None),
-                                                        protocol=pickle.HIGHEST_PROTOCOL)
-                except (pickle.PicklingError, TypeError, AttributeError):  # a plan that only a fork carries
-                    return None
+            if not self.keep_sample(plan):
+                return None
             try:
                 self._receive(block=False)
             except EOFError:  # the prespawner is gone (it could not start, or was killed): fork
@@ -283,7 +316,9 @@ class Prespawner:
             flags, pid = int.from_bytes(data[:8], "little"), int.from_bytes(data[8:], "little")
             self._pending[flags] -= 1
             if flags & INTO_CGROUP:
-                self._launched.append(pid)
+                self._launched.append((pid, None))
+            elif flags & SLOT_IN_CGROUP:
+                self._launched.append((pid, socket.socket(fileno=fds[0]) if pid and fds else None))
             elif pid and fds:
                 self._idle.setdefault(flags, []).append(Slot(pid, flags, socket.socket(fileno=fds[0])))
             got = True
@@ -316,13 +351,15 @@ def serve(control_fd: str, runtime_pid: str) -> None:
         if not request:
             break
         flags = int.from_bytes(request[:8], "little")
-        namespaces = flags & ~INTO_CGROUP
+        namespaces = flags & ~(INTO_CGROUP | SLOT_IN_CGROUP)
         # launch: fds are the cgroup2 directory, the process's end of the sync socket and the
-        # plan's; a slot to keep waiting gets a socket made here
+        # plan's; a slot to keep waiting gets a socket made here (slot_in: and the first fd
+        # is the cgroup2 directory to clone it into)
         ours, theirs = (None, None) if flags & INTO_CGROUP else socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        into = fds[0] if flags & (INTO_CGROUP | SLOT_IN_CGROUP) else None
         try:
             with signals_blocked():
-                pid = libc.clone3(namespaces, fds[0] if theirs is None else None, parent=True)
+                pid = libc.clone3(namespaces, into, parent=True)
                 if pid == 0:
                     try:
                         if theirs is None:

@@ -18,7 +18,7 @@ from skiff.runtime import child, libc, sync
 from skiff.runtime.cgroups import CgroupDriver
 from skiff.runtime.namespaces import write_id_maps
 from skiff.runtime.plan import LaunchPlan
-from skiff.runtime.prespawn import Prespawner, Slot
+from skiff.runtime.prespawn import Prespawner, Slot, fits, plan_flags
 from skiff.runtime.undo import Undo
 
 # clone3 errors that mean "this kernel or this caller's seccomp profile cannot do it": fall
@@ -122,15 +122,23 @@ def _alive(pid: int) -> bool:
 
 def spawn(plan: LaunchPlan, cgroup: CgroupDriver | None,
           on_hooks: Callable[[int], bytes] | None = None, on_ready: Callable[[int], None] | None = None,
-          prespawner: Prespawner | None = None) -> int:
+          prespawner: Prespawner | None = None, prepared: Slot | None = None) -> int:
     """Start the plan's process and return its pid: for `create`, once it waits on the exec
     fifo; for `run` (plan.start_sync), once `on_ready(pid)` has run and the init got START;
     for `exec`, once it has exec'd. `on_hooks(pid)` runs the parent's hooks and returns the
     state JSON the container's own hooks get. With a prespawner, a process made ahead of
-    time takes the plan where one is waiting (prespawn.py)."""
+    time takes the plan where one is waiting (prespawn.py). `prepared`: a slot waiting in
+    the cgroup2 part of `cgroup` already (Runtime.prepare), taken if it fits the plan and
+    killed if not."""
     cgroup_fd = cgroup.dirfd() if cgroup is not None else None
     try:
-        slot = _take_slot(prespawner, plan, cgroup, cgroup_fd) if prespawner is not None else None
+        slot = None
+        if prepared is not None:
+            slot = _hand_over(prepared, plan, cgroup.self_joins(True) if cgroup is not None else ())
+            if slot is not None and prespawner is not None:
+                prespawner.keep_sample(plan)  # the next prepared slot reads it ahead
+        if slot is None and prespawner is not None:
+            slot = _take_slot(prespawner, plan, cgroup, cgroup_fd)
         if slot is not None:
             try:
                 return _start(plan, slot.pid, slot.flags, slot.sock, on_hooks, on_ready)
@@ -179,13 +187,20 @@ def _take_slot(prespawner: Prespawner, plan: LaunchPlan, cgroup: CgroupDriver | 
     slot = prespawner.take(plan)
     if slot is None:
         return None
-    try:
-        slot.hand_over(plan, cgroup.self_joins(False) if cgroup is not None else ())
-    except Exception:  # it died since take() looked, or the plan does not pickle: fork instead
-        slot.sock.close()
-        kill_and_reap([slot.pid])
-        return None
-    return slot
+    return _hand_over(slot, plan, cgroup.self_joins(False) if cgroup is not None else ())
+
+
+def _hand_over(slot: Slot, plan: LaunchPlan, cgroup_joins: tuple[str, ...]) -> Slot | None:
+    """The slot, with the plan handed over; None (the slot killed) if it cannot take it."""
+    if slot.flags == plan_flags(plan) and fits(plan):
+        try:
+            slot.hand_over(plan, cgroup_joins)
+            return slot
+        except Exception:  # noqa: BLE001 - it died since it was made, or the plan does not pickle
+            pass
+    slot.sock.close()
+    kill_and_reap([slot.pid])
+    return None
 
 
 def _fork_child(plan: LaunchPlan, cgroup: CgroupDriver | None,

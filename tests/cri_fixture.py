@@ -154,7 +154,7 @@ def in_process(config: CriConfig) -> Iterator[Cri]:
                     server.stop(grace=None).wait()
                     _remove_bridge(config)
         finally:
-            ctx.monitors.close()
+            ctx.close()
     finally:
         forkserver.stop()
 

@@ -47,7 +47,7 @@ def pod_config(*, network: Mode = pb.POD, ipc: Mode = pb.POD, pid: Mode = pb.CON
 def make_pod(pod_dir: Path, config: pb.PodSandboxConfig | None = None,
              paths: dict[str, str] | None = None) -> PodContext:
     return PodContext(sandbox_id="sandbox-1", config=config or pod_config(),
-                      namespace_paths=NS if paths is None else paths, pod_dir=str(pod_dir),
+                      namespace_paths=NS if paths is None else paths, pod_dir=str(pod_dir), files_dir=str(pod_dir),
                       cgroups_path="kubepods/pod1/ctr1")
 
 
@@ -502,7 +502,8 @@ def host_pod(pod_dir: Path) -> PodContext:
     """A pod on the host's network and IPC, containers in their own pid namespace: no pinned
     namespaces needed to run one."""
     return PodContext(sandbox_id="sandbox-1", config=pod_config(network=pb.NODE, ipc=pb.NODE, pid=pb.CONTAINER),
-                      namespace_paths={}, pod_dir=str(pod_dir), cgroups_path=f"skiff-test-cri-{os.getpid()}")
+                      namespace_paths={}, pod_dir=str(pod_dir), files_dir=str(pod_dir),
+                      cgroups_path=f"skiff-test-cri-{os.getpid()}")
 
 
 def shell(script: str, **security: object) -> pb.ContainerConfig:

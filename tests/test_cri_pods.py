@@ -301,8 +301,12 @@ def test_bad_requests_get_the_right_codes_and_leave_nothing(cri: Cri) -> None:
     with pytest.raises(grpc.RpcError) as err:
         rt.CreateContainer(pb.CreateContainerRequest(pod_sandbox_id=pod_id, config=bad_mount))
     assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "mounts[0].container_path" in err.value.details()
-    # the failed creates left no record, name, bundle or snapshot
+    # the failed creates left no record, name, bundle, snapshot or cgroup (the monitor's prepare)
     assert len(rt.ListContainers(pb.ListContainersRequest()).containers) == 1
+    import glob
+
+    pod_cgroups = glob.glob(f"/sys/fs/cgroup/**/pod-{pod_id}", recursive=True)
+    assert pod_cgroups and all(len(next(os.walk(d))[1]) == 1 for d in pod_cgroups)
     assert len(os.listdir(os.path.join(cri.config.state_root, "bundles"))) == 1
     assert len(os.listdir(os.path.join(cri.config.images_root, "snapshots"))) == 1
     # a bad sysctl fails the pod and leaves nothing
@@ -445,3 +449,38 @@ def test_create_container_by_image_id(cri: Cri) -> None:
                 command=["true"]))).container_id)
         cri.runtime.StartContainer(pb.StartContainerRequest(container_id=cid))
         assert cri.wait_exited(cid).exit_code == 0
+
+
+def _memory_cgroups() -> int:
+    """Memory cgroups in the kernel, the dying ones (removed, not yet freed) included."""
+    with open("/proc/cgroups") as f:
+        return next(int(line.split()[2]) for line in f if line.startswith("memory\t"))
+
+
+def test_removed_pods_leave_no_dying_memory_cgroup(cri: Cri) -> None:
+    """The service makes a container's mount points (cri/mount_points.py). Made by the
+    container's first process, in its cgroup, the inodes on a disk-backed snapshot kept its
+    memory cgroup and the pod's alive, dying, after their removal (three a pod)."""
+    before = _memory_cgroups()
+    for i in range(3):
+        pod_id, pod = cri.run_pod(f"dying-{i}", host_network=True)
+        cri.start(pod_id, pod, "main", "sleep", "30")
+        cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+        cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    # freed a moment after their removal (an RCU grace period), not once writeback is done
+    _wait_for(lambda: _memory_cgroups() <= before, timeout=1)
+
+
+def test_pod_files_are_on_a_mount_of_their_own(cri: Cri) -> None:
+    """cri/pod_files.py: a container's binds of them copy a mount with nothing below it, not
+    the state root's, which holds every pod's /dev/shm and namespaces."""
+    files = os.path.join(cri.config.state_root, "pod-files")
+    with open("/proc/self/mountinfo") as f:
+        assert any(line.split()[4] == os.path.realpath(files) for line in f)
+    pod_id, pod = cri.run_pod("files")
+    assert sorted(os.listdir(os.path.join(files, pod_id))) == ["hostname", "hosts", "resolv.conf"]
+    cid = cri.start(pod_id, pod, "main", "sleep", "30")
+    assert cri.exec(cid, "cat", "/etc/hostname").stdout == b"files\n"
+    cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+    cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    assert os.listdir(files) == []

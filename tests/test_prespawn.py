@@ -211,6 +211,91 @@ def test_a_launched_process_is_cloned_into_its_cgroup(warm: Containers) -> None:
     assert result.out.endswith(f"/skiff/{warm.last_id}\n")
 
 
+
+# this hybrid (or v1) host, and the VM's pure cgroup v2 (tests/vm)
+_HOSTS = pytest.mark.parametrize("host", ["host", pytest.param("v2", marks=pytest.mark.requires("cgroup2"))])
+
+
+def _prepare(c: Containers, cgroups_path: str | None = None) -> tuple[str, Any]:
+    """Runtime.prepare for the next container of the test's bundle: (its id, what was made)."""
+    from skiff.oci.spec import LinuxNamespaceType
+
+    cid = c.next_id()
+    new = tuple(LinuxNamespaceType(ns["type"]) for ns in c.base["linux"]["namespaces"] if not ns.get("path"))
+    _in_thread(lambda: c.runtime.prepare(cid, cgroups_path=cgroups_path, new_namespaces=new))
+    return cid, c.runtime._prepared[cid]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@_HOSTS
+def test_a_prepared_create_takes_the_cgroup_and_the_process_made_for_it(warm: Containers, host: str) -> None:
+    """Runtime.prepare (the CRI's, while it makes the snapshot and the spec): the cgroup is
+    made and, with a cgroup2 part, a process waits in it; the create takes both."""
+    def edit(c: dict[str, Any]) -> None:  # without a cgroup namespace, the full path shows
+        c["linux"]["namespaces"] = [ns for ns in c["linux"]["namespaces"] if ns["type"] != "cgroup"]
+
+    edit(warm.base)
+    cid, prepared = _prepare(warm)
+    assert all(os.path.isdir(d) for _, d in prepared.cgroup.mounts())
+    slot = prepared.slot
+    assert (slot is not None) == (not _slots_wait())  # a slot only where a clone into a cgroup2 part pays
+    bundle = warm.configure(("cat", "/proc/self/cgroup"))
+    _in_thread(lambda: warm.runtime.create(cid, str(bundle)))
+    assert cid not in warm.runtime._prepared
+    state = warm.runtime.state(cid)
+    if slot is not None:
+        assert state.pid == slot.pid
+    warm.capfd.readouterr()
+    warm.runtime.start(cid)
+    _, status = os.waitpid(state.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    cgroups = dict(line.split(":", 2)[1:] for line in warm.capfd.readouterr().out.splitlines())
+    if slot is not None:
+        assert cgroups[""].endswith(f"/{cid}")  # cloned into the cgroup2 part
+    assert cgroups.get("memory", f"/{cid}").endswith(f"/{cid}")  # a v1 hierarchy: joined
+    warm.runtime.delete(cid)
+
+
+@_HOSTS
+def test_what_no_create_takes_is_removed(warm: Containers, host: str) -> None:
+    """discard, an expired prepare, a create with another cgroupsPath and close each remove
+    the prepared cgroup and end its process."""
+    def made(prepared: Any) -> list[str]:
+        return [d for _, d in prepared.cgroup.mounts()]
+
+    def removed(prepared: Any, dirs: list[str]) -> bool:
+        return not any(os.path.exists(d) for d in dirs) and (prepared.slot is None or _gone(prepared.slot.pid))
+
+    cid, prepared = _prepare(warm)
+    dirs, slot = made(prepared), prepared.slot
+    warm.runtime.discard(cid)
+    assert not any(os.path.exists(d) for d in dirs) and (slot is None or _gone(slot.pid))
+
+    cid, prepared = _prepare(warm)
+    dirs, slot = made(prepared), prepared.slot
+    prepared.deadline = 0.0
+    warm.runtime.discard_prepared()
+    assert cid not in warm.runtime._prepared
+    assert not any(os.path.exists(d) for d in dirs) and (slot is None or _gone(slot.pid))
+
+    cid, prepared = _prepare(warm, cgroups_path=f"skiff-test-prepared/{os.getpid()}")
+    dirs, slot = made(prepared), prepared.slot
+    bundle = warm.configure(("true",))
+    assert _in_thread(lambda: warm.runtime.run(cid, str(bundle))) == 0  # its spec names no cgroupsPath
+    assert not any(os.path.exists(d) for d in dirs) and (slot is None or _gone(slot.pid))
+
+    cid, prepared = _prepare(warm)
+    dirs, slot = made(prepared), prepared.slot
+    warm.runtime.close()
+    assert not any(os.path.exists(d) for d in dirs) and (slot is None or _gone(slot.pid))
+
 def test_a_run_from_another_thread_starts_with_default_signals(warm: Containers) -> None:
     """A child cloned from a thread is not Python's main thread: its signal set-up must not
     need to be. And the container gets no blocked or ignored signal of the runtime's."""

@@ -51,8 +51,10 @@ def _locked(state_dir: Path) -> Iterator[None]:
 
 
 def _table_exists() -> bool:
-    listing = json.loads(nftables.run("list tables", json=True))
-    return any(item.get("table", {}).get("family") == "ip" and item["table"].get("name") == TABLE
+    # Its chains, not `list tables`: nft 1.0.6 reads every rule for that (2 ms with 500 pods'
+    # rules, against 0.1 ms for the chains, which skiff's table always has).
+    listing = json.loads(nftables.run("list chains", json=True))
+    return any(item.get("chain", {}).get("family") == "ip" and item["chain"].get("table") == TABLE
                for item in listing.get("nftables", []))
 
 

@@ -1,9 +1,10 @@
 """CreateContainer (containerd `internal/cri/server/container_create.go`).
 
-  reserve the name → record (UNKNOWN) → snapshot of the image → OCI spec and bundle →
-  the container monitor creates the container (cri/monitor.py) → record CREATED.
-On failure `remove_container_files` undoes what exists; the record stays (UNKNOWN) only if
-that fails too, so RemoveContainer can finish.
+  the container monitor prepares the cgroup and first process, meanwhile (cri/monitor.py) →
+  reserve the name → record (UNKNOWN) → snapshot of the image → OCI spec, mount points
+  (cri/mount_points.py) and bundle → the monitor creates the container → record CREATED.
+On failure `remove_container_files` undoes what exists and the monitor discards what it
+prepared; the record stays (UNKNOWN) only if that fails too, so RemoveContainer can finish.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from dataclasses import replace
 
 from cri_api.v1 import api_pb2 as pb
 
-from skiff.cri.container_spec import PodContext, container_spec
+from skiff.cri.container_spec import PodContext, container_spec, new_namespaces
 from skiff.cri.image_service import ImageService
+from skiff.cri.mount_points import make_mount_points
+from skiff.cri.monitor_client import Preparing
 from skiff.cri.service.container_remove import remove_container_files
 from skiff.cri.service.context import ServiceContext
 from skiff.cri.service.sandbox_run import require
@@ -48,9 +51,24 @@ def _create_in_sandbox(ctx: ServiceContext, config: pb.ContainerConfig, sandbox:
     if os.path.isabs(config.log_path) or ".." in config.log_path.split("/"):
         raise InvalidArgument(f"config.log_path: {config.log_path!r}: must be relative to the pod's "
                               "log_directory, without '..'")
-    image, image_id = _image(ctx, config.image.image)
-
     container_id = secrets.token_hex(32)
+    pod = PodContext(sandbox_id=sandbox.id, config=pb.PodSandboxConfig.FromString(sandbox.config),
+                     namespace_paths=sandbox.namespace_paths, pod_dir=ctx.pod_dir(sandbox.id),
+                     files_dir=_files_dir(ctx, sandbox.id), cgroups_path=f"{sandbox.cgroup_parent}/{container_id}")
+    # The monitor makes the cgroup and the first process meanwhile, on the other CPU: their
+    # clone into a cgroup2 directory is most of a create's time in the runtime.
+    preparing = ctx.monitors.prepare({"container_id": container_id, "cgroups_path": pod.cgroups_path,
+                                      "new_namespaces": [t.value for t in new_namespaces(config, pod)]})
+    try:
+        return _create_prepared(ctx, config, sandbox, pod, container_id, preparing)
+    except BaseException:
+        preparing.discard()
+        raise
+
+
+def _create_prepared(ctx: ServiceContext, config: pb.ContainerConfig, sandbox: SandboxRecord, pod: PodContext,
+                     container_id: str, preparing: Preparing) -> pb.CreateContainerResponse:
+    image, image_id = _image(ctx, config.image.image)
     name = container_name(name=config.metadata.name, attempt=config.metadata.attempt, sandbox_name=sandbox.name,
                           sandbox_namespace=sandbox.namespace, sandbox_uid=sandbox.uid)
     log_path = os.path.join(sandbox.log_directory, config.log_path) if sandbox.log_directory and config.log_path else ""
@@ -66,9 +84,7 @@ def _create_in_sandbox(ctx: ServiceContext, config: pb.ContainerConfig, sandbox:
         ctx.containers.release_name(name)
         raise
     try:
-        pid, monitor_pid, stop_signal = _create(ctx, record, config, sandbox_config=pb.PodSandboxConfig.FromString(sandbox.config),
-                                   namespace_paths=sandbox.namespace_paths, pod_cgroup=sandbox.cgroup_parent,
-                                   image=image)
+        pid, monitor_pid, stop_signal = _create(ctx, record, config, pod, image, preparing)
     except BaseException as cause:
         try:
             remove_container_files(ctx, record)
@@ -85,6 +101,11 @@ def _create_in_sandbox(ctx: ServiceContext, config: pb.ContainerConfig, sandbox:
     return pb.CreateContainerResponse(container_id=container_id)
 
 
+def _files_dir(ctx: ServiceContext, sandbox_id: str) -> str:
+    files = ctx.pod_files_dir(sandbox_id)
+    return files if os.path.isdir(files) else ctx.pod_dir(sandbox_id)  # a pod an older skiff made
+
+
 def _image(ctx: ServiceContext, ref: str) -> tuple[ResolvedImage, str]:
     """The image the request names, resolved, and its id. A name resolves directly; only an
     id or id prefix needs the list of every image (kubelet passes names)."""
@@ -97,13 +118,11 @@ def _image(ctx: ServiceContext, ref: str) -> tuple[ResolvedImage, str]:
     return ctx.images.resolve((entry.tags or entry.digests)[0]), entry.id
 
 
-def _create(ctx: ServiceContext, record: ContainerRecord, config: pb.ContainerConfig, *,
-            sandbox_config: pb.PodSandboxConfig, namespace_paths: dict[str, str], pod_cgroup: str,
-            image: ResolvedImage) -> tuple[int, int, str]:
+def _create(ctx: ServiceContext, record: ContainerRecord, config: pb.ContainerConfig, pod: PodContext,
+            image: ResolvedImage, preparing: Preparing) -> tuple[int, int, str]:
     rootfs, resolved = ctx.images.prepare(image, record.id)
-    pod = PodContext(sandbox_id=record.sandbox_id, config=sandbox_config, namespace_paths=namespace_paths,
-                     pod_dir=ctx.pod_dir(record.sandbox_id), cgroups_path=f"{pod_cgroup}/{record.id}")
     spec = container_spec(config, pod, image=resolved.image.config, rootfs=rootfs, container_id=record.id)
+    make_mount_points(rootfs, spec.mounts)
     bundle = ctx.bundle_dir(record.id)
     os.makedirs(bundle, mode=0o700)
     with open(os.path.join(bundle, "config.json"), "w") as f:
@@ -111,6 +130,7 @@ def _create(ctx: ServiceContext, record: ContainerRecord, config: pb.ContainerCo
     log_path = record.log_path or os.devnull
     if record.log_path:
         os.makedirs(os.path.dirname(log_path), mode=0o755, exist_ok=True)
+    preparing.wait()
     reply = ctx.monitors.create({"container_id": record.runtime_id, "bundle": bundle, "log_path": log_path,
                                  "exit_file": ctx.exit_file(record.id)})
     stop_signal = resolved.image.config.stop_signal if resolved.image.config else None

@@ -4,7 +4,10 @@ live under the state root:
 
     <state_root>/sandboxes/<id>.json     sandbox records (store/sandbox.py)
     <state_root>/containers/<id>.json    container records (store/container.py)
-    <state_root>/pods/<id>/              hostname, hosts, resolv.conf, shm/, ns/{net,ipc,uts}
+    <state_root>/pods/<id>/              shm/, ns/{net,ipc,uts} (hostname, hosts, resolv.conf
+                                         of a pod an older skiff made)
+    <state_root>/pod-files/<id>/         hostname, hosts, resolv.conf, on a mount of their own
+                                         (pod_files.py)
     <state_root>/bundles/<id>/           config.json, exit (the monitor's exit file)
     <state_root>/monitors/               <pid>.sock of each container monitor, monitor.log
     <state_root>/runtime/                the OCI runtime's own state (runtime/state.py)
@@ -21,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from skiff.cri.config import CriConfig
+from skiff.cri import pod_files
 from skiff.cri.monitor_client import Monitors
 from skiff.cri.network.driver import PodNetworking, networking_for
 from skiff.cri.store.container import ContainerStore
@@ -64,6 +68,16 @@ class ServiceContext:
     def pod_dir(self, sandbox_id: str) -> str:
         return os.path.join(self.config.state_root, "pods", sandbox_id)
 
+    def pod_files_dir(self, sandbox_id: str) -> str:
+        return os.path.join(self.config.state_root, pod_files.DIRECTORY, sandbox_id)
+
+    def close(self) -> None:
+        """The service stops: its monitor stays for the containers that are left."""
+        try:
+            self.monitors.close()
+        finally:
+            pod_files.unmount_root(os.path.join(self.config.state_root, pod_files.DIRECTORY))
+
     def bundle_dir(self, container_id: str) -> str:
         return os.path.join(self.config.state_root, "bundles", container_id)
 
@@ -79,7 +93,7 @@ def open_context(config: CriConfig, forkserver: ForkServer, *, images: Images | 
     monitors = Monitors(forkserver, state_root=state, runtime_root=os.path.join(state, "runtime"),
                         cgroup_parent=config.cgroup_parent)
     monitors.current()  # now, not in the first CreateContainer
-    return ServiceContext(
+    ctx = ServiceContext(
         config=config,
         images=images or Images(config.images_root, registries=config.registries, progress=False),
         sandboxes=SandboxStore(state),
@@ -89,3 +103,5 @@ def open_context(config: CriConfig, forkserver: ForkServer, *, images: Images | 
         monitors=monitors,
         network=networking_for(config.network, Path(state) / "network"),
     )
+    pod_files.mount_root(os.path.join(state, pod_files.DIRECTORY))  # last: ctx.close() undoes it
+    return ctx

@@ -171,13 +171,14 @@ def _set_up(ctx: ServiceContext, record: SandboxRecord, *, shared: list[str], sh
             host_network: bool) -> SandboxRecord:
     from dataclasses import replace
 
-    pod_dir = ctx.pod_dir(record.id)
+    pod_dir, files = ctx.pod_dir(record.id), ctx.pod_files_dir(record.id)
     os.makedirs(os.path.join(pod_dir, "ns"), mode=0o711)
+    os.mkdir(files, mode=0o711)
     if record.log_directory:
         os.makedirs(record.log_directory, mode=0o755, exist_ok=True)
     config = pb.PodSandboxConfig.FromString(record.config)
-    _write(os.path.join(pod_dir, "hostname"), (hostname or socket.gethostname()) + "\n")
-    _write(os.path.join(pod_dir, "resolv.conf"), _resolv_conf(config))
+    _write(os.path.join(files, "hostname"), (hostname or socket.gethostname()) + "\n")
+    _write(os.path.join(files, "resolv.conf"), _resolv_conf(config))
     if "ipc" in shared:
         shm = os.path.join(pod_dir, "shm")
         os.mkdir(shm)
@@ -211,7 +212,7 @@ def _set_up(ctx: ServiceContext, record: SandboxRecord, *, shared: list[str], sh
     try:
         return _finish_set_up(ctx, record, reply, netlink, namespace_paths={
             t: os.path.join(pod_dir, "ns", pod_namespaces.SHARED[t][0]) for t in shared},
-            hostname=hostname, mappings=mappings, host_network=host_network, pod_dir=pod_dir)
+            hostname=hostname, mappings=mappings, host_network=host_network, files=files)
     finally:
         if netlink is not None:
             netlink.close()
@@ -219,7 +220,7 @@ def _set_up(ctx: ServiceContext, record: SandboxRecord, *, shared: list[str], sh
 
 def _finish_set_up(ctx: ServiceContext, record: SandboxRecord, reply: dict[str, object],
                    netlink: socket.socket | None, *, namespace_paths: dict[str, str], hostname: str,
-                   mappings: list[PortMapping], host_network: bool, pod_dir: str) -> SandboxRecord:
+                   mappings: list[PortMapping], host_network: bool, files: str) -> SandboxRecord:
     """Once the namespaces are pinned: the pause's pid, the network (through `netlink`, a
     socket in the pod's netns, when pin made one), /etc/hosts, and the record READY."""
     from dataclasses import replace
@@ -237,7 +238,7 @@ def _finish_set_up(ctx: ServiceContext, record: SandboxRecord, reply: dict[str, 
     if not host_network:
         network = ctx.network.setup(netns, record.id, mappings, pod_name=record.name,
                                     pod_namespace=record.namespace, pod_uid=record.uid, netlink=netlink)
-    _write(os.path.join(pod_dir, "hosts"), _hosts(hostname, network, host_network))
+    _write(os.path.join(files, "hosts"), _hosts(hostname, network, host_network))
     return ctx.sandboxes.update(record.id, lambda r: replace(
         r, state=SandboxState.READY, namespace_paths=namespace_paths, netns_path=netns,
         ip=str(network.ip) if network is not None else ""))

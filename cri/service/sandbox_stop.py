@@ -74,9 +74,9 @@ def teardown_sandbox(ctx: ServiceContext, record: SandboxRecord, *, remove: bool
     for cgroup in (record.pause_cgroup, record.pod_cgroup):  # the leaf first
         if cgroup:
             load_cgroup(json.loads(cgroup)).destroy()
-    pod_dir = ctx.pod_dir(record.id)
-    if os.path.isdir(pod_dir):
-        shutil.rmtree(pod_dir)
+    for directory in (ctx.pod_dir(record.id), ctx.pod_files_dir(record.id)):
+        if os.path.isdir(directory):
+            shutil.rmtree(directory)
     ctx.sandboxes.delete(record.id)
 
 
