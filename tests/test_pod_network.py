@@ -181,6 +181,8 @@ def test_two_pods_reach_each_other_and_the_host_reaches_them(net: Net) -> None:
     eth0 = json.loads(ns_exec(ns1, "ip", "-j", "addr", "show", "eth0").stdout)[0]
     assert {(a["local"], a["prefixlen"]) for a in eth0["addr_info"]} >= {(str(pod1.ip), 24)}
     assert "UP" in eth0["flags"]
+    # IPv4 only: no link-local address, whose neighbour discovery the bridge would flood to every pod
+    assert [a for a in eth0["addr_info"] if a["family"] == "inet6"] == []
     # lo: brought up where the pod's netns is made (pod_namespaces.py), for every network mode
     routes = json.loads(ns_exec(ns1, "ip", "-j", "route").stdout)
     assert {"dst": "default", "gateway": str(pod1.gateway)}.items() <= routes[0].items() or any(
