@@ -484,3 +484,21 @@ def test_pod_files_are_on_a_mount_of_their_own(cri: Cri) -> None:
     cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
     cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
     assert os.listdir(files) == []
+
+
+def test_an_empty_cgroup_left_in_a_pod_goes_with_the_pod(cri: Cri) -> None:
+    """A monitor killed between its prepare and the create (Runtime.prepare) leaves the
+    container's cgroup behind, empty: removing the pod removes it too."""
+    from skiff.cri.service.sandbox_run import pod_cgroup_name
+    from skiff.runtime.cgroups import open_cgroup
+
+    pod_id, pod = cri.run_pod("leftover", host_network=True)
+    left = open_cgroup(container_id="left", cgroups_path=f"{pod_cgroup_name(pod, pod_id)}/left",
+                       parent=cri.config.cgroup_parent)
+    left.create()
+    dirs = [d for _, d in left.mounts()]
+    assert dirs and all(os.path.isdir(d) for d in dirs)
+    cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+    cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+    assert not any(os.path.exists(d) for d in dirs)
+    assert not cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items

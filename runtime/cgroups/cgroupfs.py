@@ -14,6 +14,7 @@ whichever container leaves it empty last, not only by the one that happened to c
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import os
@@ -191,10 +192,23 @@ def remove_dirs(leaf: str, created: list[str], *, stop: str, keep_parents: bool 
         except OSError as e:
             if e.errno != errno.EBUSY or time.monotonic() > deadline:
                 raise CgroupError(f"rmdir {leaf}: {reason(e)}") from e
+            if delay == 0.001:
+                _remove_leftover_children(leaf)
             time.sleep(delay)
             delay = min(delay * 2, 0.05)
     if not keep_parents:
         remove_parents(leaf, created, stop=stop)
+
+
+def _remove_leftover_children(path: str) -> None:
+    """The cgroups skiff made below `path` and left empty: a create that died after making
+    its cgroup (or the CRI monitor's, made ahead of a create that never came, Runtime.prepare).
+    rmdir is the test: one with processes or cgroups in it stays."""
+    with contextlib.suppress(OSError), os.scandir(path) as entries:
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False) and is_marked(entry.path):
+                with contextlib.suppress(OSError):
+                    os.rmdir(entry.path)
 
 
 def remove_parents(leaf: str, created: list[str], *, stop: str) -> None:
