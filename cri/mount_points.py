@@ -39,12 +39,8 @@ def make_mount_points(rootfs: str, mounts: Sequence[Mount]) -> None:
 
 
 def _binds_file(m: Mount) -> bool:
-    if m.type != "bind" and not {"bind", "rbind"} & set(m.options):
-        return False
-    try:
-        return not os.path.isdir(m.source or "")
-    except OSError:
-        return False
+    binds = m.type == "bind" or bool({"bind", "rbind"} & set(m.options))
+    return binds and not os.path.isdir(m.source or "")
 
 
 def _make(root: int, names: list[str], *, is_file: bool) -> None:

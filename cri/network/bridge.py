@@ -258,7 +258,7 @@ def setup(netns_path: str, pod_id: str, config: BridgeConfig,
             with _kernel(f"turn off IPv6 address generation on {POD_INTERFACE} in netns {netns_path}"):
                 # The pod network is IPv4. An IPv6 link-local address would have the pod send
                 # neighbour and router solicitations and multicast reports, which the bridge
-                # floods to every other pod: with 500 pods, 100 packets a pod start.
+                # floods to every other pod at each pod start.
                 ns.link("set", index=inside, IFLA_AF_SPEC={"attrs": [["AF_INET6", {"attrs": [
                     ["IFLA_INET6_ADDR_GEN_MODE", IN6_ADDR_GEN_MODE_NONE]]}]]})
             with _kernel(f"set {POD_INTERFACE} up in netns {netns_path}"):

@@ -23,8 +23,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from skiff.cri.config import CriConfig
 from skiff.cri import pod_files
+from skiff.cri.config import CriConfig
 from skiff.cri.monitor_client import Monitors
 from skiff.cri.network.driver import PodNetworking, networking_for
 from skiff.cri.store.container import ContainerStore
