@@ -4,7 +4,13 @@ it composes the content store, the registry client, the layer unpacker and snaps
 
     <root>/content/          blobs and image records (store.py)
     <root>/layers/sha256/<diff_id hex>/   each layer unpacked once, shared by every image
-    <root>/snapshots/<container id>/{upper,work,rootfs}   one overlay per container
+    <root>/snapshots/<container id>/rootfs   one overlay per container (and what it was made of)
+    <root>/uppers/<container id>/{upper,work}   its writable directories (an older skiff put
+                                                them in the snapshot directory)
+
+Layers and upper directories are apart from the overlays mounted on rootfs/: a service binds
+them onto themselves (runtime/own_mount.py), so that overlayfs' copy of their mounts does
+not look at every container's rootfs mount.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ class Images:
         self.store = ContentStore(os.path.join(root, "content"))
         self.layers = os.path.join(root, "layers", "sha256")
         self.snapshots = os.path.join(root, "snapshots")
+        self.uppers = os.path.join(root, "uppers")
         self.registries = registries
         self.progress = progress
 
@@ -183,19 +190,28 @@ class Images:
             os.mkdir(snapshot)
         except FileExistsError:
             raise FailedPrecondition(f"container {container_id!r}: a snapshot of that name exists") from None
+        writable = os.path.join(self.uppers, container_id)
         try:
-            for part in ("upper", "work", "rootfs"):
-                os.mkdir(os.path.join(snapshot, part))
+            os.mkdir(os.path.join(snapshot, "rootfs"))
+            shutil.rmtree(writable, ignore_errors=True)  # the name is ours now: anything there is left over
+            for part in ("upper", "work"):
+                os.makedirs(os.path.join(writable, part))
             with open(os.path.join(snapshot, "layers"), "w") as f:
                 f.write("\n".join(os.path.basename(d) for d in lower))
             with open(os.path.join(snapshot, "image"), "w") as f:
                 f.write(resolved.manifest.config.digest)
-            mount_overlay(lower, os.path.join(snapshot, "rootfs"), upper=os.path.join(snapshot, "upper"),
-                          work=os.path.join(snapshot, "work"))
+            mount_overlay(lower, os.path.join(snapshot, "rootfs"), upper=os.path.join(writable, "upper"),
+                          work=os.path.join(writable, "work"))
         except BaseException:
+            shutil.rmtree(writable, ignore_errors=True)
             shutil.rmtree(snapshot, ignore_errors=True)
             raise
         return os.path.join(snapshot, "rootfs")
+
+    def upper_dir(self, container_id: str) -> str:
+        """What the container wrote: its overlay's upper directory."""
+        upper = os.path.join(self.uppers, container_id, "upper")
+        return upper if os.path.isdir(upper) else os.path.join(self._snapshot_dir(container_id), "upper")
 
     def release(self, container_id: str) -> None:
         """Unmount and remove the container's snapshot; a missing one is fine."""
@@ -208,6 +224,8 @@ class Images:
             unmount(os.path.join(snapshot, "rootfs"))
         except NotFound:  # not mounted any more (a reboot, a killed `skiff run`): nothing to undo
             pass
+        # the snapshot directory last: while it is there, a release that was cut short is done again
+        shutil.rmtree(os.path.join(self.uppers, container_id), ignore_errors=True)
         shutil.rmtree(snapshot)
 
     def _snapshot_dir(self, container_id: str) -> str:

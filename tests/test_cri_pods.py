@@ -459,24 +459,30 @@ def test_the_service_makes_the_mount_points_before_the_container_runs(cri: Cri) 
     pod_id, pod = cri.run_pod("points", host_network=True)
     cid = cri.start(pod_id, pod, "main", "sleep", "30")
     config = os.stat(os.path.join(cri.config.state_root, "bundles", cid, "config.json"))
-    upper = os.path.join(cri.config.images_root, "snapshots", cid, "upper")
+    upper = os.path.join(cri.config.images_root, "uppers", cid, "upper")
     for name in ("etc/hostname", "etc/hosts", "etc/resolv.conf"):
         assert os.stat(os.path.join(upper, name)).st_ctime_ns <= config.st_mtime_ns, name
 
 
-def test_pod_files_are_on_a_mount_of_their_own(cri: Cri) -> None:
-    """cri/pod_files.py: a container's binds of them copy a mount with nothing below it, not
-    the state root's, which holds every pod's /dev/shm and namespaces."""
+def test_what_containers_copy_is_on_mounts_of_their_own(cri: Cri) -> None:
+    """runtime/own_mount.py: a container's binds of its pod's files, and its overlay's copies of
+    the layers and its upper directory, copy mounts with nothing below them, not the ones that
+    hold every pod's /dev/shm, namespaces and rootfs overlay. They go with the service."""
     files = os.path.join(cri.config.state_root, "pod-files")
+    layers = os.path.join(cri.config.images_root, "layers", "sha256")
+    uppers = os.path.join(cri.config.images_root, "uppers")
     with open("/proc/self/mountinfo") as f:
-        assert any(line.split()[4] == os.path.realpath(files) for line in f)
+        points = {line.split()[4] for line in f}
+    assert {os.path.realpath(p) for p in (files, layers, uppers)} <= points
     pod_id, pod = cri.run_pod("files")
     assert sorted(os.listdir(os.path.join(files, pod_id))) == ["hostname", "hosts", "resolv.conf"]
     cid = cri.start(pod_id, pod, "main", "sleep", "30")
     assert cri.exec(cid, "cat", "/etc/hostname").stdout == b"files\n"
+    cri.exec(cid, "touch", "/written")
+    assert os.path.exists(os.path.join(uppers, cid, "upper", "written"))
     cri.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id))
     cri.runtime.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
-    assert os.listdir(files) == []
+    assert os.listdir(files) == [] and os.listdir(uppers) == []
 
 
 def test_an_empty_cgroup_left_in_a_pod_goes_with_the_pod(cri: Cri) -> None:

@@ -6,8 +6,7 @@ live under the state root:
     <state_root>/containers/<id>.json    container records (store/container.py)
     <state_root>/pods/<id>/              shm/, ns/{net,ipc,uts} (hostname, hosts, resolv.conf
                                          of a pod an older skiff made)
-    <state_root>/pod-files/<id>/         hostname, hosts, resolv.conf, on a mount of their own
-                                         (pod_files.py)
+    <state_root>/pod-files/<id>/         hostname, hosts, resolv.conf (pod_files.py)
     <state_root>/bundles/<id>/           config.json, exit (the monitor's exit file)
     <state_root>/monitors/               <pid>.sock of each container monitor, monitor.log
     <state_root>/runtime/                the OCI runtime's own state (runtime/state.py)
@@ -30,6 +29,7 @@ from skiff.cri.network.driver import PodNetworking, networking_for
 from skiff.cri.store.container import ContainerStore
 from skiff.cri.store.sandbox import SandboxStore
 from skiff.images.service import Images
+from skiff.runtime import own_mount
 from skiff.runtime.container import Runtime
 from skiff.runtime.forkserver import ForkServer
 
@@ -71,12 +71,20 @@ class ServiceContext:
     def pod_files_dir(self, sandbox_id: str) -> str:
         return os.path.join(self.config.state_root, pod_files.DIRECTORY, sandbox_id)
 
+    @property
+    def own_mounts(self) -> tuple[str, ...]:
+        """What the containers' binds and overlays copy, each on a mount of its own while the
+        service runs (runtime/own_mount.py): the pods' /etc files, the image layers, the
+        containers' upper directories."""
+        return (os.path.join(self.config.state_root, pod_files.DIRECTORY), self.images.layers, self.images.uppers)
+
     def close(self) -> None:
         """The service stops: its monitor stays for the containers that are left."""
         try:
             self.monitors.close()
         finally:
-            pod_files.unmount_root(os.path.join(self.config.state_root, pod_files.DIRECTORY))
+            for path in self.own_mounts:
+                own_mount.unbind(path)
 
     def bundle_dir(self, container_id: str) -> str:
         return os.path.join(self.config.state_root, "bundles", container_id)
@@ -103,5 +111,10 @@ def open_context(config: CriConfig, forkserver: ForkServer, *, images: Images | 
         monitors=monitors,
         network=networking_for(config.network, Path(state) / "network"),
     )
-    pod_files.mount_root(os.path.join(state, pod_files.DIRECTORY))  # last: ctx.close() undoes it
+    try:
+        for path in ctx.own_mounts:  # last: ctx.close() undoes them
+            own_mount.bind(path)
+    except BaseException:
+        ctx.close()
+        raise
     return ctx

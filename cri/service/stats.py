@@ -65,8 +65,7 @@ def container_stats_of(ctx: ServiceContext, record: ContainerRecord) -> pb.Conta
         cgroup_stats = ctx.runtime.stats(record.runtime_id)
         stats.cpu.CopyFrom(_cpu(cgroup_stats, now))
         stats.memory.CopyFrom(_memory(cgroup_stats, now))
-    upper = os.path.join(ctx.images.snapshots, record.id, "upper")
-    used, inodes = _disk_usage(upper)
+    used, inodes = _disk_usage(ctx.images.upper_dir(record.id))
     stats.writable_layer.timestamp = now
     stats.writable_layer.fs_id.mountpoint = ctx.images.root
     stats.writable_layer.used_bytes.value = used
