@@ -389,7 +389,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     options = parse_options(runtimes=args.runtimes, count=args.count, warmup=args.warmup,
                             concurrency=args.concurrency, running=args.running, breakdown=args.breakdown,
                             json_path=args.json, png_path=args.png, cri_sockets=args.cri_socket,
-                            cri_image=args.cri_image)
+                            cri_image=args.cri_image, settle_ms=args.settle)
     return run(options)
 
 
@@ -477,6 +477,9 @@ def _bench_parser(bench: argparse.ArgumentParser) -> None:
                    help="also N threads starting containers at once: percentiles and containers/s (default: off)")
     c.add_argument("--running", default="0", metavar="K,K,...",
                    help="measure again with K containers already running, e.g. 0,1,100,500 (default %(default)s)")
+    c.add_argument("--settle", type=int, metavar="MS",
+                   help="with --running, wait MS after each run, outside the clock, for the kernel's clean-up "
+                   "of the container removed (default 30; 0: back to back)")
     c.add_argument("--breakdown", action="store_true",
                    help="where the library's time goes, per phase, from real timestamps")
     c.add_argument("--json", default="skiff-bench-start.json", metavar="PATH", help="default %(default)s")

@@ -345,6 +345,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=5, help="unmeasured rounds first (default %(default)s)")
     parser.add_argument("--concurrency", type=int, default=2, help="threads at once (default %(default)s)")
     parser.add_argument("--running", default="0,1,100,500", help="containers already running (default %(default)s)")
+    parser.add_argument("--settle", type=int, help="ms to wait after each run with containers running (default 30)")
     parser.add_argument("--markdown", default=os.path.join(REPO, "docs", "benchmarks.md"),
                         help="where to write the report (default docs/benchmarks.md)")
     parser.add_argument("--png", default=PNG, help="where to draw the figure (default docs/start_latency.png)")
@@ -356,7 +357,8 @@ def main() -> int:
         try:
             options = parse_options(runtimes=None, count=args.count, warmup=args.warmup,
                                     concurrency=args.concurrency, running=args.running, breakdown=True,
-                                    json_path=json_path, png_path=args.png, cri_sockets=[], cri_image=None)
+                                    json_path=json_path, png_path=args.png, cri_sockets=[], cri_image=None,
+                                    settle_ms=args.settle)
             code = run(options)
             if code != 0:
                 return code

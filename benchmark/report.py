@@ -95,7 +95,8 @@ def text(r: Results) -> str:
                 text_table(concurrency_rows(r))]
     if r.growth:
         out += ["", "growth: p50 with K containers already running (one contender at a time, each with K `sleep` "
-                "containers of its own and its runs in a row, K = 0 too)", text_table(growth_rows(r))]
+                f"containers of its own and its runs in a row, K = 0 too, {r.options.get('settle_ms', 0)} ms apart)",
+                text_table(growth_rows(r))]
     if r.breakdown is not None:
         out += ["", f"breakdown of {r.breakdown.contender}'s start ({r.breakdown.runs} traced runs; each mark ends its phase)",
                 text_table(breakdown_rows(r))]

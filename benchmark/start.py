@@ -43,6 +43,14 @@ from skiff.errors import FailedPrecondition, InvalidArgument, SkiffError
 BUILTIN = ("library", "library-warm", "skiff-runc", "runc", "crun", "cri:skiff")
 ID_TAG = "skiffbench"
 DEFAULT_CRI_IMAGE = "docker.io/library/busybox:latest"
+# The kernel cleans up after a removed container in workers, after the removal returns: a
+# memory cgroup hands its objects to its parent on every file system's lists, a network
+# namespace is dismantled. The more containers run, the more file systems there are to walk,
+# so that work grows with K; measured back to back, each run of the growth phase shares the
+# CPUs and the kernel's locks with the clean-up of the run before it. A pause of 30 ms after
+# each run was enough for that to be done (at K=500, pods through the CRI: 1.45x back to
+# back, 0.88x with the pause). The sequential table keeps its runs back to back.
+SETTLE_MS = 30
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,6 +60,7 @@ class Options:
     warmup: int = 5
     concurrency: int = 1                 # 1: no concurrent phase
     running: tuple[int, ...] = (0,)
+    settle_ms: int = SETTLE_MS           # the growth phase's pause after each run
     breakdown: bool = False
     json_path: str = "skiff-bench-start.json"
     png_path: str = "skiff-bench-start.png"
@@ -61,7 +70,7 @@ class Options:
 
 def parse_options(*, runtimes: str | None, count: int, warmup: int, concurrency: int, running: str,
                   breakdown: bool, json_path: str, png_path: str, cri_sockets: list[str],
-                  cri_image: str | None) -> Options:
+                  cri_image: str | None, settle_ms: int | None = None) -> Options:
     """The command line's values, checked; paths made absolute (the measuring side may run
     in another process)."""
     names = tuple(n.strip() for n in (runtimes or "").split(",") if n.strip())
@@ -72,6 +81,10 @@ def parse_options(*, runtimes: str | None, count: int, warmup: int, concurrency:
     if count < 1 or warmup < 0 or concurrency < 1:
         raise InvalidArgument(f"--count {count}, --warmup {warmup}, --concurrency {concurrency}: "
                               "want at least 1, 0 and 1")
+    if settle_ms is None:
+        settle_ms = SETTLE_MS
+    elif settle_ms < 0:
+        raise InvalidArgument(f"--settle {settle_ms}: want milliseconds, 0 or more")
     try:
         levels = tuple(sorted({int(k) for k in running.split(",") if k.strip()}))
     except ValueError:
@@ -90,7 +103,7 @@ def parse_options(*, runtimes: str | None, count: int, warmup: int, concurrency:
         if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise InvalidArgument(f"{flag} {path}: no directory {os.path.dirname(os.path.abspath(path))} to write it in")
     return Options(runtimes=names, count=count, warmup=warmup, concurrency=concurrency, running=levels,
-                   breakdown=breakdown, json_path=os.path.abspath(json_path), png_path=os.path.abspath(png_path),
+                   settle_ms=settle_ms, breakdown=breakdown, json_path=os.path.abspath(json_path), png_path=os.path.abspath(png_path),
                    cri_sockets=tuple(sockets), cri_image=cri_image or DEFAULT_CRI_IMAGE)
 
 
@@ -251,7 +264,7 @@ def _phases(o: Options, tag: str, bundles: Bundles, tmp: str, lineup: Lineup, re
     for k in sorted({0, *o.running}) if any(o.running) else ():
         results.growth[k] = {}
         for n, c in enumerate(contenders):
-            work = functools.partial(repeat, c, o.count, o.warmup, ids(n), f"g{k}r")
+            work = functools.partial(repeat, c, o.count, o.warmup, ids(n), f"g{k}r", settle=o.settle_ms / 1000)
             results.growth[k][c.name] = stats.to_ms(lineup.with_running(c, k, ids(n), work))
     if o.breakdown:
         from skiff.benchmark import breakdown
@@ -408,8 +421,13 @@ def sequential(contenders: list[Contender], count: int, warmup: int, tag: str) -
     return samples
 
 
-def repeat(c: Contender, count: int, warmup: int, ids: Callable[[str], str], prefix: str) -> list[int]:
-    got = [_sample(c, ids(f"{prefix}{i}")) for i in range(warmup + count)]
+def repeat(c: Contender, count: int, warmup: int, ids: Callable[[str], str], prefix: str, *,
+           settle: float = 0.0) -> list[int]:
+    """`settle`: seconds to wait after each run, outside the clock (SETTLE_MS)."""
+    got = []
+    for i in range(warmup + count):
+        got.append(_sample(c, ids(f"{prefix}{i}")))
+        time.sleep(settle)
     return got[warmup:]
 
 

@@ -508,13 +508,19 @@ def _finish_rootfs(rootfs: RootfsPlan) -> None:
         except FileNotFoundError:
             continue
         libc.mount(None, path, None, libc.MS_BIND | libc.MS_REMOUNT | libc.MS_RDONLY | _locked_flags(path))
+    empty = ""  # the first masked directory's read-only tmpfs, bound on the others
     for path in rootfs.masked_paths:
         _at(Step.MASK_PATH, path)
         try:
-            if stat.S_ISDIR(os.stat(path).st_mode):
-                libc.mount("tmpfs", path, "tmpfs", libc.MS_RDONLY)
-            else:
+            if not stat.S_ISDIR(os.stat(path).st_mode):
                 libc.mount("/dev/null", path, None, libc.MS_BIND)
+            elif empty:
+                # one file system fewer each: every file system is walked when a memory
+                # cgroup is removed, and that walk grows with the containers running
+                libc.mount(empty, path, None, libc.MS_BIND)
+            else:
+                libc.mount("tmpfs", path, "tmpfs", libc.MS_RDONLY)
+                empty = path
         except FileNotFoundError:
             continue
     if rootfs.readonly:

@@ -70,7 +70,7 @@ def test_every_runtime_sequential_concurrent_and_growing(tmp_path: Path) -> None
     assert {c["name"]: c["sample"] for c in doc["contenders"]}["cri:skiff"] == "pod ready"
     assert doc["reference"] == "library" and doc["skipped"] == {}
     assert doc["workload"] == list(workload.workload_args())
-    assert doc["options"]["count"] == 3 and doc["machine"]["cpus"] >= 1
+    assert doc["options"]["count"] == 3 and doc["options"]["settle_ms"] == 30 and doc["machine"]["cpus"] >= 1
     seq = doc["sequential"]
     for name in runtimes:
         assert len(seq["samples_ms"][name]) == 3 and all(s > 0 for s in seq["samples_ms"][name])
@@ -136,6 +136,7 @@ def test_bad_options_are_refused_before_anything_runs(capsys: pytest.CaptureFixt
                           (["--running", "0,many"], "--running '0,many'"),
                           (["--cri-socket", "/run/containerd/containerd.sock"], "want NAME=PATH"),
                           (["--count", "0"], "want at least 1"),
+                          (["--settle", "-5"], "--settle -5: want milliseconds"),
                           (["--json", "/nonexistent/out.json"], "no directory /nonexistent")):
         assert main(["bench", "start", *argv]) == 1
         assert message in capsys.readouterr().err

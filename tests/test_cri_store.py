@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing
+import os
 from pathlib import Path
 
 import pytest
@@ -265,3 +266,25 @@ def test_concurrent_updates_from_two_processes(tmp_path: Path) -> None:
     final = store.get("c0ffee")
     assert final.exit_code == 2 * count
     assert set(final.annotations) == {f"w{w}-{n}" for w in range(2) for n in range(count)}
+
+
+def test_a_pods_containers_are_found_without_reading_every_record(tmp_path: Path) -> None:
+    store = ContainerStore(tmp_path)
+    store.add(container("aa01", sandbox_id="pod1"))
+    store.add(container("aa02", sandbox_id="pod1"))
+    store.add(container("bb01", sandbox_id="pod2"))
+    assert [r.id for r in store.in_sandbox("pod1")] == ["aa01", "aa02"]
+    assert store.in_sandbox("nopod") == []
+    store.delete("aa01")
+    store.delete("bb01")
+    assert [r.id for r in store.in_sandbox("pod1")] == ["aa02"]
+    assert sorted(os.listdir(tmp_path / "containers" / "_by_sandbox")) == ["pod1"]
+    # an older skiff's record has no entry; an entry of a create cut short has no record
+    entry = tmp_path / "containers" / "_by_sandbox" / "pod1" / "aa02"
+    entry.unlink()
+    (tmp_path / "containers" / "_by_sandbox" / "pod3").mkdir()
+    (tmp_path / "containers" / "_by_sandbox" / "pod3" / "cc01").touch()
+    assert store.in_sandbox("pod1") == [] and store.in_sandbox("pod3") == []
+    store.load()
+    assert [r.id for r in store.in_sandbox("pod1")] == ["aa02"]
+    assert sorted(os.listdir(tmp_path / "containers" / "_by_sandbox")) == ["pod1"]

@@ -350,6 +350,23 @@ def test_readonly_root_and_masked_and_readonly_paths(containers: Containers) -> 
                                        "sh: can't create /proc/sys/vm/overcommit_memory: Read-only file system"]
 
 
+def test_masked_directories_are_empty_read_only_and_one_file_system(containers: Containers) -> None:
+    """Every masked directory shows one empty read-only tmpfs (a file system fewer for each:
+    the kernel walks every file system when it removes a memory cgroup)."""
+    def edit(c: dict[str, Any]) -> None:
+        c["linux"]["maskedPaths"] = ["/proc/tty", "/sys/kernel", "/proc/driver", "/proc/timer_list"]
+
+    result = containers.run("sh", "-c", "ls -A /proc/tty /sys/kernel /proc/driver; wc -c < /proc/timer_list; "
+                            "touch /sys/kernel/x; grep -E ' /(proc/tty|sys/kernel|proc/driver) ' /proc/self/mountinfo",
+                            edit=edit)
+    lines = result.out.splitlines()
+    assert lines[:6] == ["/proc/driver:", "", "/proc/tty:", "", "/sys/kernel:", "0"], result.out
+    assert result.err.strip() == "touch: /sys/kernel/x: Read-only file system"
+    masks = [line.split() for line in lines[6:]]
+    assert len(masks) == 3 and len({m[2] for m in masks}) == 1, masks  # one device
+    assert all(m[m.index("-") + 1] == "tmpfs" for m in masks), masks
+
+
 @pytest.mark.parametrize("propagation", [None, "rshared", "rprivate"])
 def test_rootfs_propagation(containers: Containers, propagation: str | None) -> None:
     """The propagation of the container's "/" (mountinfo's optional fields). By default a

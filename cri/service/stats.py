@@ -131,13 +131,12 @@ def pod_stats_of(ctx: ServiceContext, record: SandboxRecord) -> pb.PodSandboxSta
             stats.linux.process.timestamp = now
             stats.linux.process.process_count.value = len(cgroup.pids())
     running = []
-    for container in ctx.containers.list():
-        if container.sandbox_id == record.id:
-            with contextlib.suppress(NotFound):
-                container = refreshed(ctx, container)
-            if container.state is ContainerState.RUNNING:
-                running.append(container)
-                stats.linux.containers.append(container_stats_of(ctx, container))
+    for container in ctx.containers.in_sandbox(record.id):
+        with contextlib.suppress(NotFound):
+            container = refreshed(ctx, container)
+        if container.state is ContainerState.RUNNING:
+            running.append(container)
+            stats.linux.containers.append(container_stats_of(ctx, container))
     for pid in [record.pause_pid] + [c.pid for c in running]:
         network = _network(pid, now) if pid else None
         if network is not None:

@@ -13,15 +13,19 @@ States are the CRI ContainerState, as containerd's `container/status.go` draws t
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from skiff.cri.store import RECORD_VERSION, Fields, RecordStore, encode_bytes
+from skiff.cri.store import RECORD_VERSION, Fields, LoadReport, RecordStore, encode_bytes
+from skiff.errors import NotFound
 
 __all__ = ["ContainerRecord", "ContainerState", "ContainerStore", "ExitReason",
            "container_name"]
+
+_BY_SANDBOX = "_by_sandbox"  # ids cannot start with "_": never a record's name
 
 
 class ContainerState(enum.Enum):
@@ -137,8 +141,62 @@ class ContainerRecord:
 
 
 class ContainerStore(RecordStore[ContainerRecord]):
-    """`<state_root>/containers/`: one record per container, names as `container_name`."""
+    """`<state_root>/containers/`: one record per container, names as `container_name`, and
+    `_by_sandbox/<sandbox id>/<container id>`, an index made again at `load`: a pod's stop,
+    removal and stats read its own containers' records, not every one."""
 
     def __init__(self, state_root: str | os.PathLike[str]) -> None:
         super().__init__(os.path.join(state_root, "containers"), kind="container",
                          decode=ContainerRecord.from_json)
+
+    def _entry(self, sandbox_id: str, container_id: str) -> str:
+        return os.path.join(self.root, _BY_SANDBOX, sandbox_id, container_id)
+
+    def _index(self, record: ContainerRecord) -> None:
+        entry = self._entry(record.sandbox_id, record.id)
+        os.makedirs(os.path.dirname(entry), mode=0o700, exist_ok=True)
+        with open(entry, "a"):
+            pass
+
+    def load(self) -> LoadReport[ContainerRecord]:
+        report = super().load()
+        live = {(r.sandbox_id, r.id) for r in report.records}
+        index = os.path.join(self.root, _BY_SANDBOX)
+        for sandbox_id in os.listdir(index) if os.path.isdir(index) else ():
+            for container_id in os.listdir(os.path.join(index, sandbox_id)):
+                if (sandbox_id, container_id) not in live:  # a create or delete cut short
+                    self._unindex(sandbox_id, container_id)
+        for record in report.records:  # records an older skiff wrote have no entry yet
+            self._index(record)
+        return report
+
+    def add(self, record: ContainerRecord) -> None:
+        self._index(record)  # first: an entry without a record is skipped when read
+        super().add(record)
+
+    def delete(self, id: str) -> None:
+        try:
+            sandbox_id = self.get(id).sandbox_id
+        except NotFound:
+            return super().delete(id)
+        super().delete(id)
+        self._unindex(sandbox_id, id)
+
+    def _unindex(self, sandbox_id: str, container_id: str) -> None:
+        entry = self._entry(sandbox_id, container_id)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(entry)
+        with contextlib.suppress(OSError):  # another container of the pod is still there
+            os.rmdir(os.path.dirname(entry))
+
+    def in_sandbox(self, sandbox_id: str) -> list[ContainerRecord]:
+        """The records of the pod's containers, by id."""
+        try:
+            ids = sorted(os.listdir(os.path.join(self.root, _BY_SANDBOX, sandbox_id)))
+        except FileNotFoundError:
+            return []
+        records = []
+        for container_id in ids:
+            with contextlib.suppress(NotFound):  # being added, or a create cut short (`load` removes it)
+                records.append(self.get(container_id))
+        return records
