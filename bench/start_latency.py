@@ -285,31 +285,37 @@ shared).
 p50 of the same runs with K containers already running (`sleep 3600` from a second bundle on
 the same root filesystem, read-only), started by the same runtime: one contender at a time,
 each with K of its own, deleted before the next; {o['count']} runs at each K after {o['warmup']} warm-up
-runs, in a row. K = 0 is measured that way too, so each ratio compares like with like; runs in
-a row are not the turns of the table above, and their p50 can differ from it.
+runs, in a row, {o.get('settle_ms', 0)} ms apart (`--settle`, outside the clock). K = 0 is measured that way
+too, so each ratio compares like with like; runs in a row are not the turns of the table above,
+and their p50 can differ from it.
 
 {markdown_table(growth_rows(doc))}
 
-Pods through the CRI still grow between 100 and 500 pods running. Timestamps taken in the
-service, the container monitor and the container's first process (80 pods at 0 and at 500,
-with this benchmark's protocol) show every step a little slower, and three steps slower by
-0.2 to 0.6 ms each: the container's overlay mount, its /proc, /sys and /dev mounts, and the
-pod's network namespace. Alone, an overlay mount takes 0.07 ms with 0 or 500 overlays
-mounted beside it, and 0.05 ms with 1,500 memory cgroups. What they most likely wait for
-(perf showed kernel workers busy with it after each removal) is the kernel's clean-up of the
-pod removed right before the sample: a removed memory cgroup hands the objects on the LRU
-lists of every file system to its parent (memcg_reparent_list_lrus), holding the
-list_lrus_mutex that each new file system takes to register its own lists; with 500 pods
-there are some 3,500 file systems to walk (about 7 a pod: the overlay root, /dev/shm, and
-each container's proc, sysfs, mqueue, devpts and /dev), twice per removed pod (its pod and
-container cgroups). runc and crun pay the same walk, with fewer file systems and one cgroup
-per container (their 500 / 0 above).
+Why the runs are apart: after a container or pod is removed, the kernel goes on cleaning up
+after it in its workers. A removed memory cgroup hands the objects on the LRU lists of every
+file system to its parent (memcg_reparent_list_lrus), holding the mutex each new file system
+takes to register its own lists, and a network namespace is dismantled. With 500 pods there
+are some 4,500 file systems to walk (about 9 a pod: the overlay root, /dev/shm, and each
+container's proc, sysfs, mqueue, devpts, /dev, /sys/fs/cgroup and masked directories), twice
+per removed pod (its pod and container cgroups). Back to back, each run shares the CPUs and
+those locks with the clean-up of the run before it, so what grows is the clean-up of the
+previous run, not the start. perf showed the kernel workers in that walk; a pause of 30 ms
+after each run was enough for it to be done. Back to back (`--settle 0`), on 2026-11-26,
+500 / 0 was 1.20x for library, 1.07x for library-warm, 1.16x for crun and 1.23x for cri:skiff
+(1.45x to 1.50x for cri:skiff before the layers and upper directories got mounts of their
+own, below); with the pause, in the run right after it, 1.01x, 1.06x, 1.00x and 0.93x. The
+pause makes some contenders slower at every K (crun above all: 6.8 ms back to back, 17.8 ms
+with the pause, that run), as a start from an idle machine is; the ratios compare runs
+measured the same way.
 
 What grew in skiff itself is gone: a warm runtime's containers copy an almost empty mount
 namespace (runtime/mount_template.py) instead of the host's, which has about 5 mounts per
 pod (2,500 extra host mounts had taken the warm library's start from 4.9 to 16.4 ms); the
-pods' /etc files are on a mount of their own (cri/pod_files.py: a bind of one had looked at
-every mount of the state directory, 0.35 ms with 500 pods); in bridge mode, skiff's nftables
+pods' /etc files, the image layers and the containers' upper directories are on mounts of
+their own (runtime/own_mount.py: a bind of a file, and overlayfs' copy of a layer's or an
+upper directory's mount, had looked at every mount of the state directory: 0.35 ms a file,
+0.12 ms an overlay with 500 pods); masked directories share one read-only tmpfs a container;
+a pod's stop and removal read only its containers' records (they had read all 500); in bridge mode, skiff's nftables
 table is found by its chains (`list tables` had read every pod's rules, 2 ms with 500 pods)
 and a pod's eth0 has no IPv6 link-local address (its neighbour discovery was flooded to
 every pod); the container monitor waits with epoll instead of polling every container's

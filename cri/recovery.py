@@ -95,7 +95,7 @@ def _remove_container(ctx: ServiceContext, record: ContainerRecord) -> None:
 def _remove_pod_dir(ctx: ServiceContext, sandbox_id: str) -> None:
     import shutil
 
-    from skiff.cri.service.sandbox_stop import unmount
+    from skiff.runtime.own_mount import unmount
 
     pod_dir = ctx.pod_dir(sandbox_id)
     if os.path.isdir(pod_dir):

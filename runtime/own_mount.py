@@ -29,8 +29,9 @@ def bind(path: str) -> None:
     libc.mount(None, path, None, libc.MS_PRIVATE)
 
 
-def unbind(path: str) -> None:
-    """Undo `bind`; a path that is not a mount point (any more), or is gone, is fine."""
+def unmount(path: str) -> None:
+    """Undo `bind` (or detach any mount on `path`); a path that is not a mount point (any
+    more), or is gone, is fine."""
     try:
         libc.umount2(path, libc.MNT_DETACH)
     except OSError as e:

@@ -84,7 +84,7 @@ class ServiceContext:
             self.monitors.close()
         finally:
             for path in self.own_mounts:
-                own_mount.unbind(path)
+                own_mount.unmount(path)
 
     def bundle_dir(self, container_id: str) -> str:
         return os.path.join(self.config.state_root, "bundles", container_id)

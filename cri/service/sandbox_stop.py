@@ -4,7 +4,6 @@ failed or was interrupted half way, a Stop that failed, and a Remove after a res
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -16,7 +15,7 @@ from skiff.cri import pod_namespaces
 from skiff.cri.service.context import ServiceContext
 from skiff.cri.store.sandbox import SandboxRecord, SandboxState
 from skiff.errors import NotFound
-from skiff.runtime import libc
+from skiff.runtime import own_mount
 
 
 def stop_pod_sandbox(ctx: ServiceContext, request: pb.StopPodSandboxRequest) -> pb.StopPodSandboxResponse:
@@ -63,7 +62,7 @@ def teardown_sandbox(ctx: ServiceContext, record: SandboxRecord, *, remove: bool
         netns = os.path.join(ctx.pod_dir(record.id), "ns", "net")
         ctx.network.teardown(netns if os.path.exists(netns) else None, record.id)
     pod_namespaces.unpin(os.path.join(ctx.pod_dir(record.id), "ns"))
-    unmount(os.path.join(ctx.pod_dir(record.id), "shm"))
+    own_mount.unmount(os.path.join(ctx.pod_dir(record.id), "shm"))
     if not remove:
         if record.state is not SandboxState.NOTREADY:
             ctx.sandboxes.update(record.id, lambda r: replace(r, state=SandboxState.NOTREADY))
@@ -77,11 +76,3 @@ def teardown_sandbox(ctx: ServiceContext, record: SandboxRecord, *, remove: bool
         if os.path.isdir(directory):
             shutil.rmtree(directory)
     ctx.sandboxes.delete(record.id)
-
-
-def unmount(path: str) -> None:
-    try:
-        libc.umount2(path, libc.MNT_DETACH)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOENT):
-            raise
