@@ -308,6 +308,14 @@ pause makes some contenders slower at every K (crun above all: 6.8 ms back to ba
 with the pause, that run), as a start from an idle machine is; the ratios compare runs
 measured the same way.
 
+What still grows with the pause is the kernel's, and every runtime pays it (perf, warm library,
+150 runs at K = 0 and 500, 2026-11-26; about 0.1 ms each per run at 500): pivot_root visits
+every thread on the machine (chroot_fs_refs), one `sleep` more per container; a new network
+namespace's sysfs mount compares itself with every sysfs superblock (sget_fc), one per
+container's namespace; a new v1 cpuset looks at each of its siblings (cpuset_css_online),
+every container of the parent. On the warm library's 4 to 5 ms, that is about 1.1x; its
+500 / 0 ranged from 0.94x to 1.27x over seven runs that day, with and without the pause.
+
 What grew in skiff itself is gone: a warm runtime's containers copy an almost empty mount
 namespace (runtime/mount_template.py) instead of the host's, which has about 5 mounts per
 pod (2,500 extra host mounts had taken the warm library's start from 4.9 to 16.4 ms); the
