@@ -9,7 +9,11 @@ SkiffError              root; raised bare it is a bug         -> INTERNAL
  ├─ ResourceExhausted    no address left in the pod CIDR       -> RESOURCE_EXHAUSTED
  ├─ Unavailable          daemon still recovering, host lacks   -> UNAVAILABLE
  │                       a kernel feature
- └─ DeadlineExceeded     an exec past its timeout              -> DEADLINE_EXCEEDED
+ ├─ DeadlineExceeded     an exec past its timeout              -> DEADLINE_EXCEEDED
+ ├─ Aborted              a write that lost a race: the object  -> ABORTED (HTTP 409)
+ │                       changed since it was read
+ └─ OutOfRange           a watch from a revision no longer     -> OUT_OF_RANGE (HTTP 410)
+                         kept
 """
 
 
@@ -42,4 +46,12 @@ class Unavailable(SkiffError):
 
 
 class DeadlineExceeded(SkiffError):
+    pass
+
+
+class Aborted(SkiffError):
+    pass
+
+
+class OutOfRange(SkiffError):
     pass

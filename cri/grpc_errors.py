@@ -10,11 +10,13 @@ from typing import Any, Callable
 import grpc
 
 from skiff.errors import (
+    Aborted,
     AlreadyExists,
     DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    OutOfRange,
     ResourceExhausted,
     SkiffError,
     Unavailable,
@@ -30,6 +32,8 @@ CODES: tuple[tuple[type[SkiffError], grpc.StatusCode], ...] = (
     (ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
     (DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
+    (Aborted, grpc.StatusCode.ABORTED),
+    (OutOfRange, grpc.StatusCode.OUT_OF_RANGE),
 )
 
 

@@ -1,1 +1,2 @@
-"""skiff.orchestrator: filled by a later issue."""
+"""skiff.orchestrator: a thin Kubernetes-style layer on the CRI service (issue 7): label
+selectors (labels.py) and the state store (store/) so far."""
