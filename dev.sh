@@ -20,9 +20,10 @@ base_packages=(python3 python3-venv python3-dev gcc libcap-dev libseccomp2 busyb
 # What the tests and benchmarks add: the peers measured against; QEMU for the v2 VM (its
 # kernel is unpacked from Debian's linux-image package by tests/vm, not installed); a local
 # registry (docker-registry; skopeo to push to it; openssl and htpasswd for TLS and basic auth);
-# the standard CNI plugins for the CRI's "cni" network mode (portmap drives iptables).
+# the standard CNI plugins for the CRI's "cni" network mode (portmap drives iptables); etcd for
+# the orchestrator's etcd store (the tests start one of their own on loopback).
 test_packages=(runc crun qemu-system-x86 cpio kmod skopeo docker-registry openssl apache2-utils
-               containernetworking-plugins iptables)
+               containernetworking-plugins iptables etcd-server)
 # The pull benchmark's peers.
 bench_packages=(umoci containerd)
 

@@ -1,9 +1,12 @@
-"""The orchestrator's state store: one suite for every implementation (SQLite here; etcd
-joins the parametrization when it comes)."""
+"""The orchestrator's state store: one suite for both implementations, SQLite and a real etcd
+(Debian's etcd-server, started by the fixture on loopback ports of its own)."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,12 +15,52 @@ import pytest
 
 from skiff.errors import Aborted, AlreadyExists, InvalidArgument, NotFound, OutOfRange
 from skiff.orchestrator.store import EventType, Store, resource_version
+from skiff.orchestrator.store.etcd import EtcdStore
 from skiff.orchestrator.store.sqlite import SqliteStore
 
 
-@pytest.fixture(params=["sqlite"])
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def etcd(tmp_path: Path) -> Iterator[str]:
+    """A real etcd on 127.0.0.1, its data in tmp_path; its URL."""
+    client, peer = _free_port(), _free_port()
+    url = f"http://127.0.0.1:{client}"
+    log = open(tmp_path / "etcd.log", "w")
+    process = subprocess.Popen(
+        ["etcd", "--name", "test", "--data-dir", str(tmp_path / "etcd"), "--listen-client-urls", url,
+         "--advertise-client-urls", url, "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+         "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+         "--initial-cluster", f"test=http://127.0.0.1:{peer}"],
+        stdout=subprocess.DEVNULL, stderr=log)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", client), timeout=0.5):
+                    break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("etcd did not start: " + (tmp_path / "etcd.log").read_text()[-2000:])
+                time.sleep(0.05)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+        log.close()
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    s = SqliteStore(str(tmp_path / "state.db"), keep_events=1000)
+    s: Store
+    if request.param == "sqlite":
+        s = SqliteStore(str(tmp_path / "state.db"), keep_events=1000)
+    else:
+        s = EtcdStore(request.getfixturevalue("etcd"), keep_events=1000)
     yield s
     s.close()
 

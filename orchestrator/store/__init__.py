@@ -9,7 +9,7 @@ store, as etcd keeps it (kubernetes `staging/src/k8s.io/apiserver/pkg/storage/in
               lists again
 
 Two implementations pass the same tests: `sqlite.py` (embedded, the default) and, for
-several machines, etcd. An update or delete given `expected` (a resourceVersion) fails with
+several machines, `etcd.py`. An update or delete given `expected` (a resourceVersion) fails with
 Aborted (HTTP 409 Conflict) when the object has moved on since: optimistic concurrency.
 """
 
