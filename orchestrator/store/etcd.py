@@ -44,9 +44,7 @@ class EtcdStore:
         try:
             reply: dict[str, Any] = self._client.post(self._client.get_url(path), json=body)
         except etcd_errors.Etcd3Exception as e:
-            text = str(e.detail_text if hasattr(e, "detail_text") else e)
-            if "compacted" in text:
-                raise OutOfRange(text) from None
+            text = str(getattr(e, "detail_text", None) or e)
             raise Unavailable(f"etcd at {self.url}: {path}: {text.strip()}") from None
         return reply
 
@@ -103,7 +101,7 @@ class EtcdStore:
         # One streamed POST to the gateway; its read timeout is the watch's: it ends the
         # stream after `timeout` seconds without a line.
         body: dict[str, Any] = {"create_request": {"key": _b64(prefix), "range_end": _b64(_end(prefix)),
-                                   "start_revision": str(since + 1), "prev_kv": True}}
+                                                   "start_revision": str(since + 1), "prev_kv": True}}
         try:
             with self._client.session.post(self._client.get_url("/watch"), json=body, stream=True,
                                            timeout=(self._client.timeout, timeout)) as stream:

@@ -1,0 +1,148 @@
+"""What the API server does with an object between the request and the store (apiserver
+`pkg/registry/generic/registry/store.go`): check it, fill the fields the server owns (uid,
+creationTimestamp, generation, a generated name), refuse it in a namespace that does not
+exist, keep what an update may not change, and filter lists and watches by label and field
+selectors.
+
+    create   checked; uid, creationTimestamp, generation 1; resourceVersion from the store
+    update   checked; optimistic when the object carries a resourceVersion; uid and
+             creationTimestamp kept; generation + 1 when the spec changed
+    delete   the object as it was; what it owns goes with the garbage collector
+"""
+
+from __future__ import annotations
+
+import datetime
+import secrets
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from skiff.errors import InvalidArgument, NotFound
+from skiff.orchestrator.api import validation
+from skiff.orchestrator.api.kinds import BY_KIND, Kind
+from skiff.orchestrator.api.meta import DEFAULT_NAMESPACE, check_metadata
+from skiff.orchestrator.labels import EVERYTHING, Selector
+from skiff.orchestrator.store import Event, Listing, Store, resource_version
+
+NAMESPACES = BY_KIND["Namespace"]
+SYSTEM_NAMESPACES = (DEFAULT_NAMESPACE, "kube-system")
+_NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # generateName's, as Kubernetes: no vowels, no look-alikes
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSelector:
+    """`spec.nodeName=n1,status.phase!=Running`: equality on dotted paths (a missing field is "")."""
+    terms: tuple[tuple[str, bool, str], ...] = ()   # (path, equal, value)
+
+    @classmethod
+    def parse(cls, text: str) -> FieldSelector:
+        terms = []
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            path, op, value = (part.partition("!=") if "!=" in part else
+                               part.partition("==") if "==" in part else part.partition("="))
+            if not op or not path.strip():
+                raise InvalidArgument(f"field selector {text!r}: {part!r}: want FIELD=VALUE or FIELD!=VALUE")
+            terms.append((path.strip(), op != "!=", value.strip()))
+        return cls(tuple(terms))
+
+    def matches(self, obj: dict[str, Any]) -> bool:
+        return all((_field(obj, path) == value) is equal for path, equal, value in self.terms)
+
+
+def _field(obj: dict[str, Any], path: str) -> str:
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return "" if value is None else str(value)
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Registry:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def bootstrap(self) -> None:
+        """The namespaces every cluster has."""
+        for name in SYSTEM_NAMESPACES:
+            try:
+                self.get(NAMESPACES, "", name)
+            except NotFound:
+                self.create(NAMESPACES, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def create(self, kind: Kind, obj: dict[str, Any], *, namespace: str | None = None) -> dict[str, Any]:
+        obj = _with_kind(kind, obj)
+        metadata = dict(obj.get("metadata") or {})
+        if not metadata.get("name") and metadata.get("generateName"):
+            metadata["name"] = f"{metadata['generateName']}{''.join(secrets.choice(_NAME_ALPHABET) for _ in range(5))}"
+        obj = {**obj, "metadata": metadata}
+        metadata = check_metadata(obj, kind, "", namespace=namespace)
+        metadata.pop("resourceVersion", None)
+        metadata.update(uid=str(uuid.uuid4()), creationTimestamp=now(), generation=1)
+        metadata.pop("deletionTimestamp", None)
+        obj = {**obj, "metadata": metadata}
+        validation.check(obj)
+        if kind.namespaced:
+            self._require_namespace(metadata["namespace"])
+        return self.store.create(kind.key(metadata.get("namespace", ""), metadata["name"]), obj)
+
+    def update(self, kind: Kind, obj: dict[str, Any], *, namespace: str | None = None) -> dict[str, Any]:
+        """Replace the object; with a resourceVersion in it, only if that is still the current one."""
+        obj = _with_kind(kind, obj)
+        metadata = check_metadata(obj, kind, "", namespace=namespace)
+        key = kind.key(metadata.get("namespace", ""), metadata["name"])
+        current = self.store.get(key)
+        expected = str(metadata.pop("resourceVersion", "") or resource_version(current))
+        kept = current["metadata"]
+        generation = int(kept.get("generation", 1))
+        if obj.get("spec") != current.get("spec"):
+            generation += 1
+        metadata.update(uid=kept["uid"], creationTimestamp=kept["creationTimestamp"], generation=generation)
+        obj = {**obj, "metadata": metadata}
+        validation.check(obj)
+        return self.store.update(key, obj, expected=expected)
+
+    def delete(self, kind: Kind, namespace: str, name: str, *, expected: str | None = None) -> dict[str, Any]:
+        return self.store.delete(kind.key(namespace, name), expected=expected)
+
+    def _require_namespace(self, namespace: str) -> None:
+        try:
+            self.get(NAMESPACES, "", namespace)
+        except NotFound:
+            raise NotFound(f"namespaces {namespace!r} not found: create it first") from None
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any]:
+        try:
+            return self.store.get(kind.key(namespace, name))
+        except NotFound:
+            raise NotFound(f"{kind.resource} {name!r} not found"
+                           + (f" in namespace {namespace!r}" if kind.namespaced else "")) from None
+
+    def list(self, kind: Kind, namespace: str | None = None, *, labels: Selector = EVERYTHING,
+             fields: FieldSelector = FieldSelector()) -> Listing:
+        """`namespace` None or "": every namespace."""
+        listing = self.store.list(kind.prefix(namespace))
+        items = [o for o in listing.items if labels.matches(o["metadata"].get("labels")) and fields.matches(o)]
+        return Listing(items=items, revision=listing.revision)
+
+    def watch(self, kind: Kind, namespace: str | None, since: int, *, labels: Selector = EVERYTHING,
+              fields: FieldSelector = FieldSelector(), timeout: float) -> Iterator[Event]:
+        for event in self.store.watch(kind.prefix(namespace), since, timeout=timeout):
+            if labels.matches(event.object["metadata"].get("labels")) and fields.matches(event.object):
+                yield event
+
+
+def _with_kind(kind: Kind, obj: dict[str, Any]) -> dict[str, Any]:
+    """apiVersion and kind as the URL says (a request body may leave them out, not contradict them)."""
+    for field, want in (("apiVersion", kind.api_version), ("kind", kind.kind)):
+        if obj.get(field) not in (None, want):
+            raise InvalidArgument(f"{field}: {obj[field]!r} does not match the resource {kind.resource!r} ({want!r})")
+    return {**obj, "apiVersion": kind.api_version, "kind": kind.kind}

@@ -1,0 +1,92 @@
+"""The API server's object handling between a request and the store: server-owned fields,
+namespaces, optimistic updates, label and field selectors on lists and watches."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from skiff.errors import Aborted, InvalidArgument, NotFound
+from skiff.orchestrator.api.kinds import BY_KIND
+from skiff.orchestrator.api.registry import FieldSelector, Registry
+from skiff.orchestrator.labels import parse
+from skiff.orchestrator.store import EventType, Listing
+from skiff.orchestrator.store.sqlite import SqliteStore
+
+POD = BY_KIND["Pod"]
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[Registry]:
+    store = SqliteStore(str(tmp_path / "state.db"))
+    r = Registry(store)
+    r.bootstrap()
+    yield r
+    store.close()
+
+
+def pod(name: str = "", *, node: str = "", **labels: str) -> dict[str, Any]:
+    spec: dict[str, Any] = {"containers": [{"name": "c", "image": "busybox"}]}
+    if node:
+        spec["nodeName"] = node
+    return {"metadata": {"name": name, "labels": labels}, "spec": spec}
+
+
+def test_create_fills_what_the_server_owns(registry: Registry) -> None:
+    created = registry.create(POD, pod("a", app="web"))
+    m = created["metadata"]
+    assert created["apiVersion"] == "v1" and created["kind"] == "Pod"
+    assert m["namespace"] == "default" and m["generation"] == 1 and len(m["uid"]) == 36
+    assert m["creationTimestamp"].endswith("Z") and m["resourceVersion"]
+    generated = registry.create(POD, {**pod(), "metadata": {"generateName": "web-"}})
+    assert generated["metadata"]["name"].startswith("web-") and len(generated["metadata"]["name"]) == 9
+    registry.bootstrap()  # again: nothing changes
+    assert [n["metadata"]["name"] for n in registry.list(BY_KIND["Namespace"]).items] == ["default", "kube-system"]
+
+
+def test_a_namespace_must_exist_and_the_kind_must_agree(registry: Registry) -> None:
+    with pytest.raises(NotFound, match="namespaces 'shop' not found: create it first"):
+        registry.create(POD, pod("a"), namespace="shop")
+    with pytest.raises(InvalidArgument, match="kind: 'Service' does not match the resource 'pods'"):
+        registry.create(POD, {**pod("a"), "kind": "Service"})
+    with pytest.raises(InvalidArgument, match=r"spec.containers\[0\].image: required"):
+        registry.create(POD, {"metadata": {"name": "a"}, "spec": {"containers": [{"name": "c"}]}})
+
+
+def test_update_is_optimistic_and_keeps_identity(registry: Registry) -> None:
+    created = registry.create(POD, pod("a"))
+    labelled = registry.update(POD, {**created, "metadata": {**created["metadata"], "labels": {"x": "1"}}})
+    assert labelled["metadata"]["uid"] == created["metadata"]["uid"] and labelled["metadata"]["generation"] == 1
+    moved = registry.update(POD, {**labelled, "spec": {**labelled["spec"], "nodeName": "n1"}})
+    assert moved["metadata"]["generation"] == 2
+    with pytest.raises(Aborted, match="the object has been modified"):
+        registry.update(POD, created)  # carries the first resourceVersion
+    forged = {**moved, "metadata": {**moved["metadata"], "uid": "forged", "creationTimestamp": "1970-01-01T00:00:00Z"}}
+    kept = registry.update(POD, forged)["metadata"]
+    assert kept["uid"] == created["metadata"]["uid"] and kept["creationTimestamp"] == created["metadata"]["creationTimestamp"]
+    with pytest.raises(NotFound, match="pods 'b' not found in namespace 'default'"):
+        registry.get(POD, "default", "b")
+
+
+def names(listing: Listing) -> list[str]:
+    return [p["metadata"]["name"] for p in listing.items]
+
+
+def test_lists_and_watches_filter_by_labels_and_fields(registry: Registry) -> None:
+    since = registry.list(POD).revision
+    registry.create(POD, pod("a", node="n1", app="web"))
+    registry.create(POD, pod("b", node="n2", app="web"))
+    registry.create(POD, pod("c", node="n1", app="db"))
+    assert names(registry.list(POD, "default", labels=parse("app=web"))) == ["a", "b"]
+    assert names(registry.list(POD, fields=FieldSelector.parse("spec.nodeName=n1"))) == ["a", "c"]
+    assert names(registry.list(POD, labels=parse("app=web"), fields=FieldSelector.parse("spec.nodeName!=n1"))) == ["b"]
+    assert names(registry.list(POD, "kube-system")) == []
+    events = list(registry.watch(POD, None, since, fields=FieldSelector.parse("spec.nodeName=n1"), timeout=0.1))
+    assert [(e.type, e.object["metadata"]["name"]) for e in events] == [(EventType.ADDED, "a"), (EventType.ADDED, "c")]
+    registry.delete(POD, "default", "a")
+    assert names(registry.list(POD)) == ["b", "c"]
+    with pytest.raises(InvalidArgument, match="want FIELD=VALUE"):
+        FieldSelector.parse("spec.nodeName")
