@@ -1,0 +1,279 @@
+"""The API server: Kubernetes' REST shape over HTTP/JSON, on a unix socket (the default; the
+file's mode guards it) and, when asked, on TCP with TLS and bearer tokens, where a request
+without a valid token gets 401 and nothing else.
+
+    GET    /api/v1/namespaces/{ns}/pods                   list (?labelSelector=&fieldSelector=)
+    GET    /api/v1/pods                                   list in every namespace
+    GET    /api/v1/namespaces/{ns}/pods?watch=true&resourceVersion=N   watch: one JSON event a line
+    POST   /api/v1/namespaces/{ns}/pods                   create
+    GET    /api/v1/namespaces/{ns}/pods/{name}            get
+    PUT    /api/v1/namespaces/{ns}/pods/{name}            replace (optimistic with resourceVersion)
+    DELETE /api/v1/namespaces/{ns}/pods/{name}            delete
+    /apis/apps/v1/..., /apis/batch/v1/...                 the same for the grouped kinds
+
+Errors are Kubernetes Status objects with the HTTP code kubectl expects: 400 Invalid, 404
+NotFound, 409 AlreadyExists or Conflict, 410 Gone (a watch from a compacted revision), 401.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import os
+import socket
+import socketserver
+import ssl
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+from skiff.errors import (Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, OutOfRange,
+                          SkiffError, Unavailable)
+from skiff.orchestrator.api.kinds import KINDS, Kind
+from skiff.orchestrator.api.registry import FieldSelector, Registry
+from skiff.orchestrator.labels import parse as parse_selector
+
+WATCH_TIMEOUT = 300.0  # seconds without an event before a watch ends (kubectl watches again)
+MAX_BODY = 3 * 1024 * 1024  # Kubernetes' own request limit
+
+_STATUS: list[tuple[type[SkiffError], HTTPStatus, str]] = [
+    (InvalidArgument, HTTPStatus.BAD_REQUEST, "Invalid"),
+    (NotFound, HTTPStatus.NOT_FOUND, "NotFound"),
+    (AlreadyExists, HTTPStatus.CONFLICT, "AlreadyExists"),
+    (Aborted, HTTPStatus.CONFLICT, "Conflict"),
+    (OutOfRange, HTTPStatus.GONE, "Expired"),
+    (FailedPrecondition, HTTPStatus.UNPROCESSABLE_ENTITY, "Invalid"),
+    (Unavailable, HTTPStatus.SERVICE_UNAVAILABLE, "ServiceUnavailable"),
+]
+_BY_PATH = {(k.api_version, k.resource): k for k in KINDS}
+
+
+def status(code: HTTPStatus, reason: str, message: str) -> dict[str, Any]:
+    return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+            "reason": reason, "code": int(code)}
+
+
+def status_for(error: SkiffError) -> tuple[HTTPStatus, dict[str, Any]]:
+    for cls, code, reason in _STATUS:
+        if isinstance(error, cls):
+            return code, status(code, reason, str(error))
+    return HTTPStatus.INTERNAL_SERVER_ERROR, status(HTTPStatus.INTERNAL_SERVER_ERROR, "InternalError", str(error))
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    kind: Kind
+    namespace: str | None   # None: every namespace (or a cluster-scoped kind)
+    name: str | None
+
+
+def route(path: str) -> Route:
+    """`/api/v1/namespaces/ns/pods/web` -> (Pod, "ns", "web"); NotFound for what is not served."""
+    parts = [urllib.parse.unquote(p) for p in path.strip("/").split("/")]
+    if parts[:1] == ["api"] and len(parts) >= 3:
+        version, rest = parts[1], parts[2:]
+    elif parts[:1] == ["apis"] and len(parts) >= 4:
+        version, rest = f"{parts[1]}/{parts[2]}", parts[3:]
+    else:
+        raise NotFound(f"the server could not find the requested resource ({path})")
+    namespace = None
+    if len(rest) >= 3 and rest[0] == "namespaces" and (version, rest[2]) in _BY_PATH:
+        namespace, rest = rest[1], rest[2:]
+    kind = _BY_PATH.get((version, rest[0]))
+    if kind is None or len(rest) > 2:
+        raise NotFound(f"the server could not find the requested resource ({path})")
+    if namespace is not None and not kind.namespaced:
+        raise NotFound(f"{kind.resource} are not namespaced ({path})")
+    return Route(kind=kind, namespace=namespace if kind.namespaced else None, name=rest[1] if len(rest) == 2 else None)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+        pass  # requests are not logged: a watch per controller would fill the log
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def do_PUT(self) -> None:
+        self._serve("PUT")
+
+    def do_DELETE(self) -> None:
+        self._serve("DELETE")
+
+    def _serve(self, method: str) -> None:
+        if not self._authorized():
+            self._reply(HTTPStatus.UNAUTHORIZED, status(HTTPStatus.UNAUTHORIZED, "Unauthorized", "Unauthorized"))
+            return
+        url = urllib.parse.urlsplit(self.path)
+        query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
+        try:
+            r = route(url.path)
+            if method == "GET" and r.name is None and query.get("watch") in ("true", "1"):
+                self._watch(r, query)
+                return
+            code, body = self._call(method, r, query)
+        except SkiffError as e:
+            code, body = status_for(e)
+        self._reply(code, body)
+
+    def _authorized(self) -> bool:
+        tokens = self.server.tokens
+        if tokens is None:
+            return True
+        header = self.headers.get("Authorization", "")
+        given = header[len("Bearer "):].strip() if header.startswith("Bearer ") else ""
+        return bool(given) and any(hmac.compare_digest(given.encode(), t.encode()) for t in tokens)
+
+    def _body(self) -> dict[str, Any]:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            raise InvalidArgument(f"request body: {length} bytes, more than the {MAX_BODY} accepted")
+        try:
+            body = json.loads(self.rfile.read(length) or b"null")
+        except ValueError as e:
+            raise InvalidArgument(f"request body: not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise InvalidArgument("request body: must be a JSON object")
+        return body
+
+    def _call(self, method: str, r: Route, query: dict[str, str]) -> tuple[HTTPStatus, dict[str, Any]]:
+        registry = self.server.registry
+        if method == "GET" and r.name is None:
+            listing = registry.list(r.kind, r.namespace, labels=parse_selector(query.get("labelSelector", ""),
+                                                                                 "labelSelector"),
+                                    fields=FieldSelector.parse(query.get("fieldSelector", "")))
+            return HTTPStatus.OK, {"kind": f"{r.kind.kind}List", "apiVersion": r.kind.api_version,
+                                   "metadata": {"resourceVersion": str(listing.revision)}, "items": listing.items}
+        if method == "GET":
+            return HTTPStatus.OK, registry.get(r.kind, r.namespace or "", str(r.name))
+        if method == "POST" and r.name is None:
+            return HTTPStatus.CREATED, registry.create(r.kind, self._body(), namespace=r.namespace)
+        if method == "PUT" and r.name is not None:
+            body = self._body()
+            if (body.get("metadata") or {}).get("name") != r.name:
+                raise InvalidArgument(f"metadata.name: {(body.get('metadata') or {}).get('name')!r} does not match "
+                                      f"the name in the URL, {r.name!r}")
+            return HTTPStatus.OK, registry.update(r.kind, body, namespace=r.namespace)
+        if method == "DELETE" and r.name is not None:
+            return HTTPStatus.OK, registry.delete(r.kind, r.namespace or "", r.name)
+        raise InvalidArgument(f"{method} {self.path}: not supported (a name is needed for PUT and DELETE, "
+                              "and none for POST)")
+
+    def _watch(self, r: Route, query: dict[str, str]) -> None:
+        registry = self.server.registry
+        labels = parse_selector(query.get("labelSelector", ""), "labelSelector")
+        fields = FieldSelector.parse(query.get("fieldSelector", ""))
+        try:
+            since = int(query.get("resourceVersion") or registry.list(r.kind, r.namespace).revision)
+            timeout = float(query.get("timeoutSeconds") or WATCH_TIMEOUT)
+        except ValueError:
+            raise InvalidArgument("resourceVersion and timeoutSeconds: want numbers") from None
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            for line in _watch_lines(registry, r, since, labels, fields, timeout):
+                self._chunk(line)
+            self._chunk(b"")
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def _chunk(self, data: bytes) -> None:
+        self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+        self.wfile.flush()
+
+    def _reply(self, code: HTTPStatus, body: dict[str, Any]) -> None:
+        data = json.dumps(body, separators=(",", ":")).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def _watch_lines(registry: Registry, r: Route, since: int, labels: Any, fields: FieldSelector,
+                 timeout: float) -> Iterator[bytes]:
+    try:
+        for event in registry.watch(r.kind, r.namespace, since, labels=labels, fields=fields, timeout=timeout):
+            if r.name is None or event.object["metadata"]["name"] == r.name:
+                yield json.dumps({"type": event.type.value, "object": event.object}, separators=(",", ":")).encode() + b"\n"
+    except SkiffError as e:  # the stream has begun: the error is its last event, as Kubernetes sends it
+        yield json.dumps({"type": "ERROR", "object": status_for(e)[1]}).encode() + b"\n"
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.BaseServer):
+    daemon_threads = True
+    registry: Registry
+    tokens: tuple[str, ...] | None
+
+
+class _UnixServer(_Server, socketserver.UnixStreamServer):
+    def get_request(self) -> tuple[socket.socket, Any]:
+        request, _ = self.socket.accept()
+        return request, ("unix", 0)  # BaseHTTPRequestHandler wants an address it can print
+
+
+class _TcpServer(_Server, socketserver.TCPServer):
+    allow_reuse_address = True
+
+
+class ApiServer:
+    """Serves `registry` on a unix socket (mode 0600) or on TCP with TLS and tokens."""
+
+    def __init__(self, registry: Registry, *, unix_socket: str | None = None, tcp: tuple[str, int] | None = None,
+                 tls: tuple[str, str] | None = None, tokens: tuple[str, ...] | None = None) -> None:
+        if (unix_socket is None) == (tcp is None):
+            raise InvalidArgument("api server: listen on a unix socket or on TCP, one of the two")
+        server: _Server
+        if unix_socket is not None:
+            if os.path.exists(unix_socket):
+                os.unlink(unix_socket)  # a socket file a stopped server left
+            old = os.umask(0o177)
+            try:
+                server = _UnixServer(unix_socket, _Handler)
+            finally:
+                os.umask(old)
+            server.tokens = tokens
+        else:
+            assert tcp is not None
+            if tls is None or not tokens:
+                raise InvalidArgument("api server on TCP: needs a TLS certificate and key, and at least one token")
+            server = _TcpServer(tcp, _Handler)
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*tls)
+            server.socket = context.wrap_socket(server.socket, server_side=True)
+            server.tokens = tokens
+        server.registry = registry
+        self._server = server
+        self._unix_socket = unix_socket
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> str:
+        if self._unix_socket is not None:
+            return self._unix_socket
+        host, port = self._server.socket.getsockname()[:2]
+        return f"https://{host}:{port}"
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="skiff-apiserver", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+        if self._unix_socket is not None and os.path.exists(self._unix_socket):
+            os.unlink(self._unix_socket)
