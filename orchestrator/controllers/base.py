@@ -1,0 +1,94 @@
+"""What every controller shares: the work queue, its workers, and expectations (creates and
+deletes in flight, so that a cache that has not seen them yet cannot make the controller act
+twice: `replica_set.go`'s ControllerExpectations)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from skiff.errors import NotFound
+from skiff.orchestrator.workqueue import ShutDown, WorkQueue
+
+log = logging.getLogger("skiff.orchestrator")
+EXPECTATIONS_TTL = 300.0  # seconds: an expectation never met (a lost event) stops blocking then
+
+
+@dataclass(slots=True)
+class _Expected:
+    adds: int
+    deletes: int
+    since: float
+
+
+class Expectations:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_key: dict[str, _Expected] = {}
+
+    def expect(self, key: str, *, adds: int = 0, deletes: int = 0) -> None:
+        with self._lock:
+            self._by_key[key] = _Expected(adds, deletes, time.monotonic())
+
+    def observed(self, key: str, *, added: int = 0, deleted: int = 0) -> None:
+        with self._lock:
+            e = self._by_key.get(key)
+            if e is not None:
+                e.adds -= added
+                e.deletes -= deleted
+
+    def satisfied(self, key: str) -> bool:
+        with self._lock:
+            e = self._by_key.get(key)
+            return e is None or (e.adds <= 0 and e.deletes <= 0) or time.monotonic() - e.since > EXPECTATIONS_TTL
+
+    def forget(self, key: str) -> None:
+        with self._lock:
+            self._by_key.pop(key, None)
+
+
+class Controller:
+    """`sync(key)` for each key the informers' handlers enqueue, in `workers` threads."""
+
+    name = "controller"
+
+    def __init__(self) -> None:
+        self.queue = WorkQueue()
+        self._threads: list[threading.Thread] = []
+
+    def sync(self, key: str) -> None:
+        raise NotImplementedError
+
+    def start(self, workers: int = 1) -> None:
+        for n in range(workers):
+            t = threading.Thread(target=self._work, name=f"{self.name}-{n}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self.queue.shut_down()
+        for t in self._threads:
+            t.join()
+
+    def _work(self) -> None:
+        sync: Callable[[str], None] = self.sync
+        while True:
+            try:
+                key = self.queue.get()
+            except ShutDown:
+                return
+            if key is None:
+                continue
+            try:
+                sync(key)
+                self.queue.forget(key)
+            except NotFound:
+                self.queue.forget(key)  # the object went meanwhile: nothing left to do
+            except Exception as e:
+                log.warning("%s: %s: %s; again after a back-off", self.name, key, e)
+                self.queue.add_rate_limited(key)
+            finally:
+                self.queue.done(key)
