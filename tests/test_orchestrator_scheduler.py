@@ -86,7 +86,7 @@ def test_too_many_pods() -> None:
     cluster = nodes(node("a", pods=1))
     cluster["a"].add("x", pod())
     assert Decider().decide(pod(), cluster).message == "0/1 nodes are available: 1 Too many pods."
-    cluster["a"].remove("x", pod())
+    cluster["a"].remove("x")
     assert Decider().decide(pod(), cluster).node == "a"
 
 

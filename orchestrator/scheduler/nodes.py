@@ -52,6 +52,7 @@ class NodeInfo:
     ports: Counter[tuple[str, int]] = field(default_factory=Counter)
     pod_labels: dict[str, dict[str, str]] = field(default_factory=dict)   # pod key -> labels
     owners: Counter[str] = field(default_factory=Counter)                  # controller uid -> pods here
+    pods: dict[str, dict[str, Any]] = field(default_factory=dict)          # pod key -> the pod counted
 
     @classmethod
     def of(cls, node: dict[str, Any]) -> NodeInfo:
@@ -67,15 +68,20 @@ class NodeInfo:
                    unschedulable=bool(spec.get("unschedulable")), ready=ready)
 
     def add(self, key: str, pod: dict[str, Any]) -> None:
+        """Count the pod here (again: its previous version is taken out first)."""
+        self.remove(key)
+        self.pods[key] = pod
         self.requested.update(pod_requests(pod))
         self.ports.update(host_ports(pod))
         self.pod_labels[key] = dict(pod.get("metadata", {}).get("labels") or {})
         if (uid := owner(pod)) is not None:
             self.owners[uid] += 1
 
-    def remove(self, key: str, pod: dict[str, Any]) -> None:
-        if self.pod_labels.pop(key, None) is None:
+    def remove(self, key: str) -> None:
+        pod = self.pods.pop(key, None)
+        if pod is None:
             return
+        del self.pod_labels[key]
         self.requested.subtract(pod_requests(pod))
         self.ports.subtract(host_ports(pod))
         if (uid := owner(pod)) is not None:
