@@ -76,6 +76,9 @@ def test_replicas_are_made_scaled_replaced_and_counted(cluster: Registry) -> Non
 def test_an_orphan_the_selector_matches_is_adopted(cluster: Registry) -> None:
     cluster.create(PODS, {"metadata": {"name": "stray", "labels": {"app": "web"}},
                           "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+    # the controller's cache sees the orphan before its owner comes (else the owner makes two,
+    # then has three, and which one goes is a coin toss)
+    time.sleep(0.3)
     rs = cluster.create(RS, replica_set(2))
     eventually(lambda: len(pods(cluster)) == 2)
     stray = cluster.get(PODS, "default", "stray")
