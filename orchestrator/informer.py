@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 from skiff.errors import OutOfRange, SkiffError
@@ -63,9 +63,8 @@ class Informer:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        stop_all([self])
+
 
     def _run(self) -> None:
         revision = None
@@ -114,3 +113,13 @@ class Informer:
                 handler(key, old, new)
             except Exception:
                 log.exception("informer %s: a handler failed on %s", self.kind.resource, key)
+
+
+def stop_all(informers: Iterable[Informer]) -> None:
+    """Stop them together: each may be waiting up to a second in its watch."""
+    informers = list(informers)
+    for informer in informers:
+        informer._stop.set()
+    for informer in informers:
+        if informer._thread is not None:
+            informer._thread.join()

@@ -17,7 +17,7 @@ from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import Registry
 from skiff.orchestrator.controllers.deployment import HASH_LABEL, DeploymentController, rollout_complete, undo
 from skiff.orchestrator.controllers.replicaset import ReplicaSetController, is_active, is_ready
-from skiff.orchestrator.informer import Informer
+from skiff.orchestrator.informer import Informer, stop_all
 from skiff.orchestrator.store.sqlite import SqliteStore
 
 DEPLOY, RS, PODS = BY_KIND["Deployment"], BY_KIND["ReplicaSet"], BY_KIND["Pod"]
@@ -56,8 +56,7 @@ def cluster(tmp_path: Path) -> Iterator[Registry]:
     kubelet.join()
     for c in controllers:
         c.stop()
-    for informer in (deployments, replica_sets, pods):
-        informer.stop()
+    stop_all((deployments, replica_sets, pods))
     store.close()
 
 

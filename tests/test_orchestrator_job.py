@@ -15,7 +15,7 @@ from skiff.errors import SkiffError
 from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import Registry
 from skiff.orchestrator.controllers.job import JobController, finished
-from skiff.orchestrator.informer import Informer
+from skiff.orchestrator.informer import Informer, stop_all
 from skiff.orchestrator.store.sqlite import SqliteStore
 
 JOBS, PODS = BY_KIND["Job"], BY_KIND["Pod"]
@@ -52,8 +52,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[Registry, list[int]]]:
     stop.set()
     kubelet.join()
     controller.stop()
-    for informer in (jobs, pods):
-        informer.stop()
+    stop_all((jobs, pods))
     store.close()
 
 

@@ -13,7 +13,7 @@ import pytest
 from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import Registry
 from skiff.orchestrator.controllers.replicaset import ReplicaSetController
-from skiff.orchestrator.informer import Informer
+from skiff.orchestrator.informer import Informer, stop_all
 from skiff.orchestrator.store.sqlite import SqliteStore
 
 RS, PODS = BY_KIND["ReplicaSet"], BY_KIND["Pod"]
@@ -32,8 +32,7 @@ def cluster(tmp_path: Path) -> Iterator[Registry]:
     controller.start()
     yield registry
     controller.stop()
-    for informer in (rs_informer, pod_informer):
-        informer.stop()
+    stop_all((rs_informer, pod_informer))
     store.close()
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import Registry
-from skiff.orchestrator.informer import Informer
+from skiff.orchestrator.informer import Informer, stop_all
 from skiff.orchestrator.scheduler.loop import Scheduler
 from skiff.orchestrator.store.sqlite import SqliteStore
 
@@ -32,8 +32,7 @@ def cluster(tmp_path: Path) -> Iterator[Registry]:
     scheduler.start()
     yield registry
     scheduler.stop()
-    for informer in informers:
-        informer.stop()
+    stop_all(informers)
     store.close()
 
 

@@ -47,6 +47,9 @@ KINDS = (
     Kind(kind="Job", api_version="batch/v1", resource="jobs"),
 )
 BY_KIND = {k.kind: k for k in KINDS}
+# What a namespace's end removes, controllers before what they make (they would remake it)
+NAMESPACED_ORDER = tuple(BY_KIND[k] for k in ("Deployment", "DaemonSet", "ReplicaSet", "Job", "Pod", "Service",
+                                                "Endpoints", "ConfigMap", "Secret"))
 
 
 def for_object(api_version: object, kind: object, field: str) -> Kind:
