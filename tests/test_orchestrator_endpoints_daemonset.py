@@ -1,0 +1,103 @@
+"""The Endpoints and DaemonSet controllers, in process: a Service's ready and not-ready pod
+addresses with named target ports, and one daemon pod per eligible node as nodes come and go."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from skiff.orchestrator.api.kinds import BY_KIND
+from skiff.orchestrator.api.registry import Registry
+from skiff.orchestrator.controllers.daemonset import DaemonSetController
+from skiff.orchestrator.controllers.endpoints import EndpointsController
+from skiff.orchestrator.informer import Informer, stop_all
+from skiff.orchestrator.store.sqlite import SqliteStore
+
+PODS, SVC, EP, DS, NODES = (BY_KIND[k] for k in ("Pod", "Service", "Endpoints", "DaemonSet", "Node"))
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Registry]:
+    store = SqliteStore(str(tmp_path / "state.db"))
+    registry = Registry(store)
+    registry.bootstrap()
+    inf = {k.kind: Informer(registry, k) for k in (PODS, SVC, EP, DS, NODES)}
+    controllers = [EndpointsController(registry, inf["Service"], inf["Pod"], inf["Endpoints"]),
+                   DaemonSetController(registry, inf["DaemonSet"], inf["Pod"], inf["Node"])]
+    for informer in inf.values():
+        informer.start()
+        assert informer.synced.wait(5)
+    for c in controllers:
+        c.start()
+    yield registry
+    for c in controllers:
+        c.stop()
+    stop_all(inf.values())
+    store.close()
+
+
+def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.02)
+
+
+def web_pod(name: str, ip: str, ready: bool) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": {"app": "web"}},
+            "spec": {"nodeName": "n1", "containers": [{"name": "httpd", "image": "busybox",
+                                                       "ports": [{"name": "http", "containerPort": 8080}]}]},
+            "status": {"phase": "Running", "podIP": ip,
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+def test_endpoints_follow_the_selected_pods(cluster: Registry) -> None:
+    cluster.create(SVC, {"metadata": {"name": "web"},
+                         "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}})
+    cluster.create(PODS, web_pod("a", "10.0.0.2", True))
+    cluster.create(PODS, web_pod("b", "10.0.0.3", False))
+    cluster.create(PODS, {**web_pod("c", "10.0.0.4", True), "metadata": {"name": "c", "labels": {"app": "db"}}})
+
+    def subsets() -> list[dict[str, Any]]:
+        try:
+            return list(cluster.get(EP, "default", "web").get("subsets") or [])
+        except Exception:
+            return []
+    eventually(lambda: len(subsets()) == 1 and len(subsets()[0].get("notReadyAddresses", [])) == 1)
+    subset = subsets()[0]
+    assert subset["ports"] == [{"name": "", "port": 8080, "protocol": "TCP"}]
+    assert [a["ip"] for a in subset["addresses"]] == ["10.0.0.2"]
+    assert [a["targetRef"]["name"] for a in subset["notReadyAddresses"]] == ["b"]
+    cluster.delete(PODS, "default", "a")
+    eventually(lambda: "addresses" not in subsets()[0])
+    cluster.delete(SVC, "default", "web")
+    eventually(lambda: not cluster.list(EP).items)
+
+
+def node(name: str, **labels: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": labels},
+            "status": {"conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def test_a_daemon_pod_on_every_eligible_node(cluster: Registry) -> None:
+    cluster.create(NODES, node("n1", role="edge"))
+    cluster.create(NODES, node("n2", role="edge"))
+    cluster.create(NODES, node("n3", role="core"))
+    cluster.create(DS, {"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": {"name": "agent"},
+                        "spec": {"selector": {"matchLabels": {"app": "agent"}},
+                                 "template": {"metadata": {"labels": {"app": "agent"}},
+                                              "spec": {"nodeSelector": {"role": "edge"},
+                                                       "containers": [{"name": "c", "image": "busybox"}]}}}})
+
+    def placed() -> list[str]:
+        return sorted(p["spec"]["nodeName"] for p in cluster.list(PODS).items)
+    eventually(lambda: placed() == ["n1", "n2"])
+    cluster.create(NODES, node("n4", role="edge"))
+    eventually(lambda: placed() == ["n1", "n2", "n4"])
+    cluster.delete(NODES, "", "n1")
+    eventually(lambda: placed() == ["n2", "n4"])
+    eventually(lambda: (cluster.get(DS, "default", "agent").get("status") or {}).get("desiredNumberScheduled") == 2)
