@@ -1,0 +1,94 @@
+"""The node agent against a real CRI service (in this process, over its unix socket) and a
+real store: the Node registered with a heartbeat, a pod run to Running with its IP, restart
+policies, and a deleted pod's sandbox gone."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cri_api.v1 import api_pb2 as pb
+from cri_fixture import IMAGE, Cri
+
+from skiff.orchestrator.agent.node import NodeStatus
+from skiff.orchestrator.agent.pods import POD_NAME, PodAgent
+from skiff.orchestrator.api.kinds import BY_KIND
+from skiff.orchestrator.api.registry import Registry
+from skiff.orchestrator.informer import Informer, stop_all
+from skiff.orchestrator.store.sqlite import SqliteStore
+
+PODS, NODES = BY_KIND["Pod"], BY_KIND["Node"]
+
+
+@pytest.fixture
+def node(cri: Cri, tmp_path: Path) -> Iterator[Registry]:
+    store = SqliteStore(str(tmp_path / "state.db"))
+    registry = Registry(store)
+    registry.bootstrap()
+    status = NodeStatus(registry, "node-1", period=0.2)
+    status.start()
+    pods = Informer(registry, PODS)
+    agent = PodAgent(registry, pods, "node-1", cri.config.socket, log_root=cri.config.log_root, resync=0.2,
+                     backoff_base=0.2)
+    pods.start()
+    assert pods.synced.wait(5)
+    agent.start()
+    yield registry
+    agent.stop()
+    stop_all([pods])
+    status.stop()
+    store.close()
+
+
+def eventually(check: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "not reached in time"
+        time.sleep(0.05)
+
+
+def pod(name: str, *command: str, restart: str = "Always") -> dict[str, Any]:
+    return {"metadata": {"name": name},
+            "spec": {"nodeName": "node-1", "restartPolicy": restart,
+                     "containers": [{"name": "main", "image": IMAGE, "command": list(command)}]}}
+
+
+def status(registry: Registry, name: str) -> dict[str, Any]:
+    return registry.get(PODS, "default", name).get("status") or {}
+
+
+def test_the_node_registers_and_beats(node: Registry) -> None:
+    registered = node.get(NODES, "", "node-1")
+    assert int(registered["status"]["capacity"]["cpu"]) >= 1 and registered["status"]["capacity"]["memory"].endswith("Ki")
+    assert registered["metadata"]["labels"]["kubernetes.io/hostname"] == "node-1"
+    first = registered["metadata"]["resourceVersion"]
+    eventually(lambda: node.get(NODES, "", "node-1")["metadata"]["resourceVersion"] != first, timeout=5)
+
+
+def test_a_pod_runs_reports_and_goes(node: Registry, cri: Cri) -> None:
+    node.create(PODS, pod("web", "sleep", "3600"))
+    eventually(lambda: status(node, "web").get("phase") == "Running"
+               and any(c["type"] == "Ready" and c["status"] == "True" for c in status(node, "web")["conditions"]))
+    s = status(node, "web")
+    assert s["podIP"].startswith("10.123.0.") and s["containerStatuses"][0]["restartCount"] == 0
+    assert "running" in s["containerStatuses"][0]["state"]
+    node.delete(PODS, "default", "web")
+
+    def sandboxes() -> int:
+        return len(cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest(filter=pb.PodSandboxFilter(
+            label_selector={POD_NAME: "web"}))).items)
+    eventually(lambda: sandboxes() == 0)
+
+
+def test_restart_policies(node: Registry) -> None:
+    node.create(PODS, pod("crash", "sh", "-c", "exit 3"))
+    node.create(PODS, pod("once", "true", restart="Never"))
+    node.create(PODS, pod("fails", "sh", "-c", "exit 2", restart="Never"))
+    eventually(lambda: status(node, "once").get("phase") == "Succeeded")
+    eventually(lambda: status(node, "fails").get("phase") == "Failed")
+    assert status(node, "fails")["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 2
+    eventually(lambda: (status(node, "crash").get("containerStatuses") or [{}])[0].get("restartCount", 0) >= 2)
+    assert status(node, "crash")["phase"] in ("Running", "Pending")
