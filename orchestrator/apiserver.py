@@ -165,7 +165,10 @@ class _Handler(BaseHTTPRequestHandler):
                                       f"the name in the URL, {r.name!r}")
             return HTTPStatus.OK, registry.update(r.kind, body, namespace=r.namespace)
         if method == "DELETE" and r.name is not None:
-            return HTTPStatus.OK, registry.delete(r.kind, r.namespace or "", r.name)
+            options = self._body() if int(self.headers.get("Content-Length") or 0) else {}
+            expected = (options.get("preconditions") or {}).get("resourceVersion")
+            return HTTPStatus.OK, registry.delete(r.kind, r.namespace or "", r.name,
+                                                  expected=str(expected) if expected else None)
         raise InvalidArgument(f"{method} {self.path}: not supported (a name is needed for PUT and DELETE, "
                               "and none for POST)")
 

@@ -1,6 +1,10 @@
 """A client of the API server (apiserver.py), for the CLI, the controllers and the node agents:
 requests over the unix socket, or over HTTPS with a bearer token; a non-2xx reply raises the
-error its Status names, with the server's message."""
+error its Status names, with the server's message.
+
+`RemoteRegistry` offers the Registry's methods over that client, so that controllers, the
+scheduler and node agents run the same against the API server of another process or
+machine as against the Registry in the API server's own process."""
 
 from __future__ import annotations
 
@@ -14,6 +18,10 @@ from typing import Any
 
 from skiff.errors import (Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, OutOfRange,
                           SkiffError, Unavailable)
+from skiff.orchestrator.api.kinds import Kind
+from skiff.orchestrator.api.registry import FieldSelector
+from skiff.orchestrator.labels import EVERYTHING, Selector
+from skiff.orchestrator.store import Event, EventType, Listing
 
 _ERRORS: dict[str, type[SkiffError]] = {
     "Invalid": InvalidArgument, "BadRequest": InvalidArgument, "NotFound": NotFound, "AlreadyExists": AlreadyExists,
@@ -99,3 +107,55 @@ class ApiClient:
 def _error(status: dict[str, Any], code: int) -> SkiffError:
     cls = _ERRORS.get(str(status.get("reason")), SkiffError)
     return cls(str(status.get("message") or f"HTTP {code}"))
+
+
+def path(kind: Kind, namespace: str | None, name: str | None = None) -> str:
+    """The REST path of a kind's collection (in `namespace`, or all of them) or of one object."""
+    base = f"/api/{kind.api_version}" if "/" not in kind.api_version else f"/apis/{kind.api_version}"
+    where = f"/namespaces/{urllib.parse.quote(namespace)}" if kind.namespaced and namespace else ""
+    return f"{base}{where}/{kind.resource}" + (f"/{urllib.parse.quote(name)}" if name else "")
+
+
+class RemoteRegistry:
+    def __init__(self, client: ApiClient) -> None:
+        self.client = client
+
+    def create(self, kind: Kind, obj: dict[str, Any], *, namespace: str | None = None) -> dict[str, Any]:
+        ns = namespace or (obj.get("metadata") or {}).get("namespace") or "default"
+        return self.client.request("POST", path(kind, ns), obj)
+
+    def update(self, kind: Kind, obj: dict[str, Any], *, namespace: str | None = None) -> dict[str, Any]:
+        metadata = obj.get("metadata") or {}
+        ns = namespace or metadata.get("namespace") or "default"
+        return self.client.request("PUT", path(kind, ns, str(metadata.get("name"))), obj)
+
+    def delete(self, kind: Kind, namespace: str, name: str, *, expected: str | None = None) -> dict[str, Any]:
+        options = {"kind": "DeleteOptions", "apiVersion": "v1",
+                   **({"preconditions": {"resourceVersion": expected}} if expected else {})}
+        return self.client.request("DELETE", path(kind, namespace, name), options)
+
+    def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any]:
+        return self.client.request("GET", path(kind, namespace, name))
+
+    def list(self, kind: Kind, namespace: str | None = None, *, labels: Selector = EVERYTHING,
+             fields: FieldSelector = FieldSelector()) -> Listing:
+        reply = self.client.request("GET", path(kind, namespace) + _query(labels, fields))
+        return Listing(items=list(reply.get("items") or []), revision=int(reply["metadata"]["resourceVersion"]))
+
+    def watch(self, kind: Kind, namespace: str | None, since: int, *, labels: Selector = EVERYTHING,
+              fields: FieldSelector = FieldSelector(), timeout: float) -> Iterator[Event]:
+        query = _query(labels, fields, watch="true", resourceVersion=str(since), timeoutSeconds=str(max(1, round(timeout))))
+        for event in self.client.watch(path(kind, namespace) + query, timeout=timeout):
+            obj = event["object"]
+            yield Event(type=EventType(event["type"]), key=path(kind, obj["metadata"].get("namespace"),
+                                                                 obj["metadata"]["name"]),
+                        object=obj, revision=int(obj["metadata"]["resourceVersion"]))
+
+
+def _query(labels: Selector, fields: FieldSelector, **more: str) -> str:
+    params = dict(more)
+    if not labels.empty:
+        params["labelSelector"] = str(labels)
+    if fields.terms:
+        params["fieldSelector"] = ",".join(f"{p}{'=' if eq else '!='}{v}" for p, eq, v in fields.terms)
+    return "?" + urllib.parse.urlencode(params) if params else ""

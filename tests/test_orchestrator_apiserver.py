@@ -135,3 +135,42 @@ def test_tcp_needs_tls_and_a_valid_token(registry: Registry, tmp_path: Path) -> 
             refused.value.close()
     finally:
         server.stop()
+
+
+def test_controllers_run_the_same_against_the_api_server(api: ApiClient) -> None:
+    """The ReplicaSet controller and its informers over the unix socket (client.RemoteRegistry)."""
+    import time
+
+    from skiff.orchestrator.api.kinds import BY_KIND
+    from skiff.orchestrator.client import RemoteRegistry
+    from skiff.orchestrator.controllers.replicaset import ReplicaSetController
+    from skiff.orchestrator.informer import Informer, stop_all
+
+    remote = RemoteRegistry(api)
+    informers = [Informer(remote, BY_KIND["ReplicaSet"]), Informer(remote, BY_KIND["Pod"])]
+    controller = ReplicaSetController(remote, *informers)
+    for informer in informers:
+        informer.start()
+        assert informer.synced.wait(5)
+    controller.start()
+    try:
+        api.request("POST", "/apis/apps/v1/namespaces/default/replicasets", {
+            "metadata": {"name": "web"},
+            "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web"}}, "spec": pod("x")["spec"]}}})
+        deadline = time.monotonic() + 10
+        while len(api.request("GET", PODS)["items"]) != 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        victim = api.request("GET", PODS)["items"][0]
+        api.request("DELETE", f"{PODS}/{victim['metadata']['name']}")
+        while {p["metadata"]["name"] for p in api.request("GET", PODS)["items"]} & {victim["metadata"]["name"]} or \
+                len(api.request("GET", PODS)["items"]) != 2:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        with pytest.raises(Aborted):
+            RemoteRegistry(api).delete(BY_KIND["Pod"], "default", api.request("GET", PODS)["items"][0]["metadata"]["name"],
+                                       expected="1")
+    finally:
+        controller.stop()
+        stop_all(informers)

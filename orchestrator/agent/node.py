@@ -12,7 +12,7 @@ from typing import Any
 
 from skiff.errors import NotFound, SkiffError
 from skiff.orchestrator.api.kinds import BY_KIND
-from skiff.orchestrator.api.registry import Registry, now
+from skiff.orchestrator.api.registry import Api, now
 
 log = logging.getLogger("skiff.orchestrator")
 NODES = BY_KIND["Node"]
@@ -26,7 +26,7 @@ def capacity() -> dict[str, str]:
 
 
 class NodeStatus:
-    def __init__(self, registry: Registry, name: str, *, labels: dict[str, str] | None = None,
+    def __init__(self, registry: Api, name: str, *, labels: dict[str, str] | None = None,
                  address: str = "127.0.0.1", runtime_version: str = "", period: float = HEARTBEAT) -> None:
         self.registry = registry
         self.name = name

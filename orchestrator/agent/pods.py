@@ -23,7 +23,7 @@ from cri_api.v1 import api_pb2_grpc
 from skiff.errors import SkiffError, Unavailable
 from skiff.orchestrator.api import quantity
 from skiff.orchestrator.api.kinds import BY_KIND
-from skiff.orchestrator.api.registry import Registry
+from skiff.orchestrator.api.registry import Api
 from skiff.orchestrator.controllers.base import Controller
 from skiff.orchestrator.informer import Informer, object_key
 
@@ -43,7 +43,7 @@ def _time(nanos: int) -> str | None:
 class PodAgent(Controller):
     name = "node-agent"
 
-    def __init__(self, registry: Registry, pods: Informer, node: str, cri_socket: str, *, log_root: str,
+    def __init__(self, registry: Api, pods: Informer, node: str, cri_socket: str, *, log_root: str,
                  resync: float = 1.0, backoff_base: float = BACKOFF_BASE) -> None:
         super().__init__()
         self.registry = registry

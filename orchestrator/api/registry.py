@@ -17,7 +17,7 @@ import secrets
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from skiff.errors import InvalidArgument, NotFound
 from skiff.orchestrator.api import validation
@@ -56,6 +56,24 @@ def _field(obj: dict[str, Any], path: str) -> str:
     for part in path.split("."):
         value = value.get(part) if isinstance(value, dict) else None
     return "" if value is None else str(value)
+
+
+class Api(Protocol):
+    """What controllers, the scheduler and node agents use of the API: the Registry in the
+    API server's process, or client.RemoteRegistry from anywhere else."""
+    def create(self, kind: Kind, obj: dict[str, Any], *, namespace: str | None = None) -> dict[str, Any]: ...
+
+    def update(self, kind: Kind, obj: dict[str, Any], *, namespace: str | None = None) -> dict[str, Any]: ...
+
+    def delete(self, kind: Kind, namespace: str, name: str, *, expected: str | None = None) -> dict[str, Any]: ...
+
+    def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any]: ...
+
+    def list(self, kind: Kind, namespace: str | None = None, *, labels: Selector = EVERYTHING,
+             fields: FieldSelector = ...) -> Listing: ...
+
+    def watch(self, kind: Kind, namespace: str | None, since: int, *, labels: Selector = EVERYTHING,
+              fields: FieldSelector = ..., timeout: float) -> Iterator[Event]: ...
 
 
 def now() -> str:

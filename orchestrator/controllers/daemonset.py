@@ -11,7 +11,7 @@ from typing import Any
 
 from skiff.errors import NotFound
 from skiff.orchestrator.api.kinds import BY_KIND
-from skiff.orchestrator.api.registry import Registry
+from skiff.orchestrator.api.registry import Api
 from skiff.orchestrator.controllers.base import Controller, Expectations
 from skiff.orchestrator.controllers.replicaset import controller_of, is_active, is_ready, owner_reference
 from skiff.orchestrator.informer import Informer, object_key
@@ -24,7 +24,7 @@ DAEMON_SETS, PODS = BY_KIND["DaemonSet"], BY_KIND["Pod"]
 class DaemonSetController(Controller):
     name = "daemonset"
 
-    def __init__(self, registry: Registry, daemon_sets: Informer, pods: Informer, nodes: Informer) -> None:
+    def __init__(self, registry: Api, daemon_sets: Informer, pods: Informer, nodes: Informer) -> None:
         super().__init__()
         self.registry = registry
         self.daemon_sets = daemon_sets

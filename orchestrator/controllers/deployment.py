@@ -21,7 +21,7 @@ from typing import Any
 
 from skiff.errors import AlreadyExists, NotFound
 from skiff.orchestrator.api.kinds import BY_KIND
-from skiff.orchestrator.api.registry import Registry
+from skiff.orchestrator.api.registry import Api
 from skiff.orchestrator.controllers.base import Controller
 from skiff.orchestrator.controllers.replicaset import controller_of, owner_reference
 from skiff.orchestrator.informer import Informer
@@ -57,7 +57,7 @@ def resolve(value: Any, total: int, *, round_up: bool) -> int:
 class DeploymentController(Controller):
     name = "deployment"
 
-    def __init__(self, registry: Registry, deployments: Informer, replica_sets: Informer) -> None:
+    def __init__(self, registry: Api, deployments: Informer, replica_sets: Informer) -> None:
         super().__init__()
         self.registry = registry
         self.deployments = deployments
@@ -193,7 +193,7 @@ def rollout_complete(d: dict[str, Any]) -> bool:
             and status.get("availableReplicas", 0) == desired)
 
 
-def undo(registry: Registry, d: dict[str, Any], replica_sets: list[dict[str, Any]], to_revision: int = 0) -> dict[str, Any]:
+def undo(registry: Api, d: dict[str, Any], replica_sets: list[dict[str, Any]], to_revision: int = 0) -> dict[str, Any]:
     """`rollout undo`: the template of `to_revision` (0: the one before the current) back in the
     Deployment; the controller then rolls to it as to any new version."""
     owned = sorted((rs for rs in replica_sets if (controller_of(rs) or {}).get("uid") == d["metadata"]["uid"]),

@@ -10,7 +10,7 @@ from typing import Any
 
 from skiff.errors import NotFound
 from skiff.orchestrator.api.kinds import BY_KIND
-from skiff.orchestrator.api.registry import Registry
+from skiff.orchestrator.api.registry import Api
 from skiff.orchestrator.controllers.base import Controller
 from skiff.orchestrator.controllers.replicaset import is_active, is_ready
 from skiff.orchestrator.informer import Informer, object_key
@@ -21,7 +21,7 @@ SERVICES, ENDPOINTS = BY_KIND["Service"], BY_KIND["Endpoints"]
 class EndpointsController(Controller):
     name = "endpoints"
 
-    def __init__(self, registry: Registry, services: Informer, pods: Informer, endpoints: Informer) -> None:
+    def __init__(self, registry: Api, services: Informer, pods: Informer, endpoints: Informer) -> None:
         super().__init__()
         self.registry = registry
         self.services = services

@@ -13,7 +13,7 @@ from typing import Any
 
 from skiff.errors import NotFound
 from skiff.orchestrator.api.kinds import BY_KIND, NAMESPACED_ORDER, Kind
-from skiff.orchestrator.api.registry import Registry
+from skiff.orchestrator.api.registry import Api
 from skiff.orchestrator.controllers.base import Controller
 from skiff.orchestrator.informer import Handler, Informer
 
@@ -21,7 +21,7 @@ from skiff.orchestrator.informer import Handler, Informer
 class GarbageCollector(Controller):
     name = "garbage-collector"
 
-    def __init__(self, registry: Registry, informers: dict[str, Informer]) -> None:
+    def __init__(self, registry: Api, informers: dict[str, Informer]) -> None:
         """`informers`: one per kind, by kind name."""
         super().__init__()
         self.registry = registry

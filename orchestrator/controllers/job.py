@@ -15,7 +15,7 @@ from typing import Any
 
 from skiff.errors import NotFound
 from skiff.orchestrator.api.kinds import BY_KIND
-from skiff.orchestrator.api.registry import Registry, now
+from skiff.orchestrator.api.registry import Api, now
 from skiff.orchestrator.controllers.base import Controller, Expectations
 from skiff.orchestrator.controllers.replicaset import controller_of, owner_reference
 from skiff.orchestrator.informer import Informer
@@ -39,7 +39,7 @@ def finished(job: dict[str, Any]) -> str | None:
 class JobController(Controller):
     name = "job"
 
-    def __init__(self, registry: Registry, jobs: Informer, pods: Informer) -> None:
+    def __init__(self, registry: Api, jobs: Informer, pods: Informer) -> None:
         super().__init__()
         self.registry = registry
         self.jobs = jobs

@@ -14,7 +14,7 @@ from typing import Any
 
 from skiff.errors import NotFound
 from skiff.orchestrator.api.kinds import BY_KIND
-from skiff.orchestrator.api.registry import Registry, now
+from skiff.orchestrator.api.registry import Api, now
 from skiff.orchestrator.controllers.replicaset import controller_of
 from skiff.orchestrator.informer import Informer
 
@@ -30,7 +30,7 @@ def parse_time(text: str) -> float:
 
 
 class NodeLifecycleController:
-    def __init__(self, registry: Registry, nodes: Informer, pods: Informer, *, grace: float = GRACE,
+    def __init__(self, registry: Api, nodes: Informer, pods: Informer, *, grace: float = GRACE,
                  eviction: float = EVICTION, period: float = 5.0) -> None:
         self.registry = registry
         self.nodes = nodes

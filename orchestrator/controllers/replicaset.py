@@ -12,7 +12,7 @@ from typing import Any
 
 from skiff.errors import AlreadyExists, NotFound
 from skiff.orchestrator.api.kinds import BY_KIND
-from skiff.orchestrator.api.registry import Registry
+from skiff.orchestrator.api.registry import Api
 from skiff.orchestrator.controllers.base import Controller, Expectations
 from skiff.orchestrator.informer import Informer, object_key
 from skiff.orchestrator.labels import from_label_selector
@@ -42,7 +42,7 @@ def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
 class ReplicaSetController(Controller):
     name = "replicaset"
 
-    def __init__(self, registry: Registry, replica_sets: Informer, pods: Informer) -> None:
+    def __init__(self, registry: Api, replica_sets: Informer, pods: Informer) -> None:
         super().__init__()
         self.registry = registry
         self.replica_sets = replica_sets

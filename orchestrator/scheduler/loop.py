@@ -12,7 +12,7 @@ import threading
 from typing import Any
 
 from skiff.orchestrator.api.kinds import BY_KIND
-from skiff.orchestrator.api.registry import Registry
+from skiff.orchestrator.api.registry import Api
 from skiff.orchestrator.controllers.base import Controller
 from skiff.orchestrator.controllers.replicaset import is_active
 from skiff.orchestrator.informer import Informer
@@ -25,7 +25,7 @@ PODS = BY_KIND["Pod"]
 class Scheduler(Controller):
     name = "scheduler"
 
-    def __init__(self, registry: Registry, nodes: Informer, pods: Informer) -> None:
+    def __init__(self, registry: Api, nodes: Informer, pods: Informer) -> None:
         super().__init__()
         self.registry = registry
         self.nodes = nodes
