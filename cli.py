@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any
 from skiff.errors import InvalidArgument, SkiffError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from skiff.cri.client import Cri  # imported when a `cri` command runs: it brings grpc
 
 IMAGES_ROOT = os.environ.get("SKIFF_ROOT", "/var/lib/skiff")
@@ -411,7 +413,7 @@ def parser() -> argparse.ArgumentParser:
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
         c = sub.add_parser(name, help=help)
-        c.set_defaults(func=globals()[f"cmd_{name}"])
+        c.set_defaults(func=globals()[f"cmd_{name.replace('-', '_')}"])
         return c
 
     command("version", "print skiff's version")
@@ -459,6 +461,7 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("args", nargs=argparse.REMAINDER)
     _cri_parser(command("cri", "the Kubernetes CRI v1 service (serve) and a client for any CRI socket, as crictl"))
     _bench_parser(command("bench", "benchmarks: skiff against the runtimes installed beside it"))
+    _orchestrator_parsers(command)
     return p
 
 
@@ -549,6 +552,68 @@ def _cri_parser(cri: argparse.ArgumentParser) -> None:
     command("images", "list the image service's images")
     command("version", "the runtime's name and versions")
     command("info", "the runtime's status conditions and verbose info, as JSON")
+
+
+def _orchestrator_parsers(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
+    """kubectl's commands against skiff's API server (orchestrator/cli.py), and the control plane."""
+    def client_flags(c: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        c.add_argument("--server", help="the API server: a unix socket, or https://HOST:PORT "
+                       "(default $SKIFF_API or /run/skiff/api.sock)")
+        c.add_argument("--token", help="bearer token, for https")
+        c.add_argument("--certificate-authority", dest="ca", metavar="FILE", help="CA to check the server with")
+        c.add_argument("-n", "--namespace", help="default: the object's own, else default")
+        return c
+
+    c = client_flags(command("apply", "create or update the objects of a Kubernetes YAML or JSON file"))
+    c.add_argument("-f", "--filename", required=True, help="a file, or - for standard input")
+    c = client_flags(command("get", "list objects, or show one (tables, -o yaml|json), as kubectl get"))
+    c.add_argument("resource", help="pods (po), deployments (deploy), services (svc), nodes (no), ...")
+    c.add_argument("name", nargs="?")
+    c.add_argument("-A", "--all-namespaces", action="store_true")
+    c.add_argument("-l", "--selector", default="", help="label selector, e.g. app=web,tier!=db")
+    c.add_argument("-o", "--output", choices=("table", "yaml", "json"), default="table")
+    c = client_flags(command("delete", "delete objects by name, or those of a file"))
+    c.add_argument("resource", nargs="?")
+    c.add_argument("names", nargs="*")
+    c.add_argument("-f", "--filename")
+    c = command("control-plane", "run the API server, the scheduler and the controllers")
+    c.add_argument("--store", default="sqlite:/var/lib/skiff/orchestrator/state.db",
+                   help="sqlite:PATH or etcd:http://HOST:PORT (default %(default)s)")
+    c.add_argument("--listen", default="/run/skiff/api.sock", help="the unix socket (default %(default)s)")
+
+
+def _api(args: argparse.Namespace) -> Any:
+    from skiff.orchestrator.cli import DEFAULT_SERVER, connect
+
+    return connect(args.server or DEFAULT_SERVER, args.token, args.ca)
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    from skiff.orchestrator.cli import apply
+
+    print("\n".join(apply(_api(args), args.filename, args.namespace)))
+    return 0
+
+
+def cmd_get(args: argparse.Namespace) -> int:
+    from skiff.orchestrator.cli import get
+
+    print(get(_api(args), args.resource, args.name, namespace=args.namespace, all_namespaces=args.all_namespaces,
+              selector=args.selector, output=args.output))
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    from skiff.orchestrator.cli import delete
+
+    print("\n".join(delete(_api(args), args.resource, args.names, args.filename, args.namespace)))
+    return 0
+
+
+def cmd_control_plane(args: argparse.Namespace) -> int:
+    from skiff.orchestrator.cli import control_plane
+
+    return control_plane(args.store, args.listen)
 
 
 def main(argv: list[str] | None = None) -> int:

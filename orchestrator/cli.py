@@ -1,0 +1,237 @@
+"""The orchestrator's commands, shaped like kubectl's (`skiff apply -f`, `get`, `delete`), and the
+control plane process (`skiff control-plane`: the API server, the scheduler and the
+controllers over one store). `skiff` (the package's cli.py) parses; this module acts."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import yaml
+
+from skiff.errors import InvalidArgument, NotFound
+from skiff.orchestrator.api import kinds
+from skiff.orchestrator.api.kinds import KINDS, Kind
+from skiff.orchestrator.api.manifests import Manifest, load
+from skiff.orchestrator.api.registry import Api, FieldSelector, Registry
+from skiff.orchestrator.client import ApiClient, RemoteRegistry
+from skiff.orchestrator.labels import parse as parse_selector
+
+DEFAULT_SERVER = os.environ.get("SKIFF_API", "/run/skiff/api.sock")
+
+
+def connect(server: str, token: str | None, ca: str | None) -> RemoteRegistry:
+    return RemoteRegistry(ApiClient(server, token=token, ca=ca))
+
+
+# -- apply, get, delete ----------------------------------------------------------------------
+
+def _manifests(path: str, namespace: str | None) -> list[Manifest]:
+    if path == "-":
+        return load(sys.stdin.read(), "<stdin>", namespace=namespace)
+    try:
+        with open(path) as f:
+            return load(f.read(), path, namespace=namespace)
+    except OSError as e:
+        raise InvalidArgument(f"-f {path}: {e.strerror.lower() if e.strerror else e}") from None
+
+
+def _label(kind: Kind) -> str:
+    """As kubectl names it in its messages: `deployment.apps`, `pod`."""
+    return kind.kind.lower() + (f".{kind.group}" if kind.group else "")
+
+
+def apply(api: Api, path: str, namespace: str | None) -> list[str]:
+    """Create what is new, replace what changed (keeping its status), leave the rest: one line
+    each, as kubectl prints them. Every object is checked before any is written."""
+    lines = []
+    for m in _manifests(path, namespace):
+        meta = m.object["metadata"]
+        ns = meta.get("namespace", "")
+        try:
+            current = api.get(m.kind, ns, meta["name"])
+        except NotFound:
+            api.create(m.kind, m.object, namespace=ns or None)
+            lines.append(f"{_label(m.kind)}/{meta['name']} created")
+            continue
+        # the file's labels; its annotations over those controllers keep there (a Deployment's revision)
+        wanted = {**current, **{k: v for k, v in m.object.items() if k != "status"},
+                  "metadata": {**current["metadata"], "labels": meta.get("labels", {}),
+                               "annotations": {**(current["metadata"].get("annotations") or {}),
+                                               **meta.get("annotations", {})}}}
+        if wanted == current:
+            lines.append(f"{_label(m.kind)}/{meta['name']} unchanged")
+            continue
+        api.update(m.kind, wanted)
+        lines.append(f"{_label(m.kind)}/{meta['name']} configured")
+    return lines
+
+
+def delete(api: Api, resource: str | None, names: list[str], path: str | None, namespace: str | None) -> list[str]:
+    targets: list[tuple[Kind, str, str]] = []
+    if path is not None:
+        targets = [(m.kind, m.object["metadata"].get("namespace", ""), m.object["metadata"]["name"])
+                   for m in _manifests(path, namespace)]
+    elif resource is not None and names:
+        kind = kinds.resolve(resource)
+        targets = [(kind, namespace or "default" if kind.namespaced else "", n) for n in names]
+    else:
+        raise InvalidArgument("delete: give RESOURCE NAME... or -f FILE")
+    lines = []
+    for kind, ns, name in targets:
+        api.delete(kind, ns, name)
+        lines.append(f"{_label(kind)} \"{name}\" deleted")
+    return lines
+
+
+def _age(obj: dict[str, Any]) -> str:
+    created = obj["metadata"].get("creationTimestamp")
+    if not created:
+        return "<unknown>"
+    then = datetime.datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    seconds = int((datetime.datetime.now(datetime.UTC) - then).total_seconds())
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(0, seconds)}s"
+
+
+def _pod_columns(p: dict[str, Any]) -> list[str]:
+    statuses = (p.get("status") or {}).get("containerStatuses") or []
+    ready = sum(1 for s in statuses if s.get("ready"))
+    waiting = next((s["state"]["waiting"].get("reason") for s in statuses if "waiting" in s.get("state", {})), None)
+    return [f"{ready}/{len(p['spec'].get('containers') or [])}", waiting or (p.get("status") or {}).get("phase", "Pending"),
+            str(sum(int(s.get("restartCount", 0)) for s in statuses)), _age(p),
+            (p.get("status") or {}).get("podIP", "<none>"), p["spec"].get("nodeName") or "<none>"]
+
+
+def _status(obj: dict[str, Any], field: str) -> int:
+    return int((obj.get("status") or {}).get(field, 0))
+
+
+COLUMNS: dict[str, tuple[list[str], Callable[[dict[str, Any]], list[str]]]] = {
+    "Pod": (["READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"], _pod_columns),
+    "Deployment": (["READY", "UP-TO-DATE", "AVAILABLE", "AGE"], lambda d: [
+        f"{_status(d, 'readyReplicas')}/{d['spec'].get('replicas', 1)}", str(_status(d, "updatedReplicas")),
+        str(_status(d, "availableReplicas")), _age(d)]),
+    "ReplicaSet": (["DESIRED", "CURRENT", "READY", "AGE"], lambda r: [
+        str(r["spec"].get("replicas", 1)), str(_status(r, "replicas")), str(_status(r, "readyReplicas")), _age(r)]),
+    "Service": (["TYPE", "CLUSTER-IP", "PORT(S)", "AGE"], lambda s: [
+        s["spec"].get("type", "ClusterIP"), s["spec"].get("clusterIP") or "<none>",
+        ",".join(f"{p['port']}{':' + str(p['nodePort']) if p.get('nodePort') else ''}/{p.get('protocol', 'TCP')}"
+                 for p in s["spec"].get("ports") or []), _age(s)]),
+    "Node": (["STATUS", "AGE"], lambda n: [
+        "Ready" if any(c.get("type") == "Ready" and c.get("status") == "True"
+                       for c in (n.get("status") or {}).get("conditions") or []) else "NotReady", _age(n)]),
+    "Job": (["COMPLETIONS", "AGE"], lambda j: [f"{_status(j, 'succeeded')}/{j['spec'].get('completions', 1)}", _age(j)]),
+    "DaemonSet": (["DESIRED", "CURRENT", "READY", "AGE"], lambda d: [
+        str(_status(d, "desiredNumberScheduled")), str(_status(d, "currentNumberScheduled")),
+        str(_status(d, "numberReady")), _age(d)]),
+}
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def get(api: Api, resource: str, name: str | None, *, namespace: str | None, all_namespaces: bool,
+        selector: str, output: str) -> str:
+    kind = kinds.resolve(resource)
+    ns = None if all_namespaces or not kind.namespaced else (namespace or "default")
+    if name is not None:
+        items = [api.get(kind, ns or "", name)]
+    else:
+        items = api.list(kind, ns, labels=parse_selector(selector, "-l"), fields=FieldSelector()).items
+    if output in ("json", "yaml"):
+        doc: dict[str, Any] = items[0] if name is not None else {"apiVersion": "v1", "kind": "List", "items": items}
+        return json.dumps(doc, indent=4) if output == "json" else yaml.safe_dump(doc, sort_keys=False).rstrip()
+    if not items:
+        where = f" in {ns} namespace" if ns else ""
+        return f"No resources found{where}."
+    headers, columns = COLUMNS.get(kind.kind, (["AGE"], lambda o: [_age(o)]))
+    lead = ["NAMESPACE"] if all_namespaces and kind.namespaced else []
+    rows = [lead + ["NAME"] + headers]
+    for obj in items:
+        cells = columns(obj)
+        rows.append(([obj["metadata"].get("namespace", "")] if lead else []) + [obj["metadata"]["name"]] + cells)
+    return table(rows)
+
+
+# -- the control plane -----------------------------------------------------------------------
+
+def control_plane(store_url: str, listen: str, *, tcp: tuple[str, int] | None = None,
+                  tls: tuple[str, str] | None = None, tokens: tuple[str, ...] | None = None) -> int:
+    """The API server, the scheduler and every controller in this process, until SIGINT or SIGTERM."""
+    from skiff.orchestrator.apiserver import ApiServer
+    from skiff.orchestrator.controllers.daemonset import DaemonSetController
+    from skiff.orchestrator.controllers.deployment import DeploymentController
+    from skiff.orchestrator.controllers.endpoints import EndpointsController
+    from skiff.orchestrator.controllers.garbage import GarbageCollector
+    from skiff.orchestrator.controllers.job import JobController
+    from skiff.orchestrator.controllers.nodelifecycle import NodeLifecycleController
+    from skiff.orchestrator.controllers.replicaset import ReplicaSetController
+    from skiff.orchestrator.informer import Informer, stop_all
+    from skiff.orchestrator.scheduler.loop import Scheduler
+
+    store = open_store(store_url)
+    registry = Registry(store)
+    registry.bootstrap()
+    servers = [ApiServer(registry, unix_socket=listen)]
+    if tcp is not None:
+        servers.append(ApiServer(registry, tcp=tcp, tls=tls, tokens=tokens))
+    inf = {k.kind: Informer(registry, k) for k in KINDS}
+    workers: list[Any] = [
+        Scheduler(registry, inf["Node"], inf["Pod"]),
+        ReplicaSetController(registry, inf["ReplicaSet"], inf["Pod"]),
+        DeploymentController(registry, inf["Deployment"], inf["ReplicaSet"]),
+        JobController(registry, inf["Job"], inf["Pod"]),
+        DaemonSetController(registry, inf["DaemonSet"], inf["Pod"], inf["Node"]),
+        EndpointsController(registry, inf["Service"], inf["Pod"], inf["Endpoints"]),
+        GarbageCollector(registry, inf),
+        NodeLifecycleController(registry, inf["Node"], inf["Pod"]),
+    ]
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    for server in servers:
+        server.start()
+    try:
+        for informer in inf.values():
+            informer.start()
+        for informer in inf.values():
+            informer.synced.wait(30)
+        for w in workers:
+            w.start()
+        print(f"skiff control plane: serving on {', '.join(s.address for s in servers)} (store {store_url})",
+              file=sys.stderr, flush=True)
+        done.wait()
+    finally:
+        for w in workers:
+            w.stop()
+        stop_all(inf.values())
+        for server in servers:
+            server.stop()
+        store.close()
+    return 0
+
+
+def open_store(url: str) -> Any:
+    """`sqlite:PATH` (the default kind when no scheme is given) or `etcd:http://HOST:PORT`."""
+    scheme, sep, rest = url.partition(":")
+    if sep and scheme == "etcd":
+        from skiff.orchestrator.store.etcd import EtcdStore
+
+        return EtcdStore(rest)
+    from skiff.orchestrator.store.sqlite import SqliteStore
+
+    path = rest if sep and scheme == "sqlite" else url
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    return SqliteStore(path)
+

@@ -1,0 +1,92 @@
+"""`skiff control-plane` as a process and the kubectl-shaped commands against it: apply, get
+(tables, -l, -o yaml), delete, and a bad manifest refused whole."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+SKIFF = os.path.join(os.path.dirname(sys.executable), "skiff")
+APP = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: httpd, image: busybox, command: [httpd, -f]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+"""
+
+
+@pytest.fixture
+def plane(tmp_path: Path) -> Iterator[str]:
+    sock = str(tmp_path / "api.sock")
+    process = subprocess.Popen([SKIFF, "control-plane", "--store", f"sqlite:{tmp_path / 'state.db'}", "--listen", sock],
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while not os.path.exists(sock):
+        assert process.poll() is None and time.monotonic() < deadline, "the control plane did not start"
+        time.sleep(0.05)
+    yield sock
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(20) == 0
+    assert not os.path.exists(sock)
+    assert process.stderr is not None
+    process.stderr.close()
+
+
+def skiff(sock: str, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SKIFF, *args, "--server", sock], input=stdin, capture_output=True, text=True, timeout=60)
+
+
+def test_apply_get_delete(plane: str, tmp_path: Path) -> None:
+    (tmp_path / "app.yaml").write_text(APP)
+    done = skiff(plane, "apply", "-f", str(tmp_path / "app.yaml"))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["deployment.apps/web created", "service/web created"]
+    assert skiff(plane, "apply", "-f", "-", stdin=APP).stdout.splitlines() == [
+        "deployment.apps/web unchanged", "service/web unchanged"]
+    deadline = time.monotonic() + 20
+    while len(skiff(plane, "get", "po", "-l", "app=web").stdout.splitlines()) != 3:
+        assert time.monotonic() < deadline, skiff(plane, "get", "po").stdout
+        time.sleep(0.1)
+    table = skiff(plane, "get", "pods", "-l", "app=web").stdout.splitlines()
+    assert table[0].split() == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE"]
+    assert all(line.split()[1:3] == ["0/1", "Pending"] for line in table[1:])  # no node yet
+    assert skiff(plane, "get", "deploy").stdout.splitlines()[0].split() == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE",
+                                                                            "AGE"]
+    svc = yaml.safe_load(skiff(plane, "get", "svc", "web", "-o", "yaml").stdout)
+    assert svc["kind"] == "Service" and svc["spec"]["ports"][0]["port"] == 80
+    assert "No resources found in kube-system namespace." in skiff(plane, "get", "po", "-n", "kube-system").stdout
+
+    bad = APP.replace("replicas: 2", "replicas: -2") + "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: new}\n"
+    refused = skiff(plane, "apply", "-f", "-", stdin=bad)
+    assert refused.returncode == 1
+    assert "document 1 (Deployment web): spec.replicas: -2: must be greater than or equal to 0" in refused.stderr
+    assert "No resources found" in skiff(plane, "get", "cm").stdout  # nothing of it was applied
+
+    assert skiff(plane, "delete", "-f", str(tmp_path / "app.yaml")).stdout.splitlines() == [
+        'deployment.apps "web" deleted', 'service "web" deleted']
+    while "No resources found" not in skiff(plane, "get", "po").stdout:
+        assert time.monotonic() < deadline + 20, "the deployment's pods stayed"
+        time.sleep(0.1)
+    missing = skiff(plane, "get", "deploy", "web")
+    assert missing.returncode == 1 and "deployments 'web' not found in namespace 'default'" in missing.stderr
