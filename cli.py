@@ -576,6 +576,11 @@ def _orchestrator_parsers(command: Callable[[str, str], argparse.ArgumentParser]
     c.add_argument("resource", nargs="?")
     c.add_argument("names", nargs="*")
     c.add_argument("-f", "--filename")
+    c = client_flags(command("node-agent", "run the pods the cluster binds to this node, through its CRI service"))
+    c.add_argument("--name", default=os.uname().nodename, help="the node's name (default: the host name)")
+    c.add_argument("--cri-socket", default="/run/skiff/skiff.sock", help="the CRI service (default %(default)s)")
+    c.add_argument("--log-root", default="/var/log/pods", help="where pods' logs go (default %(default)s)")
+    c.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="a label of the node")
     c = command("control-plane", "run the API server, the scheduler and the controllers")
     c.add_argument("--store", default="sqlite:/var/lib/skiff/orchestrator/state.db",
                    help="sqlite:PATH or etcd:http://HOST:PORT (default %(default)s)")
@@ -608,6 +613,13 @@ def cmd_delete(args: argparse.Namespace) -> int:
 
     print("\n".join(delete(_api(args), args.resource, args.names, args.filename, args.namespace)))
     return 0
+
+
+def cmd_node_agent(args: argparse.Namespace) -> int:
+    from skiff.orchestrator.cli import node_agent
+
+    labels = dict(item.partition("=")[::2] for item in args.label)
+    return node_agent(_api(args), args.name, args.cri_socket, log_root=args.log_root, labels=labels)
 
 
 def cmd_control_plane(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ import yaml
 
 from skiff.errors import InvalidArgument, NotFound
 from skiff.orchestrator.api import kinds
-from skiff.orchestrator.api.kinds import KINDS, Kind
+from skiff.orchestrator.api.kinds import BY_KIND, KINDS, Kind
 from skiff.orchestrator.api.manifests import Manifest, load
 from skiff.orchestrator.api.registry import Api, FieldSelector, Registry
 from skiff.orchestrator.client import ApiClient, RemoteRegistry
@@ -219,6 +219,33 @@ def control_plane(store_url: str, listen: str, *, tcp: tuple[str, int] | None = 
         for server in servers:
             server.stop()
         store.close()
+    return 0
+
+
+def node_agent(api: Api, name: str, cri_socket: str, *, log_root: str, labels: dict[str, str]) -> int:
+    """This machine as node `name` of the cluster `api` serves, its pods run by the CRI service
+    on `cri_socket`, until SIGINT or SIGTERM."""
+    from skiff.orchestrator.agent.node import NodeStatus
+    from skiff.orchestrator.agent.pods import PodAgent
+    from skiff.orchestrator.informer import Informer, stop_all
+
+    status = NodeStatus(api, name, labels=labels)
+    pods = Informer(api, BY_KIND["Pod"])
+    agent = PodAgent(api, pods, name, cri_socket, log_root=log_root)
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    status.start()
+    try:
+        pods.start()
+        pods.synced.wait(30)
+        agent.start()
+        print(f"skiff node agent: node {name}, CRI {cri_socket}", file=sys.stderr, flush=True)
+        done.wait()
+    finally:
+        agent.stop()
+        stop_all([pods])
+        status.stop()
     return 0
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cri_fixture import Cri
 
 SKIFF = os.path.join(os.path.dirname(sys.executable), "skiff")
 APP = """\
@@ -90,3 +91,34 @@ def test_apply_get_delete(plane: str, tmp_path: Path) -> None:
         time.sleep(0.1)
     missing = skiff(plane, "get", "deploy", "web")
     assert missing.returncode == 1 and "deployments 'web' not found in namespace 'default'" in missing.stderr
+
+
+def test_a_deployment_runs_on_a_node_agent(plane: str, cri: Cri, tmp_path: Path) -> None:
+    """End to end: the control plane process, a node agent process on this host's CRI service
+    (in the test's process), a Deployment applied with the CLI, its pods Running with IPs."""
+    from cri_api.v1 import api_pb2 as pb
+    from cri_fixture import IMAGE
+
+    agent = subprocess.Popen([SKIFF, "node-agent", "--server", plane, "--name", "node-1", "--cri-socket",
+                              cri.config.socket, "--log-root", cri.config.log_root], stderr=subprocess.PIPE, text=True)
+    try:
+        app = APP.replace("image: busybox, command: [httpd, -f]", f"image: {IMAGE}, command: [sleep, '3600']")
+        assert skiff(plane, "apply", "-f", "-", stdin=app).returncode == 0
+        deadline = time.monotonic() + 60
+        while True:
+            rows = [line.split() for line in skiff(plane, "get", "po", "-l", "app=web").stdout.splitlines()[1:]]
+            if len(rows) == 2 and all(r[1:3] == ["1/1", "Running"] and r[6] == "node-1" for r in rows):
+                break
+            assert time.monotonic() < deadline, rows
+            time.sleep(0.2)
+        assert all(r[5].startswith("10.123.0.") for r in rows)
+        assert skiff(plane, "get", "no").stdout.splitlines()[1].split()[:2] == ["node-1", "Ready"]
+        assert skiff(plane, "delete", "deploy", "web").returncode == 0
+        while cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items:
+            assert time.monotonic() < deadline, "the pods' sandboxes stayed"
+            time.sleep(0.2)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(30) == 0
+        assert agent.stderr is not None
+        agent.stderr.close()
