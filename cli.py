@@ -576,6 +576,14 @@ def _orchestrator_parsers(command: Callable[[str, str], argparse.ArgumentParser]
     c.add_argument("resource", nargs="?")
     c.add_argument("names", nargs="*")
     c.add_argument("-f", "--filename")
+    c = client_flags(command("scale", "set the replicas of a deployment or replicaset"))
+    c.add_argument("resource")
+    c.add_argument("name")
+    c.add_argument("--replicas", type=int, required=True)
+    c = client_flags(command("rollout", "a deployment's rollout: status (wait), history, undo"))
+    c.add_argument("action", choices=("status", "history", "undo"))
+    c.add_argument("name", help="deployment/NAME or NAME")
+    c.add_argument("--to-revision", type=int, default=0, help="undo to this revision (default: the previous)")
     c = client_flags(command("node-agent", "run the pods the cluster binds to this node, through its CRI service"))
     c.add_argument("--name", default=os.uname().nodename, help="the node's name (default: the host name)")
     c.add_argument("--cri-socket", default="/run/skiff/skiff.sock", help="the CRI service (default %(default)s)")
@@ -612,6 +620,21 @@ def cmd_delete(args: argparse.Namespace) -> int:
     from skiff.orchestrator.cli import delete
 
     print("\n".join(delete(_api(args), args.resource, args.names, args.filename, args.namespace)))
+    return 0
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    from skiff.orchestrator.cli import scale
+
+    print(scale(_api(args), args.resource, args.name, args.replicas, args.namespace))
+    return 0
+
+
+def cmd_rollout(args: argparse.Namespace) -> int:
+    from skiff.orchestrator.cli import rollout
+
+    name = args.name.split("/", 1)[1] if "/" in args.name else args.name
+    print(rollout(_api(args), args.action, name, args.namespace, to_revision=args.to_revision))
     return 0
 
 

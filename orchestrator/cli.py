@@ -164,6 +164,49 @@ def get(api: Api, resource: str, name: str | None, *, namespace: str | None, all
     return table(rows)
 
 
+def scale(api: Api, resource: str, name: str, replicas: int, namespace: str | None) -> str:
+    kind = kinds.resolve(resource)
+    if kind.kind not in ("Deployment", "ReplicaSet"):
+        raise InvalidArgument(f"scale: {kind.resource} cannot be scaled (deployments and replicasets can)")
+    if replicas < 0:
+        raise InvalidArgument(f"--replicas {replicas}: must be 0 or more")
+    current = api.get(kind, namespace or "default", name)
+    api.update(kind, {**current, "spec": {**current["spec"], "replicas": replicas}})
+    return f"{_label(kind)}/{name} scaled"
+
+
+def rollout(api: Api, action: str, name: str, namespace: str | None, *, to_revision: int = 0,
+            timeout: float = 300.0) -> str:
+    """`rollout status` (waits until complete), `history` (the revisions), `undo`."""
+    import time
+
+    from skiff.orchestrator.controllers.deployment import REVISION, rollout_complete, undo
+
+    deployments, replica_sets = BY_KIND["Deployment"], BY_KIND["ReplicaSet"]
+    ns = namespace or "default"
+    d = api.get(deployments, ns, name)
+    owned = sorted((rs for rs in api.list(replica_sets, ns).items
+                    if any(r.get("uid") == d["metadata"]["uid"] for r in rs["metadata"].get("ownerReferences") or [])),
+                   key=lambda rs: int(rs["metadata"].get("annotations", {}).get(REVISION, "0")))
+    if action == "history":
+        rows = [["REVISION", "IMAGES"]] + [
+            [rs["metadata"]["annotations"].get(REVISION, "?"),
+             ",".join(c["image"] for c in rs["spec"]["template"]["spec"]["containers"])] for rs in owned]
+        return f"deployment.apps/{name}\n" + table(rows)
+    if action == "undo":
+        undo(api, d, owned, to_revision)
+        return f"deployment.apps/{name} rolled back"
+    deadline = time.monotonic() + timeout
+    while not rollout_complete(d):
+        if time.monotonic() > deadline:
+            raise InvalidArgument(f"deployment {name!r}: rollout not finished after {timeout:g}s: "
+                                  f"{(d.get('status') or {}).get('updatedReplicas', 0)} of {d['spec'].get('replicas', 1)} "
+                                  "updated replicas")
+        time.sleep(0.5)
+        d = api.get(deployments, ns, name)
+    return f'deployment "{name}" successfully rolled out'
+
+
 # -- the control plane -----------------------------------------------------------------------
 
 def control_plane(store_url: str, listen: str, *, tcp: tuple[str, int] | None = None,

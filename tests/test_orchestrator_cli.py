@@ -113,6 +113,18 @@ def test_a_deployment_runs_on_a_node_agent(plane: str, cri: Cri, tmp_path: Path)
             time.sleep(0.2)
         assert all(r[5].startswith("10.123.0.") for r in rows)
         assert skiff(plane, "get", "no").stdout.splitlines()[1].split()[:2] == ["node-1", "Ready"]
+        assert skiff(plane, "scale", "deploy", "web", "--replicas", "3").stdout.strip() == "deployment.apps/web scaled"
+        assert skiff(plane, "rollout", "status", "deployment/web").stdout.strip() == \
+            'deployment "web" successfully rolled out'
+        assert len(skiff(plane, "get", "po", "-l", "app=web").stdout.splitlines()) == 4
+        assert skiff(plane, "apply", "-f", "-", stdin=app.replace("'3600'", "'3601'").replace(
+            "replicas: 2", "replicas: 3")).returncode == 0
+        assert "successfully rolled out" in skiff(plane, "rollout", "status", "deployment/web").stdout
+        history = skiff(plane, "rollout", "history", "deployment/web").stdout.splitlines()
+        assert [line.split()[0] for line in history[2:]] == ["1", "2"]
+        assert skiff(plane, "rollout", "undo", "deployment/web").returncode == 0
+        assert "successfully rolled out" in skiff(plane, "rollout", "status", "deployment/web").stdout
+        assert [line.split()[0] for line in skiff(plane, "rollout", "history", "web").stdout.splitlines()[2:]] == ["2", "3"]
         assert skiff(plane, "delete", "deploy", "web").returncode == 0
         while cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items:
             assert time.monotonic() < deadline, "the pods' sandboxes stayed"

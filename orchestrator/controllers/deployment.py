@@ -193,7 +193,8 @@ def rollout_complete(d: dict[str, Any]) -> bool:
             and status.get("availableReplicas", 0) == desired)
 
 
-def undo(registry: Api, d: dict[str, Any], replica_sets: list[dict[str, Any]], to_revision: int = 0) -> dict[str, Any]:
+def undo(registry: Api, d: dict[str, Any], replica_sets: list[dict[str, Any]],
+         to_revision: int = 0) -> dict[str, Any]:
     """`rollout undo`: the template of `to_revision` (0: the one before the current) back in the
     Deployment; the controller then rolls to it as to any new version."""
     owned = sorted((rs for rs in replica_sets if (controller_of(rs) or {}).get("uid") == d["metadata"]["uid"]),
