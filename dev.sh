@@ -7,6 +7,7 @@
 #   ./dev.sh bench   install, run bench/start_latency.py side by side with runc and crun
 #   ./dev.sh bench pull   bench/pull_unpack.py: skiff against skopeo + umoci and containerd
 #   ./dev.sh bench cri    bench/cri_pods.py: pods through the CRI, skiff against containerd 1.6 + runc
+#   ./dev.sh bench scheduler   bench/scheduler.py: scheduling onto simulated nodes (issue 7)
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 top=$PWD
@@ -80,6 +81,7 @@ case "${1:-}" in
         shift
         if [ "${1:-}" = pull ]; then shift; exec "$venv/bin/python" bench/pull_unpack.py "$@"; fi
         if [ "${1:-}" = cri ]; then shift; exec "$venv/bin/python" bench/cri_pods.py "$@"; fi
+        if [ "${1:-}" = scheduler ]; then shift; exec "$venv/bin/python" bench/scheduler.py "$@"; fi
         exec "$venv/bin/python" bench/start_latency.py "$@"
         ;;
     *)
