@@ -92,3 +92,35 @@ def test_restart_policies(node: Registry) -> None:
     assert status(node, "fails")["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 2
     eventually(lambda: (status(node, "crash").get("containerStatuses") or [{}])[0].get("restartCount", 0) >= 2)
     assert status(node, "crash")["phase"] in ("Running", "Pending")
+
+
+def probed(name: str, command: str, **probes: Any) -> dict[str, Any]:
+    p = pod(name, "sh", "-c", command)
+    p["spec"]["containers"][0].update(probes)
+    p["spec"]["containers"][0]["ports"] = [{"name": "http", "containerPort": 8080}]
+    return p
+
+
+def ready(registry: Registry, name: str) -> bool:
+    return bool((status(registry, name).get("containerStatuses") or [{}])[0].get("ready"))
+
+
+def test_probes(node: Registry, cri: Cri) -> None:
+    fast = {"periodSeconds": 1, "failureThreshold": 1}
+    node.create(PODS, probed("late", "sleep 1; touch /tmp/ready; exec sleep 3600",
+                             readinessProbe={"exec": {"command": ["cat", "/tmp/ready"]}, **fast}))
+    node.create(PODS, probed("web", "echo hi > /tmp/index.html; exec httpd -f -p 8080 -h /tmp",
+                             readinessProbe={"httpGet": {"path": "/index.html", "port": "http"}, **fast},
+                             livenessProbe={"tcpSocket": {"port": 8080}, **fast}))
+    dead = probed("dead", "exec sleep 3600", livenessProbe={"exec": {"command": ["false"]}, **fast})
+    dead["spec"]["terminationGracePeriodSeconds"] = 1
+    node.create(PODS, dead)
+    eventually(lambda: status(node, "late").get("phase") == "Running")
+    assert not ready(node, "late")  # running, but its probe has not passed yet
+    eventually(lambda: ready(node, "late"))
+    eventually(lambda: ready(node, "web"))
+    eventually(lambda: (status(node, "dead").get("containerStatuses") or [{}])[0].get("restartCount", 0) >= 1)
+    late = status(node, "late")["containerStatuses"][0]["containerID"].removeprefix("skiff://")
+    cri.exec(late, "rm", "/tmp/ready")
+    eventually(lambda: not ready(node, "late"))
+    assert (status(node, "web").get("containerStatuses") or [{}])[0].get("restartCount") == 0

@@ -21,6 +21,7 @@ from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc
 
 from skiff.errors import SkiffError, Unavailable
+from skiff.orchestrator.agent.probes import Prober
 from skiff.orchestrator.api import quantity
 from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import Api
@@ -56,6 +57,7 @@ class PodAgent(Controller):
         self.runtime = api_pb2_grpc.RuntimeServiceStub(self._channel)
         self.images = api_pb2_grpc.ImageServiceStub(self._channel)
         self._restarts: dict[tuple[str, str], float] = {}   # (pod uid, container) -> not before (monotonic)
+        self.prober = Prober(self.runtime, self.queue.add)
         self._stop = threading.Event()
         self._relister: threading.Thread | None = None
         pods.on_change(self._pod_changed)
@@ -66,11 +68,13 @@ class PodAgent(Controller):
 
     def start(self, workers: int = 2) -> None:
         super().start(workers)
+        self.prober.start()
         self._relister = threading.Thread(target=self._relist, name="node-agent-relist", daemon=True)
         self._relister.start()
 
     def stop(self) -> None:
         self._stop.set()
+        self.prober.stop()
         if self._relister is not None:
             self._relister.join()
         super().stop()
@@ -82,6 +86,12 @@ class PodAgent(Controller):
                 sandboxes = self.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=CALL).items
             except grpc.RpcError:
                 continue
+            try:
+                running = self.runtime.ListContainers(pb.ListContainersRequest(filter=pb.ContainerFilter(
+                    state=pb.ContainerStateValue(state=pb.CONTAINER_RUNNING))), timeout=CALL).containers
+            except grpc.RpcError:
+                continue
+            self.prober.forget({c.id for c in running})
             keys = {f"{s.labels[POD_NAMESPACE]}/{s.labels[POD_NAME]}" for s in sandboxes if POD_NAME in s.labels}
             keys |= {object_key(p) for p in self.pods.items() if p["spec"].get("nodeName") == self.node}
             for key in keys:
@@ -116,6 +126,8 @@ class PodAgent(Controller):
         config = self._sandbox_config(wanted)
         sandbox_id = live[0].id if live else self.runtime.RunPodSandbox(
             pb.RunPodSandboxRequest(config=config), timeout=CALL).pod_sandbox_id
+        ip = self.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id),
+                                           timeout=CALL).status.network.ip
         containers = self.runtime.ListContainers(pb.ListContainersRequest(
             filter=pb.ContainerFilter(pod_sandbox_id=sandbox_id)), timeout=CALL).containers
         statuses = []
@@ -134,9 +146,16 @@ class PodAgent(Controller):
                              key=lambda c: c.metadata.attempt)
             status = self.runtime.ContainerStatus(pb.ContainerStatusRequest(container_id=latest.id),
                                                   timeout=CALL).status
-            statuses.append(_container_status(spec, status))
-        ip = self.runtime.PodSandboxStatus(pb.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id),
-                                           timeout=CALL).status.network.ip
+            running = status.state == pb.CONTAINER_RUNNING
+            if running and self.prober.unhealthy(latest.id):
+                grace = int(wanted["spec"].get("terminationGracePeriodSeconds", 30))
+                self.runtime.StopContainer(pb.StopContainerRequest(container_id=latest.id, timeout=grace),
+                                           timeout=grace + CALL)
+                self.queue.add(key)  # the next pass restarts it by the restartPolicy
+                running = False
+            elif running:
+                self.prober.track(key, spec, latest.id, ip)
+            statuses.append(_container_status(spec, status, ready=running and self.prober.ready(latest.id, spec)))
         self._report(wanted, statuses, ip)
 
     def _restart_due(self, pod: dict[str, Any], spec: dict[str, Any], latest: Any, key: str) -> bool:
@@ -231,7 +250,7 @@ class PodAgent(Controller):
                 self.queue.add_after(object_key(pod), 0.1)  # changed meanwhile: report again on the new one
 
 
-def _container_status(spec: dict[str, Any], status: pb.ContainerStatus) -> dict[str, Any]:
+def _container_status(spec: dict[str, Any], status: pb.ContainerStatus, *, ready: bool) -> dict[str, Any]:
     if status.state == pb.CONTAINER_RUNNING:
         state: dict[str, Any] = {"running": {"startedAt": _time(status.started_at)}}
     elif status.state == pb.CONTAINER_EXITED:
@@ -241,5 +260,5 @@ def _container_status(spec: dict[str, Any], status: pb.ContainerStatus) -> dict[
         state = {"waiting": {"reason": "ContainerCreating"}}
     return {"name": spec["name"], "image": spec["image"], "imageID": status.image_ref,
             "containerID": f"skiff://{status.id}", "restartCount": status.metadata.attempt,
-            "ready": status.state == pb.CONTAINER_RUNNING, "started": status.state == pb.CONTAINER_RUNNING,
+            "ready": ready, "started": status.state == pb.CONTAINER_RUNNING,
             "state": state}
