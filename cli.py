@@ -588,6 +588,7 @@ def _orchestrator_parsers(command: Callable[[str, str], argparse.ArgumentParser]
     c.add_argument("--name", default=os.uname().nodename, help="the node's name (default: the host name)")
     c.add_argument("--cri-socket", default="/run/skiff/skiff.sock", help="the CRI service (default %(default)s)")
     c.add_argument("--log-root", default="/var/log/pods", help="where pods' logs go (default %(default)s)")
+    c.add_argument("--root", default="/var/lib/skiff/agent", help="the pods' volumes (default %(default)s)")
     c.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="a label of the node")
     c = command("control-plane", "run the API server, the scheduler and the controllers")
     c.add_argument("--store", default="sqlite:/var/lib/skiff/orchestrator/state.db",
@@ -642,7 +643,7 @@ def cmd_node_agent(args: argparse.Namespace) -> int:
     from skiff.orchestrator.cli import node_agent
 
     labels = dict(item.partition("=")[::2] for item in args.label)
-    return node_agent(_api(args), args.name, args.cri_socket, log_root=args.log_root, labels=labels)
+    return node_agent(_api(args), args.name, args.cri_socket, log_root=args.log_root, labels=labels, root=args.root)
 
 
 def cmd_control_plane(args: argparse.Namespace) -> int:

@@ -265,7 +265,8 @@ def control_plane(store_url: str, listen: str, *, tcp: tuple[str, int] | None = 
     return 0
 
 
-def node_agent(api: Api, name: str, cri_socket: str, *, log_root: str, labels: dict[str, str]) -> int:
+def node_agent(api: Api, name: str, cri_socket: str, *, log_root: str, labels: dict[str, str],
+               root: str = "/var/lib/skiff/agent") -> int:
     """This machine as node `name` of the cluster `api` serves, its pods run by the CRI service
     on `cri_socket`, until SIGINT or SIGTERM."""
     from skiff.orchestrator.agent.node import NodeStatus
@@ -274,7 +275,7 @@ def node_agent(api: Api, name: str, cri_socket: str, *, log_root: str, labels: d
 
     status = NodeStatus(api, name, labels=labels)
     pods = Informer(api, BY_KIND["Pod"])
-    agent = PodAgent(api, pods, name, cri_socket, log_root=log_root)
+    agent = PodAgent(api, pods, name, cri_socket, log_root=log_root, root=root)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())

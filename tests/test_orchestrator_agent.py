@@ -31,8 +31,8 @@ def node(cri: Cri, tmp_path: Path) -> Iterator[Registry]:
     status = NodeStatus(registry, "node-1", period=0.2)
     status.start()
     pods = Informer(registry, PODS)
-    agent = PodAgent(registry, pods, "node-1", cri.config.socket, log_root=cri.config.log_root, resync=0.2,
-                     backoff_base=0.2)
+    agent = PodAgent(registry, pods, "node-1", cri.config.socket, log_root=cri.config.log_root,
+                     root=str(tmp_path / "agent"), resync=0.2, backoff_base=0.2)
     pods.start()
     assert pods.synced.wait(5)
     agent.start()
@@ -124,3 +124,27 @@ def test_probes(node: Registry, cri: Cri) -> None:
     cri.exec(late, "rm", "/tmp/ready")
     eventually(lambda: not ready(node, "late"))
     assert (status(node, "web").get("containerStatuses") or [{}])[0].get("restartCount") == 0
+
+
+def test_volumes(node: Registry, cri: Cri, tmp_path: Path) -> None:
+    node.create(BY_KIND["Secret"], {"metadata": {"name": "db"}, "data": {"password": "aHVudGVyMg=="}})
+    node.create(BY_KIND["ConfigMap"], {"metadata": {"name": "web"}, "data": {"greeting": "hello"}})
+    p = pod("vols", "sleep", "3600")
+    p["spec"]["volumes"] = [{"name": "db", "secret": {"secretName": "db"}}, {"name": "web", "configMap": {"name": "web"}},
+                            {"name": "scratch", "emptyDir": {}}]
+    p["spec"]["containers"][0]["volumeMounts"] = [{"name": "db", "mountPath": "/etc/db"},
+                                                  {"name": "web", "mountPath": "/etc/web"},
+                                                  {"name": "scratch", "mountPath": "/scratch"}]
+    node.create(PODS, p)
+    eventually(lambda: status(node, "vols").get("phase") == "Running")
+    cid = status(node, "vols")["containerStatuses"][0]["containerID"].removeprefix("skiff://")
+    assert cri.exec(cid, "cat", "/etc/db/password").stdout == b"hunter2"
+    assert cri.exec(cid, "cat", "/etc/web/greeting").stdout == b"hello"
+    assert cri.exec(cid, "sh", "-c", "echo x > /etc/db/new").exit_code != 0  # read-only
+    assert cri.exec(cid, "sh", "-c", "echo x > /scratch/new").exit_code == 0
+    uid = node.get(PODS, "default", "vols")["metadata"]["uid"]
+    secret_dir = tmp_path / "agent" / "pods" / uid / "volumes" / "secret" / "db"
+    with open("/proc/self/mountinfo") as f:
+        assert any(line.split()[4] == str(secret_dir) for line in f)  # a tmpfs: never on disk
+    node.delete(PODS, "default", "vols")
+    eventually(lambda: not (tmp_path / "agent" / "pods" / uid).exists())

@@ -100,7 +100,8 @@ def test_a_deployment_runs_on_a_node_agent(plane: str, cri: Cri, tmp_path: Path)
     from cri_fixture import IMAGE
 
     agent = subprocess.Popen([SKIFF, "node-agent", "--server", plane, "--name", "node-1", "--cri-socket",
-                              cri.config.socket, "--log-root", cri.config.log_root], stderr=subprocess.PIPE, text=True)
+                              cri.config.socket, "--log-root", cri.config.log_root, "--root", str(tmp_path / "agent")],
+                             stderr=subprocess.PIPE, text=True)
     try:
         app = APP.replace("image: busybox, command: [httpd, -f]", f"image: {IMAGE}, command: [sleep, '3600']")
         assert skiff(plane, "apply", "-f", "-", stdin=app).returncode == 0

@@ -21,6 +21,7 @@ from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc
 
 from skiff.errors import SkiffError, Unavailable
+from skiff.orchestrator.agent import volumes
 from skiff.orchestrator.agent.probes import Prober
 from skiff.orchestrator.api import quantity
 from skiff.orchestrator.api.kinds import BY_KIND
@@ -45,9 +46,11 @@ class PodAgent(Controller):
     name = "node-agent"
 
     def __init__(self, registry: Api, pods: Informer, node: str, cri_socket: str, *, log_root: str,
-                 resync: float = 1.0, backoff_base: float = BACKOFF_BASE) -> None:
+                 root: str = "/var/lib/skiff/agent", resync: float = 1.0, backoff_base: float = BACKOFF_BASE) -> None:
+        """`root`: the pods' volumes (volumes.py)."""
         super().__init__()
         self.registry = registry
+        self.root = root
         self.pods = pods
         self.node = node
         self.log_root = log_root
@@ -93,7 +96,11 @@ class PodAgent(Controller):
                 continue
             self.prober.forget({c.id for c in running})
             keys = {f"{s.labels[POD_NAMESPACE]}/{s.labels[POD_NAME]}" for s in sandboxes if POD_NAME in s.labels}
-            keys |= {object_key(p) for p in self.pods.items() if p["spec"].get("nodeName") == self.node}
+            mine = [p for p in self.pods.items() if p["spec"].get("nodeName") == self.node]
+            keys |= {object_key(p) for p in mine}
+            live = {p["metadata"]["uid"] for p in mine} | {s.labels.get(POD_UID) for s in sandboxes}
+            for uid in set(volumes.known_pods(self.root)) - live:  # a pod gone while the agent was away
+                volumes.release(self.root, uid)
             for key in keys:
                 self.queue.add(key)
 
@@ -115,6 +122,7 @@ class PodAgent(Controller):
         for s in sandboxes:
             if s.labels.get(POD_UID) != uid:  # deleted, bound elsewhere, or a pod of the same name before
                 self._tear_down(s.id)
+                volumes.release(self.root, s.labels.get(POD_UID, ""))
         if wanted is None:
             return
         finished = (wanted.get("status") or {}).get("phase") in ("Succeeded", "Failed")
@@ -137,7 +145,8 @@ class PodAgent(Controller):
             latest = mine[-1] if mine else None
             if latest is None or self._restart_due(wanted, spec, latest, key):
                 attempt = latest.metadata.attempt + 1 if latest is not None else 0
-                self._start_container(wanted, spec, sandbox_id, config, attempt)
+                paths = volumes.prepare(self.registry, self.root, wanted)
+                self._start_container(wanted, spec, sandbox_id, config, attempt, paths)
                 for old in mine[:-1]:  # the last dead one stays, for its logs
                     self.runtime.RemoveContainer(pb.RemoveContainerRequest(container_id=old.id), timeout=CALL)
                 containers = self.runtime.ListContainers(pb.ListContainersRequest(
@@ -175,7 +184,7 @@ class PodAgent(Controller):
         return True
 
     def _start_container(self, pod: dict[str, Any], spec: dict[str, Any], sandbox_id: str,
-                         sandbox: pb.PodSandboxConfig, attempt: int) -> None:
+                         sandbox: pb.PodSandboxConfig, attempt: int, paths: dict[str, tuple[str, bool]]) -> None:
         image = spec["image"]
         present = self.images.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=image)), timeout=CALL)
         if spec.get("imagePullPolicy") == "Always" or not present.HasField("image"):
@@ -187,7 +196,9 @@ class PodAgent(Controller):
             envs=[pb.KeyValue(key=e["name"], value=e.get("value", "")) for e in spec.get("env") or []],
             labels={CONTAINER_NAME: spec["name"], POD_UID: pod["metadata"]["uid"],
                     POD_NAME: pod["metadata"]["name"], POD_NAMESPACE: pod["metadata"]["namespace"]},
-            log_path=f"{spec['name']}/{attempt}.log")
+            log_path=f"{spec['name']}/{attempt}.log",
+            mounts=[pb.Mount(host_path=host, container_path=inside, readonly=readonly)
+                    for host, inside, readonly in volumes.mounts(spec, paths)])
         resources = spec.get("resources") or {}
         limits, requests = resources.get("limits") or {}, resources.get("requests") or {}
         where = f"pod {object_key(pod)}: containers {spec['name']}"
