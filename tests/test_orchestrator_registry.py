@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from skiff.errors import Aborted, InvalidArgument, NotFound
+from skiff.errors import Aborted, AlreadyExists, InvalidArgument, NotFound
 from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import FieldSelector, Registry
 from skiff.orchestrator.labels import parse
@@ -90,3 +90,32 @@ def test_lists_and_watches_filter_by_labels_and_fields(registry: Registry) -> No
     assert names(registry.list(POD)) == ["b", "c"]
     with pytest.raises(InvalidArgument, match="want FIELD=VALUE"):
         FieldSelector.parse("spec.nodeName")
+
+
+SERVICES = BY_KIND["Service"]
+
+
+def service(name: str, **spec: Any) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "spec": {"selector": {"app": name}, "ports": [{"port": 80}], **spec}}
+
+
+def test_services_get_a_virtual_ip_and_node_ports(registry: Registry) -> None:
+    a = registry.create(SERVICES, service("a"))
+    b = registry.create(SERVICES, service("b", type="NodePort"))
+    assert a["spec"]["clusterIP"] == "10.96.0.2" and b["spec"]["clusterIP"] == "10.96.0.3"
+    assert b["spec"]["ports"][0]["nodePort"] == 30000
+    assert registry.create(SERVICES, service("h", clusterIP="None"))["spec"]["clusterIP"] == "None"
+    assert registry.create(SERVICES, service("c", clusterIP="10.96.1.1"))["spec"]["clusterIP"] == "10.96.1.1"
+    with pytest.raises(AlreadyExists, match="spec.clusterIP: 10.96.1.1: provided IP is already allocated"):
+        registry.create(SERVICES, service("d", clusterIP="10.96.1.1"))
+    with pytest.raises(InvalidArgument, match="not in the service range 10.96.0.0/16"):
+        registry.create(SERVICES, service("d", clusterIP="192.168.0.1"))
+    with pytest.raises(AlreadyExists, match=r"spec.ports\[0\].nodePort: 30000: provided port is already allocated"):
+        registry.create(SERVICES, service("d", type="NodePort", ports=[{"port": 80, "nodePort": 30000}]))
+    # an update keeps what was given out, and refuses another IP
+    kept = registry.update(SERVICES, {**b, "spec": {**b["spec"], "clusterIP": "", "ports": [{"port": 80}]}})
+    assert kept["spec"]["clusterIP"] == "10.96.0.3" and kept["spec"]["ports"][0]["nodePort"] == 30000
+    with pytest.raises(InvalidArgument, match="spec.clusterIP: 10.96.0.9: field is immutable"):
+        registry.update(SERVICES, {**kept, "spec": {**kept["spec"], "clusterIP": "10.96.0.9"}})
+    turned = registry.update(SERVICES, {**a, "spec": {**a["spec"], "type": "NodePort"}})
+    assert turned["spec"]["ports"][0]["nodePort"] == 30001

@@ -14,19 +14,20 @@ from __future__ import annotations
 
 import datetime
 import secrets
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from skiff.errors import InvalidArgument, NotFound
-from skiff.orchestrator.api import validation
+from skiff.orchestrator.api import service_ips, validation
 from skiff.orchestrator.api.kinds import BY_KIND, Kind
 from skiff.orchestrator.api.meta import DEFAULT_NAMESPACE, check_metadata
 from skiff.orchestrator.labels import EVERYTHING, Selector
 from skiff.orchestrator.store import Event, Listing, Store, resource_version
 
-NAMESPACES = BY_KIND["Namespace"]
+NAMESPACES, SERVICES = BY_KIND["Namespace"], BY_KIND["Service"]
 SYSTEM_NAMESPACES = (DEFAULT_NAMESPACE, "kube-system")
 _NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # generateName's, as Kubernetes: no vowels, no look-alikes
 
@@ -83,6 +84,7 @@ def now() -> str:
 class Registry:
     def __init__(self, store: Store) -> None:
         self.store = store
+        self._allocating = threading.Lock()   # service IPs and node ports (service_ips.py)
 
     def bootstrap(self) -> None:
         """The namespaces every cluster has."""
@@ -108,7 +110,11 @@ class Registry:
         validation.check(obj)
         if kind.namespaced:
             self._require_namespace(metadata["namespace"])
-        return self.store.create(kind.key(metadata.get("namespace", ""), metadata["name"]), obj)
+        key = kind.key(metadata.get("namespace", ""), metadata["name"])
+        if kind is not SERVICES:
+            return self.store.create(key, obj)
+        with self._allocating:
+            return self.store.create(key, service_ips.allocate(obj, self._other_services(key)))
 
     def update(self, kind: Kind, obj: dict[str, Any], *, namespace: str | None = None) -> dict[str, Any]:
         """Replace the object; with a resourceVersion in it, only if that is still the current one."""
@@ -124,7 +130,15 @@ class Registry:
         metadata.update(uid=kept["uid"], creationTimestamp=kept["creationTimestamp"], generation=generation)
         obj = {**obj, "metadata": metadata}
         validation.check(obj)
-        return self.store.update(key, obj, expected=expected)
+        if kind is not SERVICES:
+            return self.store.update(key, obj, expected=expected)
+        with self._allocating:  # a port turned NodePort gets its node port
+            obj = service_ips.allocate(service_ips.keep(obj, current), self._other_services(key))
+            return self.store.update(key, obj, expected=expected)
+
+    def _other_services(self, key: str) -> list[dict[str, Any]]:
+        return [s for s in self.store.list(SERVICES.prefix(None)).items
+                if SERVICES.key(s["metadata"]["namespace"], s["metadata"]["name"]) != key]
 
     def delete(self, kind: Kind, namespace: str, name: str, *, expected: str | None = None) -> dict[str, Any]:
         return self.store.delete(kind.key(namespace, name), expected=expected)
