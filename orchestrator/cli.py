@@ -48,8 +48,11 @@ def _label(kind: Kind) -> str:
 
 
 def apply(api: Api, path: str, namespace: str | None) -> list[str]:
-    """Create what is new, replace what changed (keeping its status), leave the rest: one line
-    each, as kubectl prints them. Every object is checked before any is written."""
+    """Create what is new, merge the file into what exists (keeping what the server and the
+    controllers filled in: a Service's clusterIP, a Deployment's revision, the status), leave
+    what is the same: one line each, as kubectl prints them. Every object is checked before
+    any is written. Unlike kubectl's three-way merge (it remembers what was last applied), a
+    field taken out of the file stays: delete and apply again to drop it."""
     lines = []
     for m in _manifests(path, namespace):
         meta = m.object["metadata"]
@@ -60,17 +63,27 @@ def apply(api: Api, path: str, namespace: str | None) -> list[str]:
             api.create(m.kind, m.object, namespace=ns or None)
             lines.append(f"{_label(m.kind)}/{meta['name']} created")
             continue
-        # the file's labels; its annotations over those controllers keep there (a Deployment's revision)
-        wanted = {**current, **{k: v for k, v in m.object.items() if k != "status"},
-                  "metadata": {**current["metadata"], "labels": meta.get("labels", {}),
-                               "annotations": {**(current["metadata"].get("annotations") or {}),
-                                               **meta.get("annotations", {})}}}
+        applied = {k: v for k, v in m.object.items() if k != "status"}
+        applied["metadata"] = {k: v for k, v in meta.items() if k in ("labels", "annotations")}
+        wanted = _merge(current, applied)
+        wanted["metadata"]["labels"] = meta.get("labels", {})  # the file's labels, as they are
         if wanted == current:
             lines.append(f"{_label(m.kind)}/{meta['name']} unchanged")
             continue
         api.update(m.kind, wanted)
         lines.append(f"{_label(m.kind)}/{meta['name']} configured")
     return lines
+
+
+def _merge(live: Any, applied: Any) -> Any:
+    """`applied` over `live`: maps key by key, lists of maps of the same length item by item
+    (a Service's ports keep their nodePorts), anything else replaced."""
+    if isinstance(live, dict) and isinstance(applied, dict):
+        return {**live, **{k: _merge(live.get(k), v) for k, v in applied.items()}}
+    if (isinstance(live, list) and isinstance(applied, list) and len(live) == len(applied)
+            and all(isinstance(x, dict) for x in live + applied)):
+        return [_merge(a, b) for a, b in zip(live, applied)]
+    return applied
 
 
 def delete(api: Api, resource: str | None, names: list[str], path: str | None, namespace: str | None) -> list[str]:
