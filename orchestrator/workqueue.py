@@ -31,14 +31,17 @@ class WorkQueue:
 
     def add(self, key: str) -> None:
         with self._cond:
-            if self._shut:
-                return
-            if key in self._processing:
-                self._dirty.add(key)
-            elif key not in self._queued:
-                self._queued.add(key)
-                self._queue.append(key)
-                self._cond.notify()
+            if not self._shut:
+                self._enqueue(key)
+
+    def _enqueue(self, key: str) -> None:
+        """Under the lock: queued once, or again after `done` when it is being processed."""
+        if key in self._processing:
+            self._dirty.add(key)
+        elif key not in self._queued:
+            self._queued.add(key)
+            self._queue.append(key)
+            self._cond.notify()
 
     def add_after(self, key: str, delay: float) -> None:
         with self._cond:
@@ -78,22 +81,14 @@ class WorkQueue:
     def _promote(self) -> None:
         now = time.monotonic()
         while self._later and self._later[0][0] <= now:
-            _, key = heapq.heappop(self._later)
-            if key in self._processing:
-                self._dirty.add(key)
-            elif key not in self._queued:
-                self._queued.add(key)
-                self._queue.append(key)
+            self._enqueue(heapq.heappop(self._later)[1])
 
     def done(self, key: str) -> None:
         with self._cond:
             self._processing.discard(key)
             if key in self._dirty:
                 self._dirty.discard(key)
-                if key not in self._queued:
-                    self._queued.add(key)
-                    self._queue.append(key)
-                    self._cond.notify()
+                self._enqueue(key)
 
     def shut_down(self) -> None:
         with self._cond:

@@ -228,7 +228,7 @@ def bundle(tmp_path: Path) -> Path:
 # -- the cgroup v2 VM (tests/vm) -----------------------------------------------------------
 # On a host without v2 controllers, the tests marked requires("cgroup2") run in one QEMU VM
 # with a pure v2 hierarchy and report here; tests/vm/plugin.py says how.
-pytest_plugins = ["vm.plugin", "cri_fixture"]  # tests/ is on sys.path: it is the rootdir conftest's folder
+pytest_plugins = ["vm.plugin", "cri_fixture", "orchestrator_fixture"]  # tests/ is on sys.path: it is the rootdir conftest's folder
 
 
 @pytest.fixture(params=["cold", "warm"])

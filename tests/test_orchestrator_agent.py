@@ -4,12 +4,12 @@ policies, and a deleted pod's sandbox gone."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from orchestrator_fixture import eventually, running
 from cri_api.v1 import api_pb2 as pb
 from cri_fixture import IMAGE, Cri
 
@@ -17,37 +17,19 @@ from skiff.orchestrator.agent.node import NodeStatus
 from skiff.orchestrator.agent.pods import POD_NAME, PodAgent
 from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import Registry
-from skiff.orchestrator.informer import Informer, stop_all
-from skiff.orchestrator.store.sqlite import SqliteStore
 
 PODS, NODES = BY_KIND["Pod"], BY_KIND["Node"]
 
 
 @pytest.fixture
-def node(cri: Cri, tmp_path: Path) -> Iterator[Registry]:
-    store = SqliteStore(str(tmp_path / "state.db"))
-    registry = Registry(store)
-    registry.bootstrap()
+def node(registry: Registry, cri: Cri, tmp_path: Path) -> Iterator[Registry]:
     status = NodeStatus(registry, "node-1", period=0.2)
     status.start()
-    pods = Informer(registry, PODS)
-    agent = PodAgent(registry, pods, "node-1", cri.config.socket, log_root=cri.config.log_root,
-                     root=str(tmp_path / "agent"), resync=0.2, backoff_base=0.2)
-    pods.start()
-    assert pods.synced.wait(5)
-    agent.start()
-    yield registry
-    agent.stop()
-    stop_all([pods])
+    with running(registry, (PODS,), lambda inf: [PodAgent(
+            registry, inf["Pod"], "node-1", cri.config.socket, log_root=cri.config.log_root,
+            root=str(tmp_path / "agent"), resync=0.2, backoff_base=0.2)]):
+        yield registry
     status.stop()
-    store.close()
-
-
-def eventually(check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "not reached in time"
-        time.sleep(0.05)
 
 
 def pod(name: str, *command: str, restart: str = "Always") -> dict[str, Any]:

@@ -21,18 +21,8 @@ from skiff.errors import Aborted, AlreadyExists, InvalidArgument, NotFound, OutO
 from skiff.orchestrator.api.registry import Registry
 from skiff.orchestrator.apiserver import ApiServer, route
 from skiff.orchestrator.client import ApiClient
-from skiff.orchestrator.store.sqlite import SqliteStore
 
 PODS = "/api/v1/namespaces/default/pods"
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    store = SqliteStore(str(tmp_path / "state.db"), keep_events=1000)
-    r = Registry(store)
-    r.bootstrap()
-    yield r
-    store.close()
 
 
 @pytest.fixture

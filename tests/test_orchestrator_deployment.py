@@ -5,20 +5,18 @@ the new version, and undo goes back."""
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from orchestrator_fixture import eventually, running
 
 from skiff.errors import SkiffError
 from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import Registry
 from skiff.orchestrator.controllers.deployment import HASH_LABEL, DeploymentController, rollout_complete, undo
-from skiff.orchestrator.controllers.replicaset import ReplicaSetController, is_active, is_ready
-from skiff.orchestrator.informer import Informer, stop_all
-from skiff.orchestrator.store.sqlite import SqliteStore
+from skiff.orchestrator.controllers.base import is_active, is_ready
+from skiff.orchestrator.controllers.replicaset import ReplicaSetController
 
 DEPLOY, RS, PODS = BY_KIND["Deployment"], BY_KIND["ReplicaSet"], BY_KIND["Pod"]
 
@@ -36,36 +34,16 @@ def make_ready(registry: Registry, stop: threading.Event) -> None:
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Registry]:
-    store = SqliteStore(str(tmp_path / "state.db"))
-    registry = Registry(store)
-    registry.bootstrap()
-    deployments, replica_sets, pods = Informer(registry, DEPLOY), Informer(registry, RS), Informer(registry, PODS)
-    controllers = [DeploymentController(registry, deployments, replica_sets),
-                   ReplicaSetController(registry, replica_sets, pods)]
-    for informer in (deployments, replica_sets, pods):
-        informer.start()
-        assert informer.synced.wait(5)
-    for c in controllers:
-        c.start()
+def cluster(registry: Registry) -> Iterator[Registry]:
     stop = threading.Event()
     kubelet = threading.Thread(target=make_ready, args=(registry, stop))
-    kubelet.start()
-    yield registry
-    stop.set()
-    kubelet.join()
-    for c in controllers:
-        c.stop()
-    stop_all((deployments, replica_sets, pods))
-    store.close()
-
-
-def eventually(check: Callable[[], bool], timeout: float = 20.0, during: Callable[[], None] = lambda: None) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        during()
-        assert time.monotonic() < deadline, "not reached in time"
-        time.sleep(0.01)
+    with running(registry, (DEPLOY, RS, PODS), lambda inf: [
+            DeploymentController(registry, inf["Deployment"], inf["ReplicaSet"]),
+            ReplicaSetController(registry, inf["ReplicaSet"], inf["Pod"])]):
+        kubelet.start()
+        yield registry
+        stop.set()
+        kubelet.join()
 
 
 def deployment(image: str) -> dict[str, Any]:

@@ -3,48 +3,26 @@ addresses with named target ports, and one daemon pod per eligible node as nodes
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from orchestrator_fixture import eventually, running
 
 from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import Registry
 from skiff.orchestrator.controllers.daemonset import DaemonSetController
 from skiff.orchestrator.controllers.endpoints import EndpointsController
-from skiff.orchestrator.informer import Informer, stop_all
-from skiff.orchestrator.store.sqlite import SqliteStore
 
 PODS, SVC, EP, DS, NODES = (BY_KIND[k] for k in ("Pod", "Service", "Endpoints", "DaemonSet", "Node"))
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Registry]:
-    store = SqliteStore(str(tmp_path / "state.db"))
-    registry = Registry(store)
-    registry.bootstrap()
-    inf = {k.kind: Informer(registry, k) for k in (PODS, SVC, EP, DS, NODES)}
-    controllers = [EndpointsController(registry, inf["Service"], inf["Pod"], inf["Endpoints"]),
-                   DaemonSetController(registry, inf["DaemonSet"], inf["Pod"], inf["Node"])]
-    for informer in inf.values():
-        informer.start()
-        assert informer.synced.wait(5)
-    for c in controllers:
-        c.start()
-    yield registry
-    for c in controllers:
-        c.stop()
-    stop_all(inf.values())
-    store.close()
-
-
-def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "not reached in time"
-        time.sleep(0.02)
+def cluster(registry: Registry) -> Iterator[Registry]:
+    with running(registry, (PODS, SVC, EP, DS, NODES), lambda inf: [
+            EndpointsController(registry, inf["Service"], inf["Pod"], inf["Endpoints"]),
+            DaemonSetController(registry, inf["DaemonSet"], inf["Pod"], inf["Node"])]):
+        yield registry
 
 
 def web_pod(name: str, ip: str, ready: bool) -> dict[str, Any]:

@@ -3,48 +3,25 @@ it, a pod with a second owner only loses the reference, and a namespace takes it
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from orchestrator_fixture import eventually, running
 
 from skiff.orchestrator.api.kinds import BY_KIND, KINDS
 from skiff.orchestrator.api.registry import Registry
 from skiff.orchestrator.controllers.garbage import GarbageCollector
 from skiff.orchestrator.controllers.replicaset import ReplicaSetController
-from skiff.orchestrator.informer import Informer, stop_all
-from skiff.orchestrator.store.sqlite import SqliteStore
 
 RS, PODS, NS, CM = BY_KIND["ReplicaSet"], BY_KIND["Pod"], BY_KIND["Namespace"], BY_KIND["ConfigMap"]
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Registry]:
-    store = SqliteStore(str(tmp_path / "state.db"))
-    registry = Registry(store)
-    registry.bootstrap()
-    informers = {k.kind: Informer(registry, k) for k in KINDS}
-    controllers = [GarbageCollector(registry, informers),
-                   ReplicaSetController(registry, informers["ReplicaSet"], informers["Pod"])]
-    for informer in informers.values():
-        informer.start()
-        assert informer.synced.wait(5)
-    for c in controllers:
-        c.start()
-    yield registry
-    for c in controllers:
-        c.stop()
-    stop_all(informers.values())
-    store.close()
-
-
-def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "not reached in time"
-        time.sleep(0.02)
+def cluster(registry: Registry) -> Iterator[Registry]:
+    with running(registry, KINDS, lambda inf: [GarbageCollector(registry, inf),
+                                               ReplicaSetController(registry, inf["ReplicaSet"], inf["Pod"])]):
+        yield registry
 
 
 def replica_set(namespace: str = "default") -> dict[str, Any]:

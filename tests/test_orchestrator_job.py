@@ -5,18 +5,16 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from orchestrator_fixture import eventually, running
 
 from skiff.errors import SkiffError
 from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import Registry
 from skiff.orchestrator.controllers.job import JobController, finished
-from skiff.orchestrator.informer import Informer, stop_all
-from skiff.orchestrator.store.sqlite import SqliteStore
 
 JOBS, PODS = BY_KIND["Job"], BY_KIND["Pod"]
 
@@ -35,32 +33,14 @@ def run_pods(registry: Registry, stop: threading.Event, most_at_once: list[int])
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[tuple[Registry, list[int]]]:
-    store = SqliteStore(str(tmp_path / "state.db"))
-    registry = Registry(store)
-    registry.bootstrap()
-    jobs, pods = Informer(registry, JOBS), Informer(registry, PODS)
-    controller = JobController(registry, jobs, pods)
-    for informer in (jobs, pods):
-        informer.start()
-        assert informer.synced.wait(5)
-    controller.start()
+def cluster(registry: Registry) -> Iterator[tuple[Registry, list[int]]]:
     stop, most_at_once = threading.Event(), [0]
     kubelet = threading.Thread(target=run_pods, args=(registry, stop, most_at_once))
-    kubelet.start()
-    yield registry, most_at_once
-    stop.set()
-    kubelet.join()
-    controller.stop()
-    stop_all((jobs, pods))
-    store.close()
-
-
-def eventually(check: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "not reached in time"
-        time.sleep(0.02)
+    with running(registry, (JOBS, PODS), lambda inf: [JobController(registry, inf["Job"], inf["Pod"])]):
+        kubelet.start()
+        yield registry, most_at_once
+        stop.set()
+        kubelet.join()
 
 
 def job(name: str, image: str, **spec: int) -> dict[str, Any]:

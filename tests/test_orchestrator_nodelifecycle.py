@@ -6,33 +6,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+from orchestrator_fixture import running
 
 from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import Registry
 from skiff.orchestrator.controllers.nodelifecycle import NodeLifecycleController, parse_time
-from skiff.orchestrator.informer import Informer, stop_all
-from skiff.orchestrator.store.sqlite import SqliteStore
 
 NODES, PODS = BY_KIND["Node"], BY_KIND["Pod"]
 T0 = "2026-01-01T00:00:00Z"
 
 
 @pytest.fixture
-def setup(tmp_path: Path) -> Iterator[tuple[Registry, NodeLifecycleController]]:
-    store = SqliteStore(str(tmp_path / "state.db"))
-    registry = Registry(store)
-    registry.bootstrap()
-    nodes, pods = Informer(registry, NODES), Informer(registry, PODS)
-    for informer in (nodes, pods):
-        informer.start()
-        assert informer.synced.wait(5)
-    yield registry, NodeLifecycleController(registry, nodes, pods, grace=40, eviction=60)
-    stop_all((nodes, pods))
-    store.close()
+def setup(registry: Registry) -> Iterator[tuple[Registry, NodeLifecycleController]]:
+    with running(registry, (NODES, PODS), lambda inf: []) as inf:
+        yield registry, NodeLifecycleController(registry, inf["Node"], inf["Pod"], grace=40, eviction=60)
 
 
 def pod(name: str, daemon: bool = False) -> dict[str, Any]:

@@ -3,8 +3,6 @@ namespaces, optimistic updates, label and field selectors on lists and watches."
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,18 +12,8 @@ from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import FieldSelector, Registry
 from skiff.orchestrator.labels import parse
 from skiff.orchestrator.store import EventType, Listing
-from skiff.orchestrator.store.sqlite import SqliteStore
 
 POD = BY_KIND["Pod"]
-
-
-@pytest.fixture
-def registry(tmp_path: Path) -> Iterator[Registry]:
-    store = SqliteStore(str(tmp_path / "state.db"))
-    r = Registry(store)
-    r.bootstrap()
-    yield r
-    store.close()
 
 
 def pod(name: str = "", *, node: str = "", **labels: str) -> dict[str, Any]:

@@ -4,43 +4,23 @@ reconcile, look at what it made."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from orchestrator_fixture import eventually, running
 
 from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import Registry
 from skiff.orchestrator.controllers.replicaset import ReplicaSetController
-from skiff.orchestrator.informer import Informer, stop_all
-from skiff.orchestrator.store.sqlite import SqliteStore
 
 RS, PODS = BY_KIND["ReplicaSet"], BY_KIND["Pod"]
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Registry]:
-    store = SqliteStore(str(tmp_path / "state.db"))
-    registry = Registry(store)
-    registry.bootstrap()
-    rs_informer, pod_informer = Informer(registry, RS), Informer(registry, PODS)
-    controller = ReplicaSetController(registry, rs_informer, pod_informer)
-    for informer in (rs_informer, pod_informer):
-        informer.start()
-        assert informer.synced.wait(5)
-    controller.start()
-    yield registry
-    controller.stop()
-    stop_all((rs_informer, pod_informer))
-    store.close()
-
-
-def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "not reached in time"
-        time.sleep(0.05)
+def cluster(registry: Registry) -> Iterator[Registry]:
+    with running(registry, (RS, PODS), lambda inf: [ReplicaSetController(registry, inf["ReplicaSet"], inf["Pod"])]):
+        yield registry
 
 
 def replica_set(replicas: int) -> dict[str, Any]:

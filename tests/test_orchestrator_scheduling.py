@@ -3,44 +3,23 @@ pod's condition, and its retry when a node comes."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from orchestrator_fixture import eventually, running
 
 from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import Registry
-from skiff.orchestrator.informer import Informer, stop_all
 from skiff.orchestrator.scheduler.loop import Scheduler
-from skiff.orchestrator.store.sqlite import SqliteStore
 
 NODES, PODS = BY_KIND["Node"], BY_KIND["Pod"]
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Registry]:
-    store = SqliteStore(str(tmp_path / "state.db"))
-    registry = Registry(store)
-    registry.bootstrap()
-    informers = [Informer(registry, NODES), Informer(registry, PODS)]
-    scheduler = Scheduler(registry, *informers)
-    for informer in informers:
-        informer.start()
-        assert informer.synced.wait(5)
-    scheduler.start()
-    yield registry
-    scheduler.stop()
-    stop_all(informers)
-    store.close()
-
-
-def eventually(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "not reached in time"
-        time.sleep(0.05)
+def cluster(registry: Registry) -> Iterator[Registry]:
+    with running(registry, (NODES, PODS), lambda inf: [Scheduler(registry, inf["Node"], inf["Pod"])]):
+        yield registry
 
 
 def node(name: str, cpu: str) -> dict[str, Any]:

@@ -4,17 +4,15 @@ posted every `period` seconds (the heartbeat the node lifecycle controller watch
 from __future__ import annotations
 
 import copy
-import logging
 import os
 import socket
-import threading
 from typing import Any
 
-from skiff.errors import NotFound, SkiffError
+from skiff.errors import NotFound
 from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import Api, now
+from skiff.orchestrator.periodic import Periodic
 
-log = logging.getLogger("skiff.orchestrator")
 NODES = BY_KIND["Node"]
 HEARTBEAT = 10.0  # seconds: kubelet's nodeStatusUpdateFrequency
 
@@ -33,9 +31,7 @@ class NodeStatus:
         self.labels = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", **(labels or {})}
         self.address = address
         self.runtime_version = runtime_version
-        self.period = period
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Periodic("node-heartbeat", period, self.heartbeat)
 
     def _status(self) -> dict[str, Any]:
         have = capacity()
@@ -73,17 +69,7 @@ class NodeStatus:
 
     def start(self) -> None:
         self.register()
-        self._thread = threading.Thread(target=self._run, name="node-heartbeat", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.period):
-            try:
-                self.heartbeat()
-            except SkiffError as e:
-                log.warning("node %s: heartbeat: %s", self.name, e)
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._loop.stop()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import datetime
-import threading
 import time
 from typing import Any
 
@@ -28,6 +27,7 @@ from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import Api
 from skiff.orchestrator.controllers.base import Controller
 from skiff.orchestrator.informer import Informer, object_key
+from skiff.orchestrator.periodic import Periodic
 
 PODS = BY_KIND["Pod"]
 POD_NAME, POD_NAMESPACE, POD_UID = "io.kubernetes.pod.name", "io.kubernetes.pod.namespace", "io.kubernetes.pod.uid"
@@ -61,8 +61,7 @@ class PodAgent(Controller):
         self.images = api_pb2_grpc.ImageServiceStub(self._channel)
         self._restarts: dict[tuple[str, str], float] = {}   # (pod uid, container) -> not before (monotonic)
         self.prober = Prober(self.runtime, self.queue.add)
-        self._stop = threading.Event()
-        self._relister: threading.Thread | None = None
+        self._relister = Periodic("node-agent-relist", resync, self._relist)
         pods.on_change(self._pod_changed)
 
     def _pod_changed(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
@@ -72,37 +71,27 @@ class PodAgent(Controller):
     def start(self, workers: int = 2) -> None:
         super().start(workers)
         self.prober.start()
-        self._relister = threading.Thread(target=self._relist, name="node-agent-relist", daemon=True)
         self._relister.start()
 
     def stop(self) -> None:
-        self._stop.set()
         self.prober.stop()
-        if self._relister is not None:
-            self._relister.join()
+        self._relister.stop()
         super().stop()
         self._channel.close()
 
     def _relist(self) -> None:
-        while not self._stop.wait(self.resync):
-            try:
-                sandboxes = self.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=CALL).items
-            except grpc.RpcError:
-                continue
-            try:
-                running = self.runtime.ListContainers(pb.ListContainersRequest(filter=pb.ContainerFilter(
-                    state=pb.ContainerStateValue(state=pb.CONTAINER_RUNNING))), timeout=CALL).containers
-            except grpc.RpcError:
-                continue
-            self.prober.forget({c.id for c in running})
-            keys = {f"{s.labels[POD_NAMESPACE]}/{s.labels[POD_NAME]}" for s in sandboxes if POD_NAME in s.labels}
-            mine = [p for p in self.pods.items() if p["spec"].get("nodeName") == self.node]
-            keys |= {object_key(p) for p in mine}
-            live = {p["metadata"]["uid"] for p in mine} | {s.labels.get(POD_UID) for s in sandboxes}
-            for uid in set(volumes.known_pods(self.root)) - live:  # a pod gone while the agent was away
-                volumes.release(self.root, uid)
-            for key in keys:
-                self.queue.add(key)
+        sandboxes = self.runtime.ListPodSandbox(pb.ListPodSandboxRequest(), timeout=CALL).items
+        running = self.runtime.ListContainers(pb.ListContainersRequest(filter=pb.ContainerFilter(
+            state=pb.ContainerStateValue(state=pb.CONTAINER_RUNNING))), timeout=CALL).containers
+        self.prober.forget({c.id for c in running})
+        keys = {f"{s.labels[POD_NAMESPACE]}/{s.labels[POD_NAME]}" for s in sandboxes if POD_NAME in s.labels}
+        mine = [p for p in self.pods.items() if p["spec"].get("nodeName") == self.node]
+        keys |= {object_key(p) for p in mine}
+        live = {p["metadata"]["uid"] for p in mine} | {s.labels.get(POD_UID) for s in sandboxes}
+        for uid in set(volumes.known_pods(self.root)) - live:  # a pod gone while the agent was away
+            volumes.release(self.root, uid)
+        for key in keys:
+            self.queue.add(key)
 
     # -- one pass over one pod ---------------------------------------------------------------------
 

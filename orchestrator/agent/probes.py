@@ -19,6 +19,8 @@ from typing import Any
 import grpc
 from cri_api.v1 import api_pb2 as pb
 
+from skiff.orchestrator.periodic import Periodic
+
 
 @dataclass(slots=True)
 class _Probe:
@@ -44,8 +46,7 @@ class Prober:
         self.changed = changed
         self._lock = threading.Lock()
         self._probes: dict[tuple[str, str], _Probe] = {}   # (container id, kind)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._loop = Periodic("prober", 0.1, self._round)
 
     def track(self, pod_key: str, container: dict[str, Any], container_id: str, ip: str) -> None:
         """Probe this running container (again a no-op for one already tracked)."""
@@ -81,23 +82,19 @@ class Prober:
             return probe is not None and probe.result
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="prober", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._loop.stop()
 
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            now = time.monotonic()
-            with self._lock:
-                due = [p for p in self._probes.values() if p.next_at <= now]
-            for probe in due:
-                ok = self._once(probe)
-                probe.next_at = time.monotonic() + float(probe.spec.get("periodSeconds", 10))
-                self._record(probe, ok)
+    def _round(self) -> None:
+        now = time.monotonic()
+        with self._lock:
+            due = [p for p in self._probes.values() if p.next_at <= now]
+        for probe in due:
+            ok = self._once(probe)
+            probe.next_at = time.monotonic() + float(probe.spec.get("periodSeconds", 10))
+            self._record(probe, ok)
 
     def _record(self, probe: _Probe, ok: bool) -> None:
         if ok:

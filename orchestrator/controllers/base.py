@@ -9,12 +9,32 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from skiff.errors import NotFound
 from skiff.orchestrator.workqueue import ShutDown, WorkQueue
 
 log = logging.getLogger("skiff.orchestrator")
 EXPECTATIONS_TTL = 300.0  # seconds: an expectation never met (a lost event) stops blocking then
+FINISHED = ("Succeeded", "Failed")
+
+
+def controller_of(obj: dict[str, Any]) -> dict[str, Any] | None:
+    return next((r for r in obj["metadata"].get("ownerReferences") or [] if r.get("controller")), None)
+
+
+def is_ready(pod: dict[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def is_active(pod: dict[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") not in FINISHED and not pod["metadata"].get("deletionTimestamp")
+
+
+def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"],
+            "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
 
 
 @dataclass(slots=True)
@@ -61,6 +81,20 @@ class Controller:
 
     def sync(self, key: str) -> None:
         raise NotImplementedError
+
+    def owner_event(self, kind: str, old: dict[str, Any] | None, new: dict[str, Any] | None,
+                    expectations: Expectations) -> bool:
+        """A pod changed: enqueue the `kind` object that controls it, counting the add or
+        delete it may be waiting for. False when no `kind` controls the pod."""
+        pod = new or old
+        assert pod is not None
+        ref = controller_of(pod)
+        if ref is None or ref.get("kind") != kind:
+            return False
+        owner = f"{pod['metadata']['namespace']}/{ref['name']}"
+        expectations.observed(owner, added=int(old is None), deleted=int(new is None))
+        self.queue.add(owner)
+        return True
 
     def start(self, workers: int = 1) -> None:
         for n in range(workers):

@@ -12,8 +12,9 @@ from typing import Any
 from skiff.errors import NotFound
 from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import Api
-from skiff.orchestrator.controllers.base import Controller, Expectations
-from skiff.orchestrator.controllers.replicaset import controller_of, is_active, is_ready, owner_reference
+from skiff.orchestrator.controllers.base import (
+    Controller, Expectations, controller_of, is_active, is_ready, owner_reference,
+)
 from skiff.orchestrator.informer import Informer, object_key
 from skiff.orchestrator.scheduler import filters
 from skiff.orchestrator.scheduler.nodes import NodeInfo
@@ -40,14 +41,7 @@ class DaemonSetController(Controller):
             self.queue.add(object_key(ds))
 
     def _pod_changed(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
-        pod = new or old
-        assert pod is not None
-        ref = controller_of(pod)
-        if ref is not None and ref.get("kind") == "DaemonSet":
-            owner = f"{pod['metadata']['namespace']}/{ref['name']}"
-            if old is None:
-                self.expectations.observed(owner, added=1)
-            self.queue.add(owner)
+        self.owner_event("DaemonSet", old, new, self.expectations)
 
     def sync(self, key: str) -> None:
         ds = self.daemon_sets.get(key)

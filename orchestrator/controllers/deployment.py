@@ -22,8 +22,7 @@ from typing import Any
 from skiff.errors import AlreadyExists, NotFound
 from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import Api
-from skiff.orchestrator.controllers.base import Controller
-from skiff.orchestrator.controllers.replicaset import controller_of, owner_reference
+from skiff.orchestrator.controllers.base import Controller, controller_of, owner_reference
 from skiff.orchestrator.informer import Informer
 
 DEPLOYMENTS, REPLICA_SETS = BY_KIND["Deployment"], BY_KIND["ReplicaSet"]

@@ -11,8 +11,7 @@ from typing import Any
 from skiff.errors import NotFound
 from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import Api
-from skiff.orchestrator.controllers.base import Controller
-from skiff.orchestrator.controllers.replicaset import is_active, is_ready
+from skiff.orchestrator.controllers.base import Controller, is_active, is_ready
 from skiff.orchestrator.informer import Informer, object_key
 
 SERVICES, ENDPOINTS = BY_KIND["Service"], BY_KIND["Endpoints"]

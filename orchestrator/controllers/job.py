@@ -16,8 +16,7 @@ from typing import Any
 from skiff.errors import NotFound
 from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import Api, now
-from skiff.orchestrator.controllers.base import Controller, Expectations
-from skiff.orchestrator.controllers.replicaset import controller_of, owner_reference
+from skiff.orchestrator.controllers.base import Controller, Expectations, controller_of, owner_reference
 from skiff.orchestrator.informer import Informer
 
 JOBS, PODS = BY_KIND["Job"], BY_KIND["Pod"]
@@ -49,14 +48,7 @@ class JobController(Controller):
         pods.on_change(self._pod_changed)
 
     def _pod_changed(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
-        pod = new or old
-        assert pod is not None
-        ref = controller_of(pod)
-        if ref is not None and ref.get("kind") == "Job":
-            job = f"{pod['metadata']['namespace']}/{ref['name']}"
-            if old is None:
-                self.expectations.observed(job, added=1)
-            self.queue.add(job)
+        self.owner_event("Job", old, new, self.expectations)
 
     def sync(self, key: str) -> None:
         job = self.jobs.get(key)

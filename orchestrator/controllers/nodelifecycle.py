@@ -9,14 +9,14 @@ from __future__ import annotations
 import copy
 import datetime
 import logging
-import threading
 from typing import Any
 
 from skiff.errors import NotFound
 from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import Api, now
-from skiff.orchestrator.controllers.replicaset import controller_of
+from skiff.orchestrator.controllers.base import controller_of
 from skiff.orchestrator.informer import Informer
+from skiff.orchestrator.periodic import Periodic
 
 log = logging.getLogger("skiff.orchestrator")
 NODES, PODS = BY_KIND["Node"], BY_KIND["Pod"]
@@ -35,26 +35,21 @@ class NodeLifecycleController:
         self.registry = registry
         self.nodes = nodes
         self.pods = pods
-        self.grace, self.eviction, self.period = grace, eviction, period
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.grace, self.eviction = grace, eviction
+        self._loop = Periodic("node-lifecycle", period, self._round)
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="node-lifecycle", daemon=True)
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
+        self._loop.stop()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.period):
-            for node in self.nodes.items():
-                try:
-                    self.check(node, datetime.datetime.now(datetime.UTC).timestamp())
-                except Exception as e:  # the next round looks again
-                    log.warning("node lifecycle: %s: %s", node["metadata"]["name"], e)
+    def _round(self) -> None:
+        for node in self.nodes.items():
+            try:
+                self.check(node, datetime.datetime.now(datetime.UTC).timestamp())
+            except Exception as e:  # the other nodes all the same; this one again next round
+                log.warning("node lifecycle: %s: %s", node["metadata"]["name"], e)
 
     def check(self, node: dict[str, Any], at: float) -> None:
         ready = next((c for c in (node.get("status") or {}).get("conditions") or [] if c.get("type") == "Ready"), None)

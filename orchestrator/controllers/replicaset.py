@@ -13,30 +13,13 @@ from typing import Any
 from skiff.errors import AlreadyExists, NotFound
 from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import Api
-from skiff.orchestrator.controllers.base import Controller, Expectations
+from skiff.orchestrator.controllers.base import (
+    Controller, Expectations, controller_of, is_active, is_ready, owner_reference,
+)
 from skiff.orchestrator.informer import Informer, object_key
 from skiff.orchestrator.labels import from_label_selector
 
 REPLICA_SETS, PODS = BY_KIND["ReplicaSet"], BY_KIND["Pod"]
-FINISHED = ("Succeeded", "Failed")
-
-
-def controller_of(obj: dict[str, Any]) -> dict[str, Any] | None:
-    return next((r for r in obj["metadata"].get("ownerReferences") or [] if r.get("controller")), None)
-
-
-def is_ready(pod: dict[str, Any]) -> bool:
-    return any(c.get("type") == "Ready" and c.get("status") == "True"
-               for c in (pod.get("status") or {}).get("conditions") or [])
-
-
-def is_active(pod: dict[str, Any]) -> bool:
-    return (pod.get("status") or {}).get("phase") not in FINISHED and not pod["metadata"].get("deletionTimestamp")
-
-
-def owner_reference(owner: dict[str, Any]) -> dict[str, Any]:
-    return {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": owner["metadata"]["name"],
-            "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
 
 
 class ReplicaSetController(Controller):
@@ -52,19 +35,9 @@ class ReplicaSetController(Controller):
         pods.on_change(self._pod_changed)
 
     def _pod_changed(self, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
-        pod = new or old
-        assert pod is not None
-        ref = controller_of(pod)
-        namespace = pod["metadata"]["namespace"]
-        if ref is not None and ref.get("kind") == "ReplicaSet":
-            owner = f"{namespace}/{ref['name']}"
-            if old is None:
-                self.expectations.observed(owner, added=1)
-            elif new is None:
-                self.expectations.observed(owner, deleted=1)
-            self.queue.add(owner)
-        elif new is not None:  # an orphan: the ReplicaSets that would adopt it
-            for rs in self.replica_sets.items():
+        if not self.owner_event("ReplicaSet", old, new, self.expectations) and new is not None:
+            namespace = new["metadata"]["namespace"]
+            for rs in self.replica_sets.items():  # an orphan: the ReplicaSets that would adopt it
                 if rs["metadata"]["namespace"] == namespace and _selects(rs, new):
                     self.queue.add(object_key(rs))
 

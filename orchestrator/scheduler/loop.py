@@ -13,8 +13,7 @@ from typing import Any
 
 from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import Api
-from skiff.orchestrator.controllers.base import Controller
-from skiff.orchestrator.controllers.replicaset import is_active
+from skiff.orchestrator.controllers.base import Controller, is_active
 from skiff.orchestrator.informer import Informer
 from skiff.orchestrator.scheduler.decide import Decider
 from skiff.orchestrator.scheduler.nodes import NodeInfo
