@@ -240,6 +240,7 @@ class ApiServer:
             raise InvalidArgument("api server: listen on a unix socket or on TCP, one of the two")
         server: _Server
         if unix_socket is not None:
+            os.makedirs(os.path.dirname(os.path.abspath(unix_socket)), mode=0o755, exist_ok=True)
             if os.path.exists(unix_socket):
                 os.unlink(unix_socket)  # a socket file a stopped server left
             old = os.umask(0o177)
