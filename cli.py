@@ -594,6 +594,22 @@ def _orchestrator_parsers(command: Callable[[str, str], argparse.ArgumentParser]
     c.add_argument("--store", default="sqlite:/var/lib/skiff/orchestrator/state.db",
                    help="sqlite:PATH or etcd:http://HOST:PORT (default %(default)s)")
     c.add_argument("--listen", default="/run/skiff/api.sock", help="the unix socket (default %(default)s)")
+    c.add_argument("--tcp", metavar="HOST:PORT", help="also listen on TCP, with TLS and bearer tokens (for nodes "
+                   "on other machines: skiff node join)")
+    c.add_argument("--tls-cert", metavar="FILE")
+    c.add_argument("--tls-key", metavar="FILE")
+    c.add_argument("--token-file", metavar="FILE", help="the tokens accepted on TCP, one a line")
+    c = command("node", "this machine as a node of a cluster on another machine")
+    node_sub = c.add_subparsers(dest="node_command", required=True, metavar="command")
+    j = node_sub.add_parser("join", help="join the cluster at URL and run its pods here (until SIGTERM)")
+    j.add_argument("url", help="the control plane's https://HOST:PORT")
+    j.add_argument("--token", required=True)
+    j.add_argument("--certificate-authority", dest="ca", metavar="FILE", help="CA to check the server with")
+    j.add_argument("--name", default=os.uname().nodename, help="the node's name (default: the host name)")
+    j.add_argument("--cri-socket", default="/run/skiff/skiff.sock", help="the CRI service (default %(default)s)")
+    j.add_argument("--log-root", default="/var/log/pods", help="where pods' logs go (default %(default)s)")
+    j.add_argument("--root", default="/var/lib/skiff/agent", help="the pods' volumes (default %(default)s)")
+    j.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="a label of the node")
 
 
 def _api(args: argparse.Namespace) -> Any:
@@ -647,9 +663,21 @@ def cmd_node_agent(args: argparse.Namespace) -> int:
 
 
 def cmd_control_plane(args: argparse.Namespace) -> int:
-    from skiff.orchestrator.cli import control_plane
+    from skiff.orchestrator.cli import control_plane, tcp_options
 
-    return control_plane(args.store, args.listen)
+    tcp, tls, tokens = tcp_options(args.tcp, args.tls_cert, args.tls_key, args.token_file)
+    return control_plane(args.store, args.listen, tcp=tcp, tls=tls, tokens=tokens)
+
+
+def cmd_node(args: argparse.Namespace) -> int:
+    """`skiff node join URL --token T`: the node agent against a control plane elsewhere."""
+    from skiff.orchestrator.cli import connect, node_agent
+
+    if not args.url.startswith("https://"):
+        raise InvalidArgument(f"node join {args.url}: want https://HOST:PORT, the control plane's --tcp listener")
+    labels = dict(item.partition("=")[::2] for item in args.label)
+    return node_agent(connect(args.url, args.token, args.ca), args.name, args.cri_socket, log_root=args.log_root,
+                      labels=labels, root=args.root)
 
 
 def main(argv: list[str] | None = None) -> int:

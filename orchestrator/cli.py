@@ -306,6 +306,29 @@ def node_agent(api: Api, name: str, cri_socket: str, *, log_root: str, labels: d
     return 0
 
 
+def tcp_options(tcp: str | None, cert: str | None, key: str | None,
+                token_file: str | None) -> tuple[tuple[str, int] | None, tuple[str, str] | None, tuple[str, ...] | None]:
+    """`--tcp HOST:PORT` with its certificate, key and token file, checked together."""
+    if tcp is None:
+        if cert or key or token_file:
+            raise InvalidArgument("--tls-cert, --tls-key and --token-file go with --tcp")
+        return None, None, None
+    host, sep, port = tcp.rpartition(":")
+    if not sep or not port.isdigit():
+        raise InvalidArgument(f"--tcp {tcp!r}: want HOST:PORT")
+    if not (cert and key and token_file):
+        raise InvalidArgument("--tcp: needs --tls-cert, --tls-key and --token-file (nothing is served on TCP "
+                              "without TLS and a token)")
+    try:
+        with open(token_file) as f:
+            tokens = tuple(line.strip() for line in f if line.strip())
+    except OSError as e:
+        raise InvalidArgument(f"--token-file {token_file}: {e.strerror.lower() if e.strerror else e}") from None
+    if not tokens:
+        raise InvalidArgument(f"--token-file {token_file}: no token in it")
+    return (host or "0.0.0.0", int(port)), (cert, key), tokens
+
+
 def open_store(url: str) -> Any:
     """`sqlite:PATH` (the default kind when no scheme is given) or `etcd:http://HOST:PORT`."""
     scheme, sep, rest = url.partition(":")

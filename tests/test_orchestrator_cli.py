@@ -135,3 +135,57 @@ def test_a_deployment_runs_on_a_node_agent(plane: str, cri: Cri, tmp_path: Path)
         assert agent.wait(30) == 0
         assert agent.stderr is not None
         agent.stderr.close()
+
+
+def test_a_node_joins_over_tls_with_a_token(cri: Cri, tmp_path: Path) -> None:
+    """`skiff control-plane --tcp` serves TLS with tokens; `skiff node join` runs pods from it;
+    a wrong token gets nothing."""
+    import socket
+
+    from cri_api.v1 import api_pb2 as pb
+    from cri_fixture import IMAGE
+
+    cert, key, tokens = tmp_path / "tls.crt", tmp_path / "tls.key", tmp_path / "tokens"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    tokens.write_text("s3cret\n")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"https://127.0.0.1:{port}"
+    sock = str(tmp_path / "api.sock")
+    plane = subprocess.Popen([SKIFF, "control-plane", "--store", f"sqlite:{tmp_path / 'state.db'}", "--listen", sock,
+                              "--tcp", f"127.0.0.1:{port}", "--tls-cert", str(cert), "--tls-key", str(key),
+                              "--token-file", str(tokens)], stderr=subprocess.PIPE, text=True)
+    node = None
+    try:
+        deadline = time.monotonic() + 20
+        while not os.path.exists(sock):
+            assert plane.poll() is None and time.monotonic() < deadline, "the control plane did not start"
+            time.sleep(0.05)
+        remote = ("--server", url, "--certificate-authority", str(cert))
+        wrong = subprocess.run([SKIFF, "get", "ns", *remote, "--token", "guess"], capture_output=True, text=True)
+        assert wrong.returncode == 1 and "Unauthorized" in wrong.stderr
+        node = subprocess.Popen([SKIFF, "node", "join", url, "--token", "s3cret", "--certificate-authority", str(cert),
+                                 "--name", "far", "--cri-socket", cri.config.socket, "--log-root", cri.config.log_root,
+                                 "--root", str(tmp_path / "agent")], stderr=subprocess.PIPE, text=True)
+        pod = (f"apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  containers: [{{name: c, image: {IMAGE}, "
+               "command: [sleep, '3600']}]\n")
+        assert subprocess.run([SKIFF, "apply", "-f", "-", *remote, "--token", "s3cret"], input=pod, text=True,
+                              capture_output=True).returncode == 0
+        while "Running" not in skiff(sock, "get", "po", "p").stdout:
+            assert time.monotonic() < deadline + 40, skiff(sock, "get", "po", "p").stdout
+            time.sleep(0.2)
+        assert skiff(sock, "get", "po", "p").stdout.splitlines()[1].split()[6] == "far"
+        skiff(sock, "delete", "po", "p")
+        while cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items:
+            assert time.monotonic() < deadline + 60, "the pod's sandbox stayed"
+            time.sleep(0.2)
+    finally:
+        for process in (node, plane):
+            if process is not None:
+                process.send_signal(signal.SIGTERM)
+                assert process.wait(30) == 0
+                assert process.stderr is not None
+                process.stderr.close()
