@@ -576,6 +576,9 @@ def _orchestrator_parsers(command: Callable[[str, str], argparse.ArgumentParser]
     c.add_argument("resource", nargs="?")
     c.add_argument("names", nargs="*")
     c.add_argument("-f", "--filename")
+    c = client_flags(command("describe", "one object in words: identity, what it is for, its conditions"))
+    c.add_argument("resource")
+    c.add_argument("name")
     c = client_flags(command("scale", "set the replicas of a deployment or replicaset"))
     c.add_argument("resource")
     c.add_argument("name")
@@ -637,6 +640,13 @@ def cmd_delete(args: argparse.Namespace) -> int:
     from skiff.orchestrator.cli import delete
 
     print("\n".join(delete(_api(args), args.resource, args.names, args.filename, args.namespace)))
+    return 0
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    from skiff.orchestrator.cli import describe
+
+    print(describe(_api(args), args.resource, args.name, args.namespace))
     return 0
 
 

@@ -220,6 +220,55 @@ def rollout(api: Api, action: str, name: str, namespace: str | None, *, to_revis
     return f'deployment "{name}" successfully rolled out'
 
 
+def describe(api: Api, resource: str, name: str, namespace: str | None) -> str:
+    """A readable account of one object, as kubectl describe gives it: identity, labels, what it
+    is for (per kind), and its status conditions."""
+    kind = kinds.resolve(resource)
+    obj = api.get(kind, (namespace or "default") if kind.namespaced else "", name)
+    m, spec, status = obj["metadata"], obj.get("spec") or {}, obj.get("status") or {}
+    rows: list[tuple[str, str]] = [("Name:", m["name"])]
+    if kind.namespaced:
+        rows.append(("Namespace:", m.get("namespace", "")))
+    rows += [("Labels:", ", ".join(f"{k}={v}" for k, v in sorted((m.get("labels") or {}).items())) or "<none>"),
+             ("Annotations:", ", ".join(f"{k}={v}" for k, v in sorted((m.get("annotations") or {}).items()))
+              or "<none>"),
+             ("Created:", m.get("creationTimestamp", "<unknown>"))]
+    owner = next((r for r in m.get("ownerReferences") or [] if r.get("controller")), None)
+    if owner is not None:
+        rows.append(("Controlled By:", f"{owner['kind']}/{owner['name']}"))
+    if kind.kind == "Pod":
+        rows += [("Node:", spec.get("nodeName") or "<none>"), ("Status:", status.get("phase", "Pending")),
+                 ("IP:", status.get("podIP", "<none>"))]
+        by_name = {cs.get("name"): cs for cs in status.get("containerStatuses") or []}
+        for c in spec.get("containers") or []:
+            cs = by_name.get(c["name"], {})
+            state = next(iter(cs.get("state") or {"waiting": {}}))
+            rows += [(f"Container {c['name']}:", c["image"]),
+                     ("  State:", state + (f" ({(cs['state'][state] or {}).get('reason')})"
+                                           if (cs.get("state") or {}).get(state, {}).get("reason") else "")),
+                     ("  Ready:", str(bool(cs.get("ready")))), ("  Restart Count:", str(cs.get("restartCount", 0)))]
+    elif kind.kind in ("Deployment", "ReplicaSet"):
+        selector = (spec.get("selector") or {}).get("matchLabels", {})
+        updated = status.get("updatedReplicas", status.get("replicas", 0))
+        rows += [("Selector:", ",".join(f"{k}={v}" for k, v in selector.items())),
+                 ("Replicas:", f"{spec.get('replicas', 1)} desired | {updated} updated | {status.get('replicas', 0)} "
+                               f"total | {status.get('availableReplicas', 0)} available")]
+    elif kind.kind == "Service":
+        rows += [("Type:", spec.get("type", "ClusterIP")), ("IP:", spec.get("clusterIP") or "<none>"),
+                 ("Ports:", ", ".join(f"{p['port']}->{p.get('targetPort', p['port'])}/{p.get('protocol', 'TCP')}"
+                                      for p in spec.get("ports") or []))]
+    elif kind.kind == "Node":
+        rows += [("Capacity:", ", ".join(f"{k}={v}" for k, v in (status.get("capacity") or {}).items())),
+                 ("Taints:", ", ".join(f"{t['key']}:{t['effect']}" for t in spec.get("taints") or []) or "<none>")]
+    out = [f"{label:<16}{value}" for label, value in rows]
+    conditions = status.get("conditions") or []
+    if conditions:
+        out += ["Conditions:", *("  " + line for line in table(
+            [["Type", "Status", "Reason", "Message"]] + [[c.get("type", ""), c.get("status", ""), c.get("reason", ""),
+                                                          c.get("message", "")] for c in conditions]).splitlines())]
+    return "\n".join(out)
+
+
 # -- the control plane -----------------------------------------------------------------------
 
 def control_plane(store_url: str, listen: str, *, tcp: tuple[str, int] | None = None,

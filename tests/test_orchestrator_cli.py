@@ -74,6 +74,11 @@ def test_apply_get_delete(plane: str, tmp_path: Path) -> None:
     assert all(line.split()[1:3] == ["0/1", "Pending"] for line in table[1:])  # no node yet
     assert skiff(plane, "get", "deploy").stdout.splitlines()[0].split() == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE",
                                                                             "AGE"]
+    first = table[1].split()[0]
+    described = skiff(plane, "describe", "po", first).stdout
+    assert f"Name:           {first}" in described and "Controlled By:  ReplicaSet/web-" in described
+    assert "PodScheduled   False    Unschedulable   0/0 nodes are available: no nodes registered." in described
+    assert "Replicas:       2 desired" in skiff(plane, "describe", "deploy", "web").stdout
     svc = yaml.safe_load(skiff(plane, "get", "svc", "web", "-o", "yaml").stdout)
     assert svc["kind"] == "Service" and svc["spec"]["ports"][0]["port"] == 80
     assert "No resources found in kube-system namespace." in skiff(plane, "get", "po", "-n", "kube-system").stdout
