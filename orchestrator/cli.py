@@ -302,9 +302,7 @@ def control_plane(store_url: str, listen: str, *, tcp: tuple[str, int] | None = 
         GarbageCollector(registry, inf),
         NodeLifecycleController(registry, inf["Node"], inf["Pod"]),
     ]
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
+    done = _signalled()
     for server in servers:
         server.start()
     try:
@@ -338,9 +336,7 @@ def node_agent(api: Api, name: str, cri_socket: str, *, log_root: str, labels: d
     status = NodeStatus(api, name, labels=labels)
     pods = Informer(api, BY_KIND["Pod"])
     agent = PodAgent(api, pods, name, cri_socket, log_root=log_root, root=root)
-    done = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: done.set())
+    done = _signalled()
     status.start()
     try:
         pods.start()
@@ -376,6 +372,14 @@ def tcp_options(tcp: str | None, cert: str | None, key: str | None,
     if not tokens:
         raise InvalidArgument(f"--token-file {token_file}: no token in it")
     return (host or "0.0.0.0", int(port)), (cert, key), tokens
+
+
+def _signalled() -> threading.Event:
+    """Set by SIGINT or SIGTERM: a long-running command stops cleanly on either."""
+    done = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: done.set())
+    return done
 
 
 def open_store(url: str) -> Any:

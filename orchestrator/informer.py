@@ -10,23 +10,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from skiff.errors import OutOfRange, SkiffError
 from skiff.orchestrator.api.kinds import Kind
-from skiff.orchestrator.store import Event, EventType, Listing
+from skiff.orchestrator.api.registry import Api
+from skiff.orchestrator.store import Event, EventType
 
 log = logging.getLogger("skiff.orchestrator")
 Handler = Callable[[str, dict[str, Any] | None, dict[str, Any] | None], None]   # key, old, new
-WATCH_TIMEOUT = 30.0
-
-
-class Source(Protocol):
-    """Where objects come from: the Registry in the API server's process, or an API client."""
-    def list(self, kind: Kind, namespace: str | None = None) -> Listing: ...
-
-    def watch(self, kind: Kind, namespace: str | None, since: int, *, timeout: float) -> Iterator[Event]: ...
 
 
 def object_key(obj: dict[str, Any]) -> str:
@@ -36,7 +29,7 @@ def object_key(obj: dict[str, Any]) -> str:
 
 
 class Informer:
-    def __init__(self, source: Source, kind: Kind, *, namespace: str | None = None) -> None:
+    def __init__(self, source: Api, kind: Kind, *, namespace: str | None = None) -> None:
         self.source = source
         self.kind = kind
         self.namespace = namespace

@@ -29,7 +29,6 @@ class _Probe:
     container_id: str
     ip: str
     pod_key: str
-    started: float
     next_at: float
     successes: int = 0
     failures: int = 0
@@ -59,7 +58,7 @@ class Prober:
                     continue
                 delay = float(spec.get("initialDelaySeconds", 0))
                 self._probes[(container_id, kind)] = _Probe(kind=kind, spec=spec, container_id=container_id, ip=ip,
-                                                            pod_key=pod_key, started=now, next_at=now + delay,
+                                                            pod_key=pod_key, next_at=now + delay,
                                                             result=kind == "liveness", ports=ports)
 
     def forget(self, keep: set[str]) -> None:

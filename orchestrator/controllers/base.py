@@ -4,6 +4,7 @@ twice: `replica_set.go`'s ControllerExpectations)."""
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -11,7 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from skiff.errors import NotFound
+from skiff.errors import AlreadyExists, NotFound
+from skiff.orchestrator.api.kinds import BY_KIND
+from skiff.orchestrator.api.registry import Api
 from skiff.orchestrator.workqueue import ShutDown, WorkQueue
 
 log = logging.getLogger("skiff.orchestrator")
@@ -68,6 +71,36 @@ class Expectations:
     def forget(self, key: str) -> None:
         with self._lock:
             self._by_key.pop(key, None)
+
+
+def pod_from_template(owner: dict[str, Any], *, labels: dict[str, str] | None = None,
+                      node: str = "") -> dict[str, Any]:
+    """A pod of `owner`'s spec.template, owned by it, named after it; `node`: bound there."""
+    template = owner["spec"]["template"]
+    meta = template.get("metadata") or {}
+    spec = copy.deepcopy(template["spec"])
+    if node:
+        spec["nodeName"] = node
+    return {"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"generateName": f"{owner['metadata']['name']}-", "namespace": owner["metadata"]["namespace"],
+                         "labels": {**(meta.get("labels") or {}), **(labels or {})},
+                         "annotations": dict(meta.get("annotations") or {}),
+                         "ownerReferences": [owner_reference(owner)]},
+            "spec": spec}
+
+
+def create_pods(api: Api, key: str, pods: list[dict[str, Any]], expectations: Expectations) -> None:
+    """Create `pods` for the owner `key`, expecting each; one not made is not waited for (a
+    generated name that was taken is made again by the next sync)."""
+    expectations.expect(key, adds=len(pods))
+    for pod in pods:
+        try:
+            api.create(BY_KIND["Pod"], pod)
+        except AlreadyExists:
+            expectations.observed(key, added=1)
+        except Exception:
+            expectations.observed(key, added=1)
+            raise
 
 
 class Controller:

@@ -6,14 +6,13 @@ replaced."""
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from skiff.errors import NotFound
 from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import Api
 from skiff.orchestrator.controllers.base import (
-    Controller, Expectations, controller_of, is_active, is_ready, owner_reference,
+    Controller, Expectations, controller_of, create_pods, is_active, is_ready, pod_from_template,
 )
 from skiff.orchestrator.informer import Informer, object_key
 from skiff.orchestrator.scheduler import filters
@@ -69,19 +68,7 @@ class DaemonSetController(Controller):
                 self.registry.delete(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"])
             except NotFound:
                 pass
-        if missing:
-            self.expectations.expect(key, adds=len(missing))
-        for node in missing:
-            pod = {"apiVersion": "v1", "kind": "Pod",
-                   "metadata": {"generateName": f"{ds['metadata']['name']}-", "namespace": ds["metadata"]["namespace"],
-                                "labels": dict((template.get("metadata") or {}).get("labels") or {}),
-                                "ownerReferences": [owner_reference(ds)]},
-                   "spec": {**copy.deepcopy(template["spec"]), "nodeName": node}}
-            try:
-                self.registry.create(PODS, pod)
-            except Exception:
-                self.expectations.observed(key, added=1)
-                raise
+        create_pods(self.registry, key, [pod_from_template(ds, node=node) for node in missing], self.expectations)
         active = [p for p in mine if is_active(p) and p not in doomed]
         status = {"desiredNumberScheduled": len(eligible), "currentNumberScheduled": len(active),
                   "numberReady": sum(1 for p in active if is_ready(p)),

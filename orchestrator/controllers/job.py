@@ -10,13 +10,14 @@ them) until the Job is deleted."""
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from skiff.errors import NotFound
 from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import Api, now
-from skiff.orchestrator.controllers.base import Controller, Expectations, controller_of, owner_reference
+from skiff.orchestrator.controllers.base import (
+    Controller, Expectations, controller_of, create_pods, pod_from_template,
+)
 from skiff.orchestrator.informer import Informer
 
 JOBS, PODS = BY_KIND["Job"], BY_KIND["Pod"]
@@ -79,24 +80,10 @@ class JobController(Controller):
         else:
             wanted = min(parallelism, completions - succeeded) - len(active)
             if wanted > 0:
-                self._create(job, wanted, key)
+                labels = {"job-name": job["metadata"]["name"], "controller-uid": job["metadata"]["uid"]}
+                create_pods(self.registry, key, [pod_from_template(job, labels=labels) for _ in range(wanted)],
+                            self.expectations)
         self._write_status(job, len(active) if ended is None else 0, succeeded, failed, ended)
-
-    def _create(self, job: dict[str, Any], count: int, key: str) -> None:
-        template = job["spec"]["template"]
-        labels = {**((template.get("metadata") or {}).get("labels") or {}), "job-name": job["metadata"]["name"],
-                  "controller-uid": job["metadata"]["uid"]}
-        self.expectations.expect(key, adds=count)
-        for _ in range(count):
-            try:
-                self.registry.create(PODS, {
-                    "apiVersion": "v1", "kind": "Pod",
-                    "metadata": {"generateName": f"{job['metadata']['name']}-", "namespace": job["metadata"]["namespace"],
-                                 "labels": labels, "ownerReferences": [owner_reference(job)]},
-                    "spec": copy.deepcopy(template["spec"])})
-            except Exception:
-                self.expectations.observed(key, added=1)
-                raise
 
     def _write_status(self, job: dict[str, Any], active: int, succeeded: int, failed: int, ended: str | None) -> None:
         old = job.get("status") or {}

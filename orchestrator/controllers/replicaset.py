@@ -10,11 +10,11 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from skiff.errors import AlreadyExists, NotFound
+from skiff.errors import NotFound
 from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import Api
 from skiff.orchestrator.controllers.base import (
-    Controller, Expectations, controller_of, is_active, is_ready, owner_reference,
+    Controller, Expectations, controller_of, create_pods, is_active, is_ready, owner_reference, pod_from_template,
 )
 from skiff.orchestrator.informer import Informer, object_key
 from skiff.orchestrator.labels import from_label_selector
@@ -54,7 +54,8 @@ class ReplicaSetController(Controller):
         active = [p for p in mine if is_active(p)]
         wanted = int(rs["spec"].get("replicas", 1))
         if len(active) < wanted:
-            self._create(rs, wanted - len(active), key)
+            create_pods(self.registry, key, [pod_from_template(rs) for _ in range(wanted - len(active))],
+                        self.expectations)
         elif len(active) > wanted:
             self._delete(sorted(active, key=_deletion_order)[: len(active) - wanted], key)
         self._write_status(rs, active)
@@ -69,24 +70,6 @@ class ReplicaSetController(Controller):
         adopted["metadata"].setdefault("ownerReferences", []).append(owner_reference(rs))
         self.registry.update(PODS, adopted)
         return True
-
-    def _create(self, rs: dict[str, Any], count: int, key: str) -> None:
-        template = rs["spec"]["template"]
-        self.expectations.expect(key, adds=count)
-        for _ in range(count):
-            pod = {"apiVersion": "v1", "kind": "Pod",
-                   "metadata": {"generateName": f"{rs['metadata']['name']}-", "namespace": rs["metadata"]["namespace"],
-                                "labels": dict((template.get("metadata") or {}).get("labels") or {}),
-                                "annotations": dict((template.get("metadata") or {}).get("annotations") or {}),
-                                "ownerReferences": [owner_reference(rs)]},
-                   "spec": copy.deepcopy(template["spec"])}
-            try:
-                self.registry.create(PODS, pod)
-            except AlreadyExists:  # a generated name taken: the next sync makes it again
-                self.expectations.observed(key, added=1)
-            except Exception:
-                self.expectations.observed(key, added=1)
-                raise
 
     def _delete(self, pods: list[dict[str, Any]], key: str) -> None:
         self.expectations.expect(key, deletes=len(pods))
