@@ -229,6 +229,8 @@ def _cri_serve(args: argparse.Namespace) -> int:
     settings = config.load(args.config)
     if args.socket:
         settings = dataclasses.replace(settings, socket=args.socket)
+    if args.netns:
+        settings = dataclasses.replace(settings, netns=args.netns)
     serve(settings)
     return 0
 
@@ -501,6 +503,8 @@ def _cri_parser(cri: argparse.ArgumentParser) -> None:
     c = sub.add_parser("serve", help="run the CRI service in the foreground")
     c.add_argument("--config", help="the service's TOML configuration (default /etc/skiff/cri.toml if it exists)")
     c.add_argument("--socket", help="override the configuration's socket")
+    c.add_argument("--netns", metavar="PATH", help="override the configuration's netns: the node's network "
+                   "namespace (pulls still go out from this one)")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--socket", help="the CRI socket (default $SKIFF_CRI_SOCKET, else /run/skiff/skiff.sock)")
 
@@ -554,6 +558,22 @@ def _cri_parser(cri: argparse.ArgumentParser) -> None:
     command("info", "the runtime's status conditions and verbose info, as JSON")
 
 
+def timing_flags(c: argparse.ArgumentParser, *, control_plane: bool = True, agent: bool = True) -> None:
+    """How soon a silent node is noticed, with Kubernetes' flag names (kube-controller-manager's
+    and kubelet's); skiff cluster passes them on."""
+    from skiff.orchestrator.agent.node import HEARTBEAT
+    from skiff.orchestrator.controllers.nodelifecycle import EVICTION, GRACE
+
+    if control_plane:
+        c.add_argument("--node-monitor-grace-period", dest="node_grace", type=float, default=GRACE, metavar="S",
+                       help="a node silent this long goes NotReady (default %(default)s)")
+        c.add_argument("--pod-eviction-timeout", dest="pod_eviction", type=float, default=EVICTION, metavar="S",
+                       help="then its pods are deleted after this long (default %(default)s)")
+    if agent:
+        c.add_argument("--node-status-update-frequency", dest="heartbeat", type=float, default=HEARTBEAT,
+                       metavar="S", help="the node agent's heartbeat (default %(default)s)")
+
+
 def _orchestrator_parsers(command: Callable[[str, str], argparse.ArgumentParser]) -> None:
     """kubectl's commands against skiff's API server (orchestrator/cli.py), and the control plane."""
     def client_flags(c: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -576,6 +596,8 @@ def _orchestrator_parsers(command: Callable[[str, str], argparse.ArgumentParser]
     c.add_argument("resource", nargs="?")
     c.add_argument("names", nargs="*")
     c.add_argument("-f", "--filename")
+    c.add_argument("--grace-period", type=int, metavar="S", help="seconds a pod has to stop (default: its "
+                   "terminationGracePeriodSeconds; 0: removed at once, its node agent not waited for)")
     c = client_flags(command("describe", "one object in words: identity, what it is for, its conditions"))
     c.add_argument("resource")
     c.add_argument("name")
@@ -587,12 +609,47 @@ def _orchestrator_parsers(command: Callable[[str, str], argparse.ArgumentParser]
     c.add_argument("action", choices=("status", "history", "undo"))
     c.add_argument("name", help="deployment/NAME or NAME")
     c.add_argument("--to-revision", type=int, default=0, help="undo to this revision (default: the previous)")
+    c = client_flags(command("logs", "print a pod's container log (from its node's agent), as kubectl logs"))
+    c.add_argument("pod")
+    c.add_argument("-c", "--container", help="which container (needed when the pod has several)")
+    c.add_argument("-f", "--follow", action="store_true", help="go on printing until the container exits")
+    c.add_argument("--tail", type=int, metavar="N", help="start with the last N lines (-1: all)")
+    c.add_argument("-p", "--previous", action="store_true", help="the log of the container's previous attempt")
+    c = client_flags(command("exec", "run a command in a pod's container and exit with its code: "
+                             "skiff exec POD [-c CONTAINER] -- CMD [ARGS...]"))
+    c.add_argument("pod")
+    c.add_argument("cmd", nargs="*", metavar="CMD", help="the command and its arguments, after --")
+    c.add_argument("-c", "--container", help="which container (needed when the pod has several)")
+    c.add_argument("-i", "--stdin", action="store_true", help="refused: interactive exec is not supported yet")
+    c.add_argument("-t", "--tty", action="store_true", help="refused: interactive exec is not supported yet")
+    c.add_argument("--timeout", type=int, default=0, metavar="S", help="stop it after S seconds (default: never)")
     c = client_flags(command("node-agent", "run the pods the cluster binds to this node, through its CRI service"))
     c.add_argument("--name", default=os.uname().nodename, help="the node's name (default: the host name)")
     c.add_argument("--cri-socket", default="/run/skiff/skiff.sock", help="the CRI service (default %(default)s)")
     c.add_argument("--log-root", default="/var/log/pods", help="where pods' logs go (default %(default)s)")
     c.add_argument("--root", default="/var/lib/skiff/agent", help="the pods' volumes (default %(default)s)")
     c.add_argument("--label", action="append", default=[], metavar="KEY=VALUE", help="a label of the node")
+    c.add_argument("--address", default="127.0.0.1", help="the node's InternalIP (default %(default)s)")
+    c.add_argument("--pod-cidr", default="", help="the addresses the node's CRI gives pods (spec.podCIDR)")
+    c.add_argument("--agent-listen", metavar="PATH", help="the unix socket the agent serves pods' logs and exec on "
+                   "(default /run/skiff/agent/NAME.sock)")
+    c.add_argument("--netns", metavar="PATH", help="run in this network namespace (a node of skiff cluster)")
+    timing_flags(c, control_plane=False)
+    c = client_flags(command("proxy", "program the cluster's Services into this node's nftables (kube-proxy)"))
+    c.add_argument("--netns", metavar="PATH", help="run in this network namespace (a node of skiff cluster)")
+    c.add_argument("--cleanup", action="store_true", help="remove the proxy's table and exit")
+    c = command("cluster", "a cluster of N nodes on this machine: each a network namespace with its own "
+                "CRI service, node agent and proxy")
+    cluster_sub = c.add_subparsers(dest="cluster_command", required=True, metavar="command")
+    up = cluster_sub.add_parser("up", help="start the control plane and N nodes, wait until they are Ready")
+    up.add_argument("--nodes", type=int, default=3)
+    up.add_argument("--images-root", default="/var/lib/skiff",
+                    help="the image store the nodes share (default %(default)s, the host's)")
+    timing_flags(up)
+    down = cluster_sub.add_parser("down", help="remove every pod, stop everything, remove the nodes' networks")
+    status = cluster_sub.add_parser("status", help="the cluster's processes and nodes")
+    for sc in (up, down, status):
+        sc.add_argument("--name", default="skiff", help="the cluster's name (default %(default)s)")
     c = command("control-plane", "run the API server, the scheduler and the controllers")
     c.add_argument("--store", default="sqlite:/var/lib/skiff/orchestrator/state.db",
                    help="sqlite:PATH or etcd:http://HOST:PORT (default %(default)s)")
@@ -602,6 +659,7 @@ def _orchestrator_parsers(command: Callable[[str, str], argparse.ArgumentParser]
     c.add_argument("--tls-cert", metavar="FILE")
     c.add_argument("--tls-key", metavar="FILE")
     c.add_argument("--token-file", metavar="FILE", help="the tokens accepted on TCP, one a line")
+    timing_flags(c, agent=False)
     c = command("node", "this machine as a node of a cluster on another machine")
     node_sub = c.add_subparsers(dest="node_command", required=True, metavar="command")
     j = node_sub.add_parser("join", help="join the cluster at URL and run its pods here (until SIGTERM)")
@@ -639,7 +697,8 @@ def cmd_get(args: argparse.Namespace) -> int:
 def cmd_delete(args: argparse.Namespace) -> int:
     from skiff.orchestrator.cli import delete
 
-    print("\n".join(delete(_api(args), args.resource, args.names, args.filename, args.namespace)))
+    print("\n".join(delete(_api(args), args.resource, args.names, args.filename, args.namespace,
+                            grace=args.grace_period)))
     return 0
 
 
@@ -665,18 +724,82 @@ def cmd_rollout(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_logs(args: argparse.Namespace) -> int:
+    from skiff.orchestrator.cli import logs
+
+    sys.stdout.flush()
+    logs(_api(args).client, args.pod, sys.stdout.buffer, namespace=args.namespace, container=args.container,
+         follow=args.follow, tail=args.tail, previous=args.previous)
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    """Exits with the command's code, as kubectl exec does; skiff's own failures exit 1."""
+    from skiff.orchestrator.cli import exec_in
+
+    if args.stdin or args.tty:
+        raise InvalidArgument("exec -i/-t: interactive exec is not supported yet; without them the command runs "
+                              "with no input and its output is printed when it ends")
+    stdout, stderr, code = exec_in(_api(args).client, args.pod, args.cmd, namespace=args.namespace,
+                                   container=args.container, timeout=args.timeout)
+    for stream, data in ((sys.stdout, stdout), (sys.stderr, stderr)):
+        stream.flush()
+        stream.buffer.write(data)
+        stream.buffer.flush()
+    return code
+
+
 def cmd_node_agent(args: argparse.Namespace) -> int:
     from skiff.orchestrator.cli import node_agent
 
+    _enter_netns(args.netns)
     labels = dict(item.partition("=")[::2] for item in args.label)
-    return node_agent(_api(args), args.name, args.cri_socket, log_root=args.log_root, labels=labels, root=args.root)
+    return node_agent(_api(args), args.name, args.cri_socket, log_root=args.log_root, labels=labels, root=args.root,
+                      address=args.address, pod_cidr=args.pod_cidr, agent_listen=args.agent_listen,
+                      heartbeat=args.heartbeat)
+
+
+def cmd_proxy(args: argparse.Namespace) -> int:
+    from skiff.orchestrator.cli import service_proxy
+    from skiff.orchestrator.proxy.service_proxy import remove
+
+    _enter_netns(args.netns)
+    if args.cleanup:
+        print("removed table ip skiff-proxy" if remove() else "no table ip skiff-proxy here")
+        return 0
+    return service_proxy(_api(args))
+
+
+def cmd_cluster(args: argparse.Namespace) -> int:
+    from skiff.orchestrator import cluster
+
+    if args.cluster_command == "up":
+        timing = cluster.Timing(args.node_grace, args.pod_eviction, args.heartbeat)
+        print(cluster.up(args.name, args.nodes, images_root=args.images_root, timing=timing))
+    elif args.cluster_command == "down":
+        print(cluster.down(args.name))
+    else:
+        print(cluster.status(args.name))
+    return 0
+
+
+def _enter_netns(path: str | None) -> None:
+    """First thing, before any thread: every thread the command starts is then in it."""
+    if path:
+        from skiff.runtime import netns
+
+        try:
+            os.close(netns.enter(path))
+        except OSError as e:
+            raise InvalidArgument(f"--netns {path}: {(e.strerror or str(e)).lower()}") from None
 
 
 def cmd_control_plane(args: argparse.Namespace) -> int:
     from skiff.orchestrator.cli import control_plane, tcp_options
 
     tcp, tls, tokens = tcp_options(args.tcp, args.tls_cert, args.tls_key, args.token_file)
-    return control_plane(args.store, args.listen, tcp=tcp, tls=tls, tokens=tokens)
+    return control_plane(args.store, args.listen, tcp=tcp, tls=tls, tokens=tokens, node_grace=args.node_grace,
+                         pod_eviction=args.pod_eviction)
 
 
 def cmd_node(args: argparse.Namespace) -> int:
@@ -690,8 +813,21 @@ def cmd_node(args: argparse.Namespace) -> int:
                       labels=labels, root=args.root)
 
 
+def _parse(argv: list[str]) -> argparse.Namespace:
+    """`skiff exec POD -c C -- CMD...`: argparse before Python 3.13 hands out positionals before
+    it reads the options between them, and leaves CMD unmatched; so what follows `--` is set
+    aside and given to exec here (kubectl's cobra keeps ArgsLenAtDash for the same)."""
+    words = [w for i, w in enumerate(argv) if not w.startswith("-") and argv[i - 1:i] not in (["--root"], ["--state"])]
+    if "--" in argv and words[:1] == ["exec"] and argv.index("exec") < argv.index("--"):
+        dash = argv.index("--")
+        args = parser().parse_args(argv[:dash])
+        args.cmd = argv[dash + 1:]
+        return args
+    return parser().parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    args = _parse(sys.argv[1:] if argv is None else argv)
     # `run` exits with the container's code; its own failures use podman's 125, so that the
     # two never look alike.
     failed = 125 if args.command == "run" else 1

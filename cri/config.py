@@ -7,9 +7,13 @@ default file means all defaults), flags on `skiff cri serve` override it.
     log_root = "/var/log/pods"              # where kubelet's log_path usually points
     registries = "/etc/skiff/registries.toml"   # mirrors, plain-HTTP hosts (images/hosts.py)
     cgroup_parent = "/kubepods"             # pods' cgroups go below it; default: skiff's own
+    netns = "/run/netns/node1"              # the node's network: pods' bridge, host-network pods and
+                                            # hostPorts are there; pulls still go out from the
+                                            # namespace the service started in (a one-host cluster)
     [network]
     mode = "bridge"                         # "bridge" (built in), "cni" or "none"
     pod_cidr = "10.88.0.0/16"
+    cluster_cidr = "10.244.0.0/16"          # not masqueraded (every node's pods); default: pod_cidr
     bridge = "skiff0"
     cni_conf_dir = "/etc/cni/net.d"         # mode "cni": a standard conflist there
     cni_bin_dir = "/usr/lib/cni"
@@ -33,6 +37,7 @@ NETWORK_MODES = ("bridge", "cni", "none")
 class NetworkConfig:
     mode: str = "bridge"
     pod_cidr: str = "10.88.0.0/16"
+    cluster_cidr: str = ""
     bridge: str = "skiff0"
     cni_conf_dir: str = "/etc/cni/net.d"
     cni_bin_dir: str = "/usr/lib/cni"
@@ -46,6 +51,7 @@ class CriConfig:
     log_root: str = "/var/log/pods"
     registries: str | None = None
     cgroup_parent: str | None = None
+    netns: str | None = None
     network: NetworkConfig = field(default_factory=NetworkConfig)
 
 
@@ -73,10 +79,13 @@ def parse(data: dict[str, Any], *, source: str = "<config>") -> CriConfig:
                        network=NetworkConfig(**_checked(NetworkConfig, network, source, "network.")))
     if config.network.mode not in NETWORK_MODES:
         raise InvalidArgument(f"{source}: network.mode: {config.network.mode!r} is not one of {', '.join(NETWORK_MODES)}")
-    try:
-        ipaddress.ip_network(config.network.pod_cidr)
-    except ValueError as e:
-        raise InvalidArgument(f"{source}: network.pod_cidr: {e}") from e
+    for name in ("pod_cidr", "cluster_cidr"):
+        try:
+            value = getattr(config.network, name)
+            if value or name == "pod_cidr":
+                ipaddress.ip_network(value)
+        except ValueError as e:
+            raise InvalidArgument(f"{source}: network.{name}: {e}") from e
     for name in ("socket", "images_root", "state_root", "log_root"):
         if not os.path.isabs(getattr(config, name)):
             raise InvalidArgument(f"{source}: {name}: must be an absolute path")

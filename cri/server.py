@@ -64,11 +64,27 @@ def build_server(socket_path: str, ctx: ServiceContext, *, workers: int = 16) ->
     return server
 
 
+def _enter_node_network(path: str) -> None:
+    """The whole service (every thread it will start, the fork server, host-network pods)
+    moves into the node's network namespace; registry connections are still made from the
+    namespace it started in, where a registry on the host's loopback is."""
+    from skiff.images import registry
+    from skiff.runtime import netns
+
+    try:
+        started_in = netns.enter(path)
+    except OSError as e:
+        raise FailedPrecondition(f"netns {path}: {e.strerror.lower() if e.strerror else e}") from None
+    registry.dial_from(started_in)
+
+
 def serve(config: CriConfig) -> None:
     import signal
 
     from skiff.cri.jobs import start_forkserver
 
+    if config.netns:
+        _enter_node_network(config.netns)
     forkserver = start_forkserver()  # first: before grpc and the service are imported (jobs.py)
     try:
         from skiff.cri.recovery import recover

@@ -26,6 +26,7 @@ import http.client
 import json
 import os
 import re
+import socket
 import ssl
 import sys
 import threading
@@ -43,6 +44,7 @@ from skiff.images import hosts
 from skiff.images.hosts import Endpoint, RegistryConfig
 from skiff.images.reference import Reference, parse
 from skiff.oci import image as oci
+from skiff.runtime import netns
 
 MANIFEST_ACCEPT = ", ".join((oci.MEDIA_TYPE_OCI_MANIFEST, oci.MEDIA_TYPE_OCI_INDEX,
                              oci.MEDIA_TYPE_DOCKER_MANIFEST_V2, oci.MEDIA_TYPE_DOCKER_MANIFEST_LIST))
@@ -278,6 +280,25 @@ def parse_challenge(header: str) -> _Challenge:
     return _Challenge(scheme.lower(), params)
 
 
+_dial_netns: int | None = None
+
+
+def dial_from(netns_fd: int | None) -> None:
+    """Registry connections (and their name lookups) are made in the network namespace of
+    `netns_fd` from now on, in this process; None: in the caller's. A CRI service that runs a
+    node's network in a namespace of its own (`skiff cri serve --netns`) still pulls from a
+    registry on the host's loopback this way."""
+    global _dial_netns
+    _dial_netns = netns_fd
+
+
+def _dial(address: tuple[str, int], timeout: float | None = None,
+          source_address: tuple[str, int] | None = None) -> socket.socket:
+    assert _dial_netns is not None
+    netns_fd = _dial_netns
+    return netns.call_in(netns_fd, lambda: socket.create_connection(address, timeout, source_address))
+
+
 class Client:
     """Talks to the endpoints of `config`. Thread-safe; close() (or `with`) closes every
     connection it opened."""
@@ -351,6 +372,8 @@ class Client:
             conn = http.client.HTTPConnection(netloc, timeout=self.timeout)
         else:
             raise InvalidArgument(f"url scheme {scheme!r}: only http and https")
+        if _dial_netns is not None:
+            conn._create_connection = _dial  # type: ignore[attr-defined]  # http.client's own hook
         with self._lock:
             self._conns[key] = conn
         return conn, False

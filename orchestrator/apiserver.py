@@ -10,6 +10,8 @@ without a valid token gets 401 and nothing else.
     PUT    /api/v1/namespaces/{ns}/pods/{name}            replace (optimistic with resourceVersion)
     DELETE /api/v1/namespaces/{ns}/pods/{name}            delete
     /apis/apps/v1/..., /apis/batch/v1/...                 the same for the grouped kinds
+    GET    /api/v1/namespaces/{ns}/pods/{name}/log        a pod's log, from its node's agent
+    POST   /api/v1/namespaces/{ns}/pods/{name}/exec       a command in it (subresources.py)
 
 Errors are Kubernetes Status objects with the HTTP code kubectl expects: 400 Invalid, 404
 NotFound, 409 AlreadyExists or Conflict, 410 Gone (a watch from a compacted revision), 401.
@@ -33,6 +35,7 @@ from typing import Any
 
 from skiff.errors import (Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, OutOfRange,
                           SkiffError, Unavailable)
+from skiff.orchestrator import subresources
 from skiff.orchestrator.api.kinds import KINDS, Kind
 from skiff.orchestrator.api.registry import FieldSelector, Registry
 from skiff.orchestrator.labels import parse as parse_selector
@@ -117,6 +120,10 @@ class _Handler(BaseHTTPRequestHandler):
         url = urllib.parse.urlsplit(self.path)
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
         try:
+            sub = subresources.match(url.path)
+            if sub is not None:
+                self._subresource(method, *sub, query)
+                return
             r = route(url.path)
             if method == "GET" and r.name is None and query.get("watch") in ("true", "1"):
                 self._watch(r, query)
@@ -167,10 +174,37 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "DELETE" and r.name is not None:
             options = self._body() if int(self.headers.get("Content-Length") or 0) else {}
             expected = (options.get("preconditions") or {}).get("resourceVersion")
+            grace = query.get("gracePeriodSeconds", options.get("gracePeriodSeconds"))
+            try:
+                seconds = None if grace is None else int(grace)
+            except ValueError:
+                raise InvalidArgument(f"gracePeriodSeconds: {grace!r}: not a number of seconds") from None
             return HTTPStatus.OK, registry.delete(r.kind, r.namespace or "", r.name,
-                                                  expected=str(expected) if expected else None)
+                                                  expected=str(expected) if expected else None, grace=seconds)
         raise InvalidArgument(f"{method} {self.path}: not supported (a name is needed for PUT and DELETE, "
                               "and none for POST)")
+
+    def _subresource(self, method: str, namespace: str, name: str, what: str, query: dict[str, str]) -> None:
+        """A pod's log or exec, answered by the agent of the pod's node; an error before the log's
+        first byte is a Status, after it the log just ends."""
+        if (method, what) not in (("GET", "log"), ("POST", "exec")):
+            raise InvalidArgument(f"{method} {self.path}: not supported (GET a pod's log, POST its exec)")
+        if what == "exec":
+            body = self._body()
+            t = subresources.target(self.server.registry, namespace, name, str(body.get("container") or ""))
+            self._reply(HTTPStatus.OK, subresources.exec_in(t, body))
+            return
+        t = subresources.target(self.server.registry, namespace, name, query.get("container", ""))
+        with subresources.logs(t, query) as stream:
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", "text/plain; charset=utf-8")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            try:
+                subresources.relay(stream, self.connection, self._chunk)
+                self._chunk(b"")
+            except (BrokenPipeError, ConnectionResetError):
+                self.close_connection = True
 
     def _watch(self, r: Route, query: dict[str, str]) -> None:
         registry = self.server.registry

@@ -10,17 +10,20 @@ import os
 import signal
 import sys
 import threading
+import urllib.parse
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 import yaml
 
 from skiff.errors import InvalidArgument, NotFound
 from skiff.orchestrator.api import kinds
+from skiff.orchestrator.agent.node import HEARTBEAT
 from skiff.orchestrator.api.kinds import BY_KIND, KINDS, Kind
 from skiff.orchestrator.api.manifests import Manifest, load
 from skiff.orchestrator.api.registry import Api, FieldSelector, Registry
 from skiff.orchestrator.client import ApiClient, RemoteRegistry
+from skiff.orchestrator.controllers.nodelifecycle import EVICTION, GRACE
 from skiff.orchestrator.labels import parse as parse_selector
 
 DEFAULT_SERVER = os.environ.get("SKIFF_API", "/run/skiff/api.sock")
@@ -86,7 +89,9 @@ def _merge(live: Any, applied: Any) -> Any:
     return applied
 
 
-def delete(api: Api, resource: str | None, names: list[str], path: str | None, namespace: str | None) -> list[str]:
+def delete(api: Api, resource: str | None, names: list[str], path: str | None, namespace: str | None,
+           grace: int | None = None) -> list[str]:
+    """`grace`: a pod's grace period (0: at once, without waiting for its node agent)."""
     targets: list[tuple[Kind, str, str]] = []
     if path is not None:
         targets = [(m.kind, m.object["metadata"].get("namespace", ""), m.object["metadata"]["name"])
@@ -98,7 +103,7 @@ def delete(api: Api, resource: str | None, names: list[str], path: str | None, n
         raise InvalidArgument("delete: give RESOURCE NAME... or -f FILE")
     lines = []
     for kind, ns, name in targets:
-        api.delete(kind, ns, name)
+        api.delete(kind, ns, name, grace=grace)
         lines.append(f"{_label(kind)} \"{name}\" deleted")
     return lines
 
@@ -119,6 +124,8 @@ def _pod_columns(p: dict[str, Any]) -> list[str]:
     statuses = (p.get("status") or {}).get("containerStatuses") or []
     ready = sum(1 for s in statuses if s.get("ready"))
     waiting = next((s["state"]["waiting"].get("reason") for s in statuses if "waiting" in s.get("state", {})), None)
+    if p["metadata"].get("deletionTimestamp"):
+        waiting = "Terminating"
     return [f"{ready}/{len(p['spec'].get('containers') or [])}", waiting or (p.get("status") or {}).get("phase", "Pending"),
             str(sum(int(s.get("restartCount", 0)) for s in statuses)), _age(p),
             (p.get("status") or {}).get("podIP", "<none>"), p["spec"].get("nodeName") or "<none>"]
@@ -269,11 +276,49 @@ def describe(api: Api, resource: str, name: str, namespace: str | None) -> str:
     return "\n".join(out)
 
 
+# -- logs, exec ------------------------------------------------------------------------------
+
+def logs(client: ApiClient, pod: str, out: IO[bytes], *, namespace: str | None, container: str | None = None,
+         follow: bool = False, tail: int | None = None, previous: bool = False) -> None:
+    """A container's log, from the API server (which asks the agent of the pod's node), to `out`
+    as it comes; with `follow`, until the container has exited (or the user stops it)."""
+    from skiff.orchestrator.client import path
+    from skiff.orchestrator.subresources import IDLE
+
+    params = {"container": container or "", "follow": "true" if follow else "",
+              "tailLines": "" if tail is None else str(tail), "previous": "true" if previous else ""}
+    query = urllib.parse.urlencode({k: v for k, v in params.items() if v})
+    with client.stream(f"{path(BY_KIND['Pod'], namespace or 'default', pod)}/log" + (f"?{query}" if query else ""),
+                       timeout=IDLE if follow else client.timeout) as stream:
+        for data in stream:
+            out.write(data)
+            out.flush()
+
+
+def exec_in(client: ApiClient, pod: str, command: list[str], *, namespace: str | None,
+            container: str | None = None, timeout: int = 0) -> tuple[bytes, bytes, int]:
+    """`command` run in a container of `pod` (CRI ExecSync on its node, through the API
+    server): its stdout, stderr and exit code. `timeout`: seconds, 0 for none."""
+    from skiff.orchestrator.client import path
+    from skiff.orchestrator.subresources import IDLE
+
+    if not command:
+        raise InvalidArgument("exec: name the command to run after --, e.g. skiff exec POD -- ls /")
+    body: dict[str, Any] = {"command": command, "timeout": timeout, **({"container": container} if container else {})}
+    reply = client.request("POST", f"{path(BY_KIND['Pod'], namespace or 'default', pod)}/exec", body,
+                           timeout=(timeout or IDLE) + 60)
+    # The agent sends bytes that are not UTF-8 as surrogate escapes (agent/server.py).
+    return (str(reply.get("stdout", "")).encode(errors="surrogateescape"),
+            str(reply.get("stderr", "")).encode(errors="surrogateescape"), int(reply.get("exitCode", 0)))
+
+
 # -- the control plane -----------------------------------------------------------------------
 
 def control_plane(store_url: str, listen: str, *, tcp: tuple[str, int] | None = None,
-                  tls: tuple[str, str] | None = None, tokens: tuple[str, ...] | None = None) -> int:
-    """The API server, the scheduler and every controller in this process, until SIGINT or SIGTERM."""
+                  tls: tuple[str, str] | None = None, tokens: tuple[str, ...] | None = None,
+                  node_grace: float = GRACE, pod_eviction: float = EVICTION) -> int:
+    """The API server, the scheduler and every controller in this process, until SIGINT or SIGTERM.
+    `node_grace`, `pod_eviction`: the node lifecycle controller's (nodelifecycle.py)."""
     from skiff.orchestrator.apiserver import ApiServer
     from skiff.orchestrator.controllers.daemonset import DaemonSetController
     from skiff.orchestrator.controllers.deployment import DeploymentController
@@ -300,7 +345,8 @@ def control_plane(store_url: str, listen: str, *, tcp: tuple[str, int] | None = 
         DaemonSetController(registry, inf["DaemonSet"], inf["Pod"], inf["Node"]),
         EndpointsController(registry, inf["Service"], inf["Pod"], inf["Endpoints"]),
         GarbageCollector(registry, inf),
-        NodeLifecycleController(registry, inf["Node"], inf["Pod"]),
+        NodeLifecycleController(registry, inf["Node"], inf["Pod"], grace=node_grace, eviction=pod_eviction,
+                                period=min(5.0, node_grace / 4)),
     ]
     done = _signalled()
     for server in servers:
@@ -326,18 +372,29 @@ def control_plane(store_url: str, listen: str, *, tcp: tuple[str, int] | None = 
 
 
 def node_agent(api: Api, name: str, cri_socket: str, *, log_root: str, labels: dict[str, str],
-               root: str = "/var/lib/skiff/agent") -> int:
+               root: str = "/var/lib/skiff/agent", address: str = "127.0.0.1", pod_cidr: str = "",
+               agent_listen: str | None = None, heartbeat: float = HEARTBEAT) -> int:
     """This machine as node `name` of the cluster `api` serves, its pods run by the CRI service
-    on `cri_socket`, until SIGINT or SIGTERM."""
+    on `cri_socket`, until SIGINT or SIGTERM. `address`: the node's InternalIP; `pod_cidr`:
+    the addresses its CRI service gives pods; `agent_listen`: the unix socket of the agent's
+    server (pods' logs and exec; default /run/skiff/agent/NAME.sock)."""
     from skiff.orchestrator.agent.node import NodeStatus
     from skiff.orchestrator.agent.pods import PodAgent
+    from skiff.orchestrator.agent.server import AgentServer, default_socket
     from skiff.orchestrator.informer import Informer, stop_all
 
-    status = NodeStatus(api, name, labels=labels)
+    server = AgentServer(cri_socket, agent_listen or default_socket(name))
+    status = NodeStatus(api, name, labels=labels, address=address, pod_cidr=pod_cidr, endpoint=server.endpoint,
+                        period=heartbeat)
     pods = Informer(api, BY_KIND["Pod"])
     agent = PodAgent(api, pods, name, cri_socket, log_root=log_root, root=root)
     done = _signalled()
-    status.start()
+    server.start()
+    try:
+        status.start()
+    except BaseException:
+        server.stop()
+        raise
     try:
         pods.start()
         pods.synced.wait(30)
@@ -348,6 +405,31 @@ def node_agent(api: Api, name: str, cri_socket: str, *, log_root: str, labels: d
         agent.stop()
         stop_all([pods])
         status.stop()
+        server.stop()
+    return 0
+
+
+def service_proxy(api: Api) -> int:
+    """This node's service proxy (proxy/): the cluster's Services programmed into this network
+    namespace's nftables, until SIGINT or SIGTERM. The rules stay when it stops, as
+    kube-proxy's do, so that services keep working across a restart."""
+    from skiff.orchestrator.informer import Informer, stop_all
+    from skiff.orchestrator.proxy.service_proxy import ServiceProxy
+
+    informers = [Informer(api, BY_KIND["Service"]), Informer(api, BY_KIND["Endpoints"])]
+    proxy = ServiceProxy(*informers)
+    done = _signalled()
+    try:
+        for informer in informers:
+            informer.start()
+        for informer in informers:
+            informer.synced.wait(30)
+        proxy.start()
+        print("skiff proxy: services go to nftables table ip skiff-proxy", file=sys.stderr, flush=True)
+        done.wait()
+    finally:
+        proxy.stop()
+        stop_all(informers)
     return 0
 
 

@@ -37,17 +37,24 @@ class _UnixConnection(http.client.HTTPConnection):
 
     def connect(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self._path)
+        except BaseException:
+            sock.close()
+            raise
         self.sock = sock
 
 
 class ApiClient:
     """`address`: a unix socket path, or https://HOST:PORT (then `token`, and `ca` to verify the
-    server's certificate with)."""
+    server's certificate with). `name` says in errors what is at `address` (a node's agent is
+    asked through this client too)."""
 
-    def __init__(self, address: str, *, token: str | None = None, ca: str | None = None, timeout: float = 30.0) -> None:
+    def __init__(self, address: str, *, token: str | None = None, ca: str | None = None, timeout: float = 30.0,
+                 name: str = "API server") -> None:
         self.address = address
+        self.name = name
         self.token = token
         self.timeout = timeout
         self._ca = ca
@@ -66,20 +73,22 @@ class ApiClient:
             headers["Authorization"] = f"Bearer {self.token}"
         return headers
 
-    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        conn = self._connection(None)
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None, *,
+                timeout: float | None = None) -> dict[str, Any]:
+        """`timeout`: seconds to wait for the reply, when not the client's own (an exec's can be long)."""
+        conn = self._connection(timeout)
         try:
             conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=self._headers())
             reply = conn.getresponse()
             data = reply.read()
         except OSError as e:
-            raise Unavailable(f"API server at {self.address}: {e}") from None
+            raise Unavailable(f"{self.name} at {self.address}: {e}") from None
         finally:
             conn.close()
         try:
             obj: dict[str, Any] = json.loads(data or b"{}")
         except ValueError:
-            raise Unavailable(f"API server at {self.address}: {method} {path}: HTTP {reply.status}, not JSON") from None
+            raise Unavailable(f"{self.name} at {self.address}: {method} {path}: HTTP {reply.status}, not JSON") from None
         if reply.status >= 300:
             raise _error(obj, reply.status)
         return obj
@@ -102,6 +111,60 @@ class ApiClient:
                 yield event
         finally:
             conn.close()
+
+    def stream(self, path: str, *, timeout: float) -> Streamed:
+        """A GET whose body is read as it comes (a followed log); a non-2xx reply raises its
+        Status. `timeout`: seconds to wait for each piece."""
+        conn = self._connection(timeout)
+        try:
+            conn.request("GET", path, headers={**self._headers(), "Accept": "text/plain, application/json"})
+            reply = conn.getresponse()
+            if reply.status >= 300:
+                try:
+                    status = json.loads(reply.read() or b"{}")
+                except ValueError:
+                    raise Unavailable(f"{self.name} at {self.address}: GET {path}: HTTP {reply.status}, "
+                                      "not JSON") from None
+                raise _error(status, reply.status)
+        except OSError as e:
+            conn.close()
+            raise Unavailable(f"{self.name} at {self.address}: {e}") from None
+        except BaseException:
+            conn.close()
+            raise
+        return Streamed(conn, reply)
+
+
+class Streamed:
+    """A reply body read piece by piece, as the server sends it. abort(), from another thread,
+    ends a read that waits (the reader then sees the end)."""
+
+    def __init__(self, conn: http.client.HTTPConnection, reply: http.client.HTTPResponse) -> None:
+        self._conn = conn
+        self._reply = reply
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            while data := self._reply.read1(64 * 1024):
+                yield data
+        except (OSError, http.client.HTTPException):
+            return  # cut off (aborted, or the server went away): what came is all there is
+
+    def abort(self) -> None:
+        if self._conn.sock is not None:
+            try:
+                self._conn.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> Streamed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _error(status: dict[str, Any], code: int) -> SkiffError:
@@ -129,9 +192,11 @@ class RemoteRegistry:
         ns = namespace or metadata.get("namespace") or "default"
         return self.client.request("PUT", path(kind, ns, str(metadata.get("name"))), obj)
 
-    def delete(self, kind: Kind, namespace: str, name: str, *, expected: str | None = None) -> dict[str, Any]:
+    def delete(self, kind: Kind, namespace: str, name: str, *, expected: str | None = None,
+               grace: int | None = None) -> dict[str, Any]:
         options = {"kind": "DeleteOptions", "apiVersion": "v1",
-                   **({"preconditions": {"resourceVersion": expected}} if expected else {})}
+                   **({"preconditions": {"resourceVersion": expected}} if expected else {}),
+                   **({"gracePeriodSeconds": grace} if grace is not None else {})}
         return self.client.request("DELETE", path(kind, namespace, name), options)
 
     def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any]:

@@ -57,12 +57,15 @@ def test_a_pod_runs_reports_and_goes(node: Registry, cri: Cri) -> None:
     s = status(node, "web")
     assert s["podIP"].startswith("10.123.0.") and s["containerStatuses"][0]["restartCount"] == 0
     assert "running" in s["containerStatuses"][0]["state"]
-    node.delete(PODS, "default", "web")
+    # A graceful delete: Terminating until the agent has stopped it (sleep, as PID 1, ignores
+    # SIGTERM: the grace period runs out), then gone.
+    marked = node.delete(PODS, "default", "web", grace=1)
+    assert marked["metadata"]["deletionTimestamp"] and marked["metadata"]["deletionGracePeriodSeconds"] == 1
 
     def sandboxes() -> int:
         return len(cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest(filter=pb.PodSandboxFilter(
             label_selector={POD_NAME: "web"}))).items)
-    eventually(lambda: sandboxes() == 0)
+    eventually(lambda: sandboxes() == 0 and not node.list(PODS).items)
 
 
 def test_restart_policies(node: Registry) -> None:
@@ -128,5 +131,5 @@ def test_volumes(node: Registry, cri: Cri, tmp_path: Path) -> None:
     secret_dir = tmp_path / "agent" / "pods" / uid / "volumes" / "secret" / "db"
     with open("/proc/self/mountinfo") as f:
         assert any(line.split()[4] == str(secret_dir) for line in f)  # a tmpfs: never on disk
-    node.delete(PODS, "default", "vols")
+    node.delete(PODS, "default", "vols", grace=0)  # at once: the agent tears it down when it is gone
     eventually(lambda: not (tmp_path / "agent" / "pods" / uid).exists())

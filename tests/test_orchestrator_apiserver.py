@@ -57,7 +57,9 @@ def test_create_get_list_replace_delete(api: ApiClient, tmp_path: Path) -> None:
         api.request("POST", PODS, {"metadata": {"name": "c"}, "spec": {"containers": [{"name": "c"}]}})
     with pytest.raises(InvalidArgument, match="does not match the name in the URL"):
         api.request("PUT", f"{PODS}/b", created)
-    api.request("DELETE", f"{PODS}/a")
+    marked = api.request("DELETE", f"{PODS}/a")   # on a node: Terminating, until its agent is done
+    assert marked["metadata"]["deletionTimestamp"] and api.request("GET", f"{PODS}/a")["metadata"]["deletionTimestamp"]
+    api.request("DELETE", f"{PODS}/a?gracePeriodSeconds=0")
     with pytest.raises(NotFound, match="pods 'a' not found in namespace 'default'"):
         api.request("GET", f"{PODS}/a")
     with pytest.raises(NotFound, match="namespaces 'shop' not found"):

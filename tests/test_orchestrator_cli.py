@@ -26,6 +26,7 @@ spec:
   template:
     metadata: {labels: {app: web}}
     spec:
+      terminationGracePeriodSeconds: 1
       containers: [{name: httpd, image: busybox, command: [httpd, -f]}]
 ---
 apiVersion: v1
@@ -183,7 +184,7 @@ def test_a_node_joins_over_tls_with_a_token(cri: Cri, tmp_path: Path) -> None:
             assert time.monotonic() < deadline + 40, skiff(sock, "get", "po", "p").stdout
             time.sleep(0.2)
         assert skiff(sock, "get", "po", "p").stdout.splitlines()[1].split()[6] == "far"
-        skiff(sock, "delete", "po", "p")
+        skiff(sock, "delete", "po", "p", "--grace-period", "1")
         while cri.runtime.ListPodSandbox(pb.ListPodSandboxRequest()).items:
             assert time.monotonic() < deadline + 60, "the pod's sandbox stayed"
             time.sleep(0.2)

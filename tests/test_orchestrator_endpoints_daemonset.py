@@ -13,6 +13,7 @@ from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import Registry
 from skiff.orchestrator.controllers.daemonset import DaemonSetController
 from skiff.orchestrator.controllers.endpoints import EndpointsController
+from skiff.orchestrator.controllers.garbage import GarbageCollector
 
 PODS, SVC, EP, DS, NODES = (BY_KIND[k] for k in ("Pod", "Service", "Endpoints", "DaemonSet", "Node"))
 
@@ -21,7 +22,8 @@ PODS, SVC, EP, DS, NODES = (BY_KIND[k] for k in ("Pod", "Service", "Endpoints", 
 def cluster(registry: Registry) -> Iterator[Registry]:
     with running(registry, (PODS, SVC, EP, DS, NODES), lambda inf: [
             EndpointsController(registry, inf["Service"], inf["Pod"], inf["Endpoints"]),
-            DaemonSetController(registry, inf["DaemonSet"], inf["Pod"], inf["Node"])]):
+            DaemonSetController(registry, inf["DaemonSet"], inf["Pod"], inf["Node"]),
+            GarbageCollector(registry, inf)]):   # the pods of a node that goes: PodGC's
         yield registry
 
 
@@ -34,6 +36,7 @@ def web_pod(name: str, ip: str, ready: bool) -> dict[str, Any]:
 
 
 def test_endpoints_follow_the_selected_pods(cluster: Registry) -> None:
+    cluster.create(NODES, node("n1"))   # the pods' node: without it, they are PodGC's orphans
     cluster.create(SVC, {"metadata": {"name": "web"},
                          "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": "http"}]}})
     cluster.create(PODS, web_pod("a", "10.0.0.2", True))
@@ -50,7 +53,7 @@ def test_endpoints_follow_the_selected_pods(cluster: Registry) -> None:
     assert subset["ports"] == [{"name": "", "port": 8080, "protocol": "TCP"}]
     assert [a["ip"] for a in subset["addresses"]] == ["10.0.0.2"]
     assert [a["targetRef"]["name"] for a in subset["notReadyAddresses"]] == ["b"]
-    cluster.delete(PODS, "default", "a")
+    cluster.delete(PODS, "default", "a")   # Terminating (no agent finishes it): out of the endpoints at once
     eventually(lambda: "addresses" not in subsets()[0])
     cluster.delete(SVC, "default", "web")
     eventually(lambda: not cluster.list(EP).items)

@@ -3,6 +3,7 @@ namespaces, optimistic updates, label and field selectors on lists and watches."
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -74,7 +75,7 @@ def test_lists_and_watches_filter_by_labels_and_fields(registry: Registry) -> No
     assert names(registry.list(POD, "kube-system")) == []
     events = list(registry.watch(POD, None, since, fields=FieldSelector.parse("spec.nodeName=n1"), timeout=0.1))
     assert [(e.type, e.object["metadata"]["name"]) for e in events] == [(EventType.ADDED, "a"), (EventType.ADDED, "c")]
-    registry.delete(POD, "default", "a")
+    registry.delete(POD, "default", "a", grace=0)
     assert names(registry.list(POD)) == ["b", "c"]
     with pytest.raises(InvalidArgument, match="want FIELD=VALUE"):
         FieldSelector.parse("spec.nodeName")
@@ -107,3 +108,19 @@ def test_services_get_a_virtual_ip_and_node_ports(registry: Registry) -> None:
         registry.update(SERVICES, {**kept, "spec": {**kept["spec"], "clusterIP": "10.96.0.9"}})
     turned = registry.update(SERVICES, {**a, "spec": {**a["spec"], "type": "NodePort"}})
     assert turned["spec"]["ports"][0]["nodePort"] == 30001
+
+
+def test_a_pod_on_a_node_is_deleted_gracefully(registry: Registry) -> None:
+    bound = {**pod("a", node="n1"), "spec": {**pod("a", node="n1")["spec"], "terminationGracePeriodSeconds": 5}}
+    registry.create(POD, bound)
+    registry.create(POD, pod("unbound"))
+    marked = registry.delete(POD, "default", "a")
+    assert marked["metadata"]["deletionGracePeriodSeconds"] == 5 and marked["metadata"]["deletionTimestamp"]
+    assert registry.delete(POD, "default", "a") == marked            # a second delete changes nothing
+    cleared = copy.deepcopy(marked)
+    del cleared["metadata"]["deletionTimestamp"]
+    assert registry.update(POD, cleared)["metadata"]["deletionTimestamp"] == marked["metadata"]["deletionTimestamp"]
+    registry.delete(POD, "default", "unbound")                       # no node agent to wait for
+    assert names(registry.list(POD)) == ["a"]
+    registry.delete(POD, "default", "a", grace=0)                    # the agent's last word
+    assert names(registry.list(POD)) == []

@@ -47,6 +47,9 @@ class BridgeConfig:
     state_dir: Path = Path("/var/lib/skiff/network")  # ipam/ and the lock live here
     masquerade: bool = True  # source-NAT pod traffic leaving the pod CIDR
     mtu: int | None = None  # None: the kernel's default (1500)
+    # Traffic to it is not masqueraded: the pod CIDRs of every node of a cluster (pods see
+    # each other's own addresses, as Kubernetes wants). None: the pod CIDR only.
+    cluster_cidr: str | None = None
 
     @property
     def network(self) -> ipaddress.IPv4Network:

@@ -22,7 +22,6 @@ import hashlib
 import ipaddress
 import os
 import socket
-import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -31,10 +30,9 @@ from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-unty
 
 from skiff.cri.network import BridgeConfig, NetworkError, PodNetwork, PortMapping, portmap
 from skiff.cri.network.ipam import IPAM
-from skiff.runtime import libc
+from skiff.runtime import netns
 from skiff.runtime.undo import Undo
 
-CLONE_NEWNET = 0x40000000
 IFF_UP = 0x1
 IN6_ADDR_GEN_MODE_NONE = 1  # linux/if_link.h
 
@@ -71,26 +69,9 @@ def _netns_socket(netns_path: str, interface: str | None = None) -> tuple[socket
     """A NETLINK_ROUTE socket in the netns at netns_path, and the index of `interface` there
     (None if missing), from a thread that joins it and ends: the caller's own threads never
     change netns."""
-    result: list[tuple[socket.socket, int | None] | BaseException] = []
-
-    def join_and_open() -> None:
-        try:
-            fd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                libc.setns(fd, CLONE_NEWNET)
-            finally:
-                os.close(fd)
-            result.append((socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
-                                         socket.NETLINK_ROUTE), _if_index(interface) if interface else None))
-        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
-            result.append(e)
-
-    thread = threading.Thread(target=join_and_open, name="skiff-netns")
-    thread.start()
-    thread.join()
-    if isinstance(result[0], BaseException):
-        raise result[0]
-    return result[0]
+    return netns.call_in(netns_path, lambda: (
+        socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC, socket.NETLINK_ROUTE),
+        _if_index(interface) if interface else None))
 
 
 def _if_index(name: str) -> int | None:
@@ -250,6 +231,10 @@ def setup(netns_path: str, pod_id: str, config: BridgeConfig,
             undo.callback(_delete_link, host, host_name)  # before the mark that teardown looks for
             with _kernel(f"mark veth {host_name}"):
                 ipr.link("set", index=host, ifalias=mark)
+            with _kernel(f"set hairpin mode on veth {host_name}"):
+                # A pod that reaches itself through a service or hostPort: the DNAT'd packet
+                # goes back out the bridge port it came in by (kubelet's hairpin-veth).
+                ipr.brport("set", index=host, mode=1)
         with _iproute_in(netns_path, POD_INTERFACE, netlink) as (ns, inside):
             if inside is None:
                 raise NetworkError(f"veth {POD_INTERFACE}: not found in netns {netns_path} after its creation")
@@ -265,7 +250,8 @@ def setup(netns_path: str, pod_id: str, config: BridgeConfig,
                 ns.link("set", index=inside, state="up")  # lo is up already (pod_namespaces.py)
             with _kernel(f"add default route via {ipam.gateway} in netns {netns_path}"):
                 ns.route("add", dst="0.0.0.0/0", gateway=str(ipam.gateway), oif=inside)
-        portmap.add(config.state_dir, pod_id, ip, ipam.network, masquerade=config.masquerade,
+        cluster = ipaddress.IPv4Network(config.cluster_cidr) if config.cluster_cidr else ipam.network
+        portmap.add(config.state_dir, pod_id, ip, cluster, masquerade=config.masquerade,
                     port_mappings=port_mappings, fresh=not retry)
         undo.callback(portmap.remove, config.state_dir, pod_id)
         undo.keep()

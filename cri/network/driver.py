@@ -88,7 +88,7 @@ class NoNetworking:
 def networking_for(config: NetworkConfig, state_dir: Path) -> PodNetworking:
     if config.mode == "bridge":
         return BridgeNetworking(BridgeConfig(pod_cidr=config.pod_cidr, bridge=config.bridge,
-                                             state_dir=state_dir))
+                                             state_dir=state_dir, cluster_cidr=config.cluster_cidr or None))
     if config.mode == "cni":
         return CniNetworking(config.cni_conf_dir, config.cni_bin_dir, state_dir)
     return NoNetworking()

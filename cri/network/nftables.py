@@ -5,8 +5,11 @@ per pod); the library runs the same command text in-process. libnftables1 comes 
 Debian's nftables package. Its Python binding (python3-nftables) is Debian-only, not on
 PyPI, so these few calls are made with ctypes, as runtime/seccomp.py does for libseccomp.
 
-A context is made per call: libnftables contexts are not thread-safe, and one costs less
-than a millisecond to make.
+`run` makes a context per call: libnftables contexts are not thread-safe, and one costs less
+than a millisecond to make. A `Session` keeps one for a single thread that changes rules
+often (the service proxy): closing a context's netlink socket after a transaction that
+deleted something waits for the kernel to release what it deleted (an RCU grace period,
+7-30 ms here), where a kept socket lets the kernel do that in the background.
 """
 
 from __future__ import annotations
@@ -51,17 +54,41 @@ def _library() -> ctypes.CDLL:
 def run(commands: str, *, json: bool = False, handles: bool = False) -> str:
     """Run `commands` (nft syntax, one transaction) and return their output. Errors raise
     NetworkError with nft's own message and the commands."""
-    lib = _library()
-    ctx = lib.nft_ctx_new(0)
-    if not ctx:
-        raise NetworkError("libnftables: nft_ctx_new failed")
-    try:
+    with Session() as session:
+        return session.run(commands, json=json, handles=handles)
+
+
+class Session:
+    """One libnftables context, for one thread at a time; its netlink socket is opened in the
+    network namespace of the thread that first runs a command."""
+
+    def __init__(self) -> None:
+        self._lib = _library()
+        self._ctx = self._lib.nft_ctx_new(0)
+        if not self._ctx:
+            raise NetworkError("libnftables: nft_ctx_new failed")
+        self._lib.nft_ctx_buffer_output(self._ctx)
+        self._lib.nft_ctx_buffer_error(self._ctx)
+
+    def run(self, commands: str, *, json: bool = False, handles: bool = False, quote: int = 2000) -> str:
+        """`quote`: how much of the commands an error shows (a full sync is megabytes)."""
+        lib, ctx = self._lib, self._ctx
         lib.nft_ctx_output_set_flags(ctx, (_OUTPUT_JSON if json else 0) | (_OUTPUT_HANDLE if handles else 0))
-        lib.nft_ctx_buffer_output(ctx)
-        lib.nft_ctx_buffer_error(ctx)
         if lib.nft_run_cmd_from_buffer(ctx, commands.encode()) != 0:
             error = (lib.nft_ctx_get_error_buffer(ctx) or b"").decode(errors="replace").strip()
-            raise NetworkError(f"nft: {error}\ncommands:\n{commands.strip()}")
+            shown = commands.strip()
+            if len(shown) > quote:
+                shown = shown[:quote] + f"\n... ({len(shown) - quote} more characters)"
+            raise NetworkError(f"nft: {error[:quote]}\ncommands:\n{shown}")
         return (lib.nft_ctx_get_output_buffer(ctx) or b"").decode()
-    finally:
-        lib.nft_ctx_free(ctx)
+
+    def close(self) -> None:
+        if self._ctx:
+            self._lib.nft_ctx_free(self._ctx)
+            self._ctx = None
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()

@@ -13,13 +13,14 @@ from __future__ import annotations
 import copy
 import datetime
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
 from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc
 
-from skiff.errors import SkiffError, Unavailable
+from skiff.errors import NotFound, SkiffError, Unavailable
 from skiff.orchestrator.agent import volumes
 from skiff.orchestrator.agent.probes import Prober
 from skiff.orchestrator.api import quantity
@@ -68,7 +69,7 @@ class PodAgent(Controller):
         if any(p is not None and p["spec"].get("nodeName") == self.node for p in (old, new)):
             self.queue.add(key)
 
-    def start(self, workers: int = 2) -> None:
+    def start(self, workers: int = 4) -> None:
         super().start(workers)
         self.prober.start()
         self._relister.start()
@@ -113,6 +114,9 @@ class PodAgent(Controller):
                 self._tear_down(s.id)
                 volumes.release(self.root, s.labels.get(POD_UID, ""))
         if wanted is None:
+            return
+        if wanted["metadata"].get("deletionTimestamp"):
+            self._terminate(wanted, sandboxes)
             return
         finished = (wanted.get("status") or {}).get("phase") in ("Succeeded", "Failed")
         live = [s for s in sandboxes if s.labels.get(POD_UID) == uid and s.state == pb.SANDBOX_READY]
@@ -217,6 +221,24 @@ class PodAgent(Controller):
         if spec.get("hostNetwork"):
             options.network = pb.NODE
         return config
+
+    def _terminate(self, pod: dict[str, Any], sandboxes: list[Any]) -> None:
+        """A graceful delete: each container gets SIGTERM and the pod's grace period, then the
+        pod is torn down and deleted for good (grace 0), kubelet's killPod."""
+        uid = pod["metadata"]["uid"]
+        grace = int(pod["metadata"].get("deletionGracePeriodSeconds", 30))
+        for s in (s for s in sandboxes if s.labels.get(POD_UID) == uid):
+            containers = self.runtime.ListContainers(pb.ListContainersRequest(filter=pb.ContainerFilter(
+                pod_sandbox_id=s.id, state=pb.ContainerStateValue(state=pb.CONTAINER_RUNNING))), timeout=CALL).containers
+            with ThreadPoolExecutor(max_workers=max(1, len(containers))) as pool:   # all at once, as kubelet
+                list(pool.map(lambda c: self.runtime.StopContainer(
+                    pb.StopContainerRequest(container_id=c.id, timeout=grace), timeout=grace + CALL), containers))
+            self._tear_down(s.id)
+        volumes.release(self.root, uid)
+        try:
+            self.registry.delete(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"], grace=0)
+        except NotFound:
+            pass
 
     def _tear_down(self, sandbox_id: str) -> None:
         self.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id), timeout=CALL)

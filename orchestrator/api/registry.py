@@ -27,7 +27,7 @@ from skiff.orchestrator.api.meta import DEFAULT_NAMESPACE, check_metadata
 from skiff.orchestrator.labels import EVERYTHING, Selector
 from skiff.orchestrator.store import Event, Listing, Store, resource_version
 
-NAMESPACES, SERVICES = BY_KIND["Namespace"], BY_KIND["Service"]
+NAMESPACES, SERVICES, PODS = BY_KIND["Namespace"], BY_KIND["Service"], BY_KIND["Pod"]
 SYSTEM_NAMESPACES = (DEFAULT_NAMESPACE, "kube-system")
 _NAME_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"  # generateName's, as Kubernetes: no vowels, no look-alikes
 
@@ -66,7 +66,8 @@ class Api(Protocol):
 
     def update(self, kind: Kind, obj: dict[str, Any], *, namespace: str | None = None) -> dict[str, Any]: ...
 
-    def delete(self, kind: Kind, namespace: str, name: str, *, expected: str | None = None) -> dict[str, Any]: ...
+    def delete(self, kind: Kind, namespace: str, name: str, *, expected: str | None = None,
+               grace: int | None = None) -> dict[str, Any]: ...
 
     def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any]: ...
 
@@ -128,6 +129,10 @@ class Registry:
         if obj.get("spec") != current.get("spec"):
             generation += 1
         metadata.update(uid=kept["uid"], creationTimestamp=kept["creationTimestamp"], generation=generation)
+        for field in ("deletionTimestamp", "deletionGracePeriodSeconds"):   # only a delete sets them
+            metadata.pop(field, None)
+            if field in kept:
+                metadata[field] = kept[field]
         obj = {**obj, "metadata": metadata}
         validation.check(obj)
         if kind is not SERVICES:
@@ -140,8 +145,25 @@ class Registry:
         return [s for s in self.store.list(SERVICES.prefix(None)).items
                 if SERVICES.key(s["metadata"]["namespace"], s["metadata"]["name"]) != key]
 
-    def delete(self, kind: Kind, namespace: str, name: str, *, expected: str | None = None) -> dict[str, Any]:
-        return self.store.delete(kind.key(namespace, name), expected=expected)
+    def delete(self, kind: Kind, namespace: str, name: str, *, expected: str | None = None,
+               grace: int | None = None) -> dict[str, Any]:
+        """A pod running on a node is deleted gracefully, as Kubernetes does: it is marked
+        (deletionTimestamp, deletionGracePeriodSeconds: `grace`, else the pod's
+        terminationGracePeriodSeconds) and stays until its node agent has stopped it within
+        that time and deletes it with grace 0. Meanwhile it is Terminating: out of its
+        service's endpoints and not counted by its controller."""
+        key = kind.key(namespace, name)
+        if kind is PODS:
+            current = self.store.get(key)
+            period = grace if grace is not None else int(current["spec"].get("terminationGracePeriodSeconds", 30))
+            running = (current.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+            if current["spec"].get("nodeName") and running and period > 0:
+                if current["metadata"].get("deletionTimestamp"):
+                    return current
+                metadata = {**current["metadata"], "deletionTimestamp": now(), "deletionGracePeriodSeconds": period}
+                return self.store.update(key, {**current, "metadata": metadata},
+                                         expected=expected or resource_version(current))
+        return self.store.delete(key, expected=expected)
 
     def _require_namespace(self, namespace: str) -> None:
         try:

@@ -125,7 +125,10 @@ class Controller:
         if ref is None or ref.get("kind") != kind:
             return False
         owner = f"{pod['metadata']['namespace']}/{ref['name']}"
-        expectations.observed(owner, added=int(old is None), deleted=int(new is None))
+        # A graceful delete is seen when the pod turns Terminating, not again when it goes.
+        terminating = [p is not None and bool(p["metadata"].get("deletionTimestamp")) for p in (old, new)]
+        deleted = (new is None and not terminating[0]) or (terminating[1] and not terminating[0])
+        expectations.observed(owner, added=int(old is None), deleted=int(deleted))
         self.queue.add(owner)
         return True
 

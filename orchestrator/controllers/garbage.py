@@ -4,7 +4,10 @@ and what a namespace holds goes after the namespace.
 
 A dependent goes only when none of its owners is left, and that is asked of the store, not of
 a cache: an informer of another kind may not have shown a new owner yet. A dependent that
-still has an owner loses only its references to the owners that are gone."""
+still has an owner loses only its references to the owners that are gone.
+
+Pods bound to a node that does not exist are deleted at once (PodGC's orphans): no node agent
+is there to finish a graceful delete."""
 
 from __future__ import annotations
 
@@ -33,6 +36,10 @@ class GarbageCollector(Controller):
         return lambda key, old, new: self._changed(kind, key, old, new)
 
     def _changed(self, kind: str, key: str, old: dict[str, Any] | None, new: dict[str, Any] | None) -> None:
+        if kind == "Node" and new is None and old is not None:
+            self.queue.add(f"orphans/{old['metadata']['name']}")
+        elif kind == "Pod" and new is not None and new["metadata"].get("deletionTimestamp") and new["spec"].get("nodeName"):
+            self.queue.add(f"orphans/{new['spec']['nodeName']}")
         if new is None and old is not None:
             self.queue.add(f"owner/{old['metadata']['uid']}")
             if kind == "Namespace":
@@ -53,6 +60,18 @@ class GarbageCollector(Controller):
                 for obj in held:
                     if obj["metadata"].get("namespace") == rest:
                         self._delete(kind, obj)
+        elif what == "orphans":
+            try:
+                self.registry.get(BY_KIND["Node"], "", rest)
+                return
+            except NotFound:
+                pass
+            for pod in self.informers["Pod"].items():
+                if pod["spec"].get("nodeName") == rest:
+                    try:
+                        self.registry.delete(BY_KIND["Pod"], pod["metadata"]["namespace"], pod["metadata"]["name"], grace=0)
+                    except NotFound:
+                        pass
         elif what == "dependent":
             name, _, key = rest.partition("/")
             dependent = self.informers[name].get(key)

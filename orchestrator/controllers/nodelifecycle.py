@@ -85,6 +85,7 @@ class NodeLifecycleController:
             if pod["spec"].get("nodeName") != node_name or (controller_of(pod) or {}).get("kind") == "DaemonSet":
                 continue
             try:
-                self.registry.delete(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"])
+                # At once: no agent is there to stop it gracefully (PodGC's force delete).
+                self.registry.delete(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"], grace=0)
             except NotFound:
                 pass

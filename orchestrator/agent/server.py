@@ -1,0 +1,247 @@
+"""The node agent's own HTTP server, as kubelet's on port 10250 (kubernetes
+`pkg/kubelet/server/server.go`): the API server forwards a pod's log and exec subresources
+here (orchestrator/subresources.py).
+
+    GET  /containerLogs/{ns}/{pod}/{container}?follow=&tailLines=&previous=   the log's text, chunked
+    POST /exec/{ns}/{pod}/{container}   {"command": [...], "timeout": S}  ->  {"stdout", "stderr", "exitCode"}
+
+kubelet's /exec upgrades the connection to a stream (SPDY or WebSocket); skiff's is CRI
+ExecSync's one request and one reply, so a command cannot be interactive. The output is text
+in JSON: bytes that are not UTF-8 travel as surrogate escapes, which a Python client turns back
+into the same bytes. Errors are Status objects, as the API server's.
+
+It listens on a unix socket (mode 0600, as the API server's), so only an API server on this
+machine reaches it: TCP would need what kubelet's port has, TLS and the API server's
+credentials, which skiff does not have yet."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import socket
+import socketserver
+import sys
+import threading
+import urllib.parse
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler
+from typing import Any
+
+import grpc
+from cri_api.v1 import api_pb2 as pb
+
+from skiff.cri.client import Cri, exit_watch, print_logs
+from skiff.cri.grpc_errors import CODES
+from skiff.errors import InvalidArgument, NotFound, SkiffError, Unavailable
+from skiff.orchestrator.agent.pods import CONTAINER_NAME, POD_NAME, POD_NAMESPACE
+from skiff.orchestrator.apiserver import MAX_BODY, status_for
+from skiff.orchestrator.subresources import hung_up
+
+_ERRORS = {code: cls for cls, code in CODES}
+
+
+def default_socket(node: str) -> str:
+    return f"/run/skiff/agent/{node}.sock"
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    cri_socket: str
+    _cri: Cri | None = None
+    _lock = threading.Lock()
+
+    def cri(self) -> Cri:
+        """The CRI client, made at the first request: the agent may start before its CRI service."""
+        with self._lock:
+            if self._cri is None:
+                self._cri = Cri(self.cri_socket)
+            return self._cri
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        request, _ = self.socket.accept()
+        return request, ("unix", 0)  # BaseHTTPRequestHandler wants an address it can print
+
+
+class AgentServer:
+    """Serves the containers of the CRI service on `cri_socket` on the unix socket `path`."""
+
+    def __init__(self, cri_socket: str, path: str) -> None:
+        if "/" not in path:
+            raise InvalidArgument(f"--agent-listen {path!r}: want a unix socket path (TCP, which needs TLS and "
+                                  "the API server's credentials as kubelet's port has, is not supported yet)")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o755, exist_ok=True)
+        if os.path.exists(path):
+            os.unlink(path)  # a socket file a stopped agent left
+        old = os.umask(0o177)
+        try:
+            self._server = _Server(path, _Handler)
+        finally:
+            os.umask(old)
+        self._server.cri_socket = cri_socket
+        self.path = path
+        self._thread: threading.Thread | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """The URL the Node publishes (node.py, AGENT_ENDPOINT)."""
+        return f"unix:{self.path}"
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._server.serve_forever, name="skiff-agent-server", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join()
+        if self._server._cri is not None:
+            self._server._cri.channel.close()
+        if os.path.exists(self.path):
+            os.unlink(self.path)
+
+
+class _Chunks(io.RawIOBase):
+    """The HTTP chunks of a reply, as a file that print_logs can write to."""
+
+    def __init__(self, wfile: io.BufferedIOBase) -> None:
+        self._wfile = wfile
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        data = bytes(data)
+        if data:  # an empty chunk would end the reply
+            self._wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self._wfile.flush()
+        return len(data)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+        pass
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def do_POST(self) -> None:
+        self._serve("POST")
+
+    def _serve(self, method: str) -> None:
+        url = urllib.parse.urlsplit(self.path)
+        query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
+        parts = [urllib.parse.unquote(p) for p in url.path.strip("/").split("/")]
+        try:
+            try:
+                if method == "GET" and len(parts) == 4 and parts[0] == "containerLogs":
+                    self._logs(parts[1], parts[2], parts[3], query)
+                    return
+                if method == "POST" and len(parts) == 4 and parts[0] == "exec":
+                    self._reply(HTTPStatus.OK, self._exec(parts[1], parts[2], parts[3]))
+                    return
+            except grpc.RpcError as e:
+                raise _ERRORS.get(e.code(), Unavailable)(f"CRI: {e.details()}") from None
+            raise NotFound(f"{method} {url.path}: not served here (GET /containerLogs/NS/POD/CONTAINER, "
+                           "POST /exec/NS/POD/CONTAINER)")
+        except SkiffError as e:
+            self._reply(*status_for(e))
+
+    def _container(self, namespace: str, pod: str, container: str, *, previous: bool) -> pb.Container:
+        """The container's latest attempt, or the one before (pods.py keeps that one for its logs)."""
+        attempts = sorted(self.server.cri().containers(labels={POD_NAMESPACE: namespace, POD_NAME: pod,
+                                                             CONTAINER_NAME: container}),
+                          key=lambda c: c.metadata.attempt)
+        if previous:
+            if len(attempts) < 2:
+                raise InvalidArgument(f'previous terminated container "{container}" in pod "{pod}" not found')
+            return attempts[-2]
+        if not attempts:
+            raise InvalidArgument(f'container "{container}" in pod "{pod}" is waiting to start: ContainerCreating')
+        return attempts[-1]
+
+    def _logs(self, namespace: str, pod: str, container: str, query: dict[str, str]) -> None:
+        previous = _flag(query, "previous")
+        try:
+            tail = int(query["tailLines"]) if query.get("tailLines") else None
+        except ValueError:
+            raise InvalidArgument(f"tailLines {query['tailLines']!r}: want a number") from None
+        if tail is not None and tail < 0:
+            tail = None  # kubectl's --tail=-1: all of it
+        cri = self.server.cri()
+        found = self._container(namespace, pod, container, previous=previous)
+        path = cri.log_path(found.id)
+        until = None
+        if _flag(query, "follow"):
+            exited = exit_watch(cri, found.id)
+            # The API server hanging up (its client went away) ends a follow too.
+            until = lambda: hung_up(self.connection) or exited()  # noqa: E731
+        elif not os.path.exists(path):
+            raise NotFound(f'container "{container}" in pod "{pod}": its log file {path} does not exist')
+        self.send_response(HTTPStatus.OK)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        body = io.BufferedWriter(_Chunks(self.wfile), buffer_size=64 * 1024)
+        try:
+            print_logs(path, out=body, err=body, tail=tail, until=until,
+                       warn=lambda message: print(f"skiff node agent: {path}: {message}", file=sys.stderr))
+            body.flush()
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        except SkiffError as e:  # the reply has begun: it can only end, early
+            print(f"skiff node agent: logs of {namespace}/{pod}/{container}: {e}", file=sys.stderr)
+            self.close_connection = True
+        except grpc.RpcError as e:
+            print(f"skiff node agent: logs of {namespace}/{pod}/{container}: CRI: {e.details()}", file=sys.stderr)
+            self.close_connection = True
+        finally:
+            try:
+                body.close()
+            except OSError:
+                pass  # the connection is gone: what was buffered has nowhere to go
+
+    def _exec(self, namespace: str, pod: str, container: str) -> dict[str, Any]:
+        body = self._body()
+        command, timeout = body.get("command"), body.get("timeout", 0)
+        if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
+            raise InvalidArgument(f"command: {command!r}: want a non-empty list of strings")
+        if not isinstance(timeout, int) or timeout < 0:
+            raise InvalidArgument(f"timeout: {timeout!r}: want a whole number of seconds, 0 for none")
+        found = self._container(namespace, pod, container, previous=False)
+        if found.state != pb.CONTAINER_RUNNING:
+            state = pb.ContainerState.Name(found.state).removeprefix("CONTAINER_").lower()
+            raise InvalidArgument(f'container "{container}" in pod "{pod}" is not running (it is {state})')
+        reply = self.server.cri().exec_sync(found.id, command, timeout)
+        return {"stdout": reply.stdout.decode(errors="surrogateescape"),
+                "stderr": reply.stderr.decode(errors="surrogateescape"), "exitCode": reply.exit_code}
+
+    def _body(self) -> dict[str, Any]:
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            raise InvalidArgument(f"request body: {length} bytes, more than the {MAX_BODY} accepted")
+        try:
+            body = json.loads(self.rfile.read(length) or b"{}")
+        except ValueError as e:
+            raise InvalidArgument(f"request body: not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise InvalidArgument("request body: must be a JSON object")
+        return body
+
+    def _reply(self, code: HTTPStatus, body: dict[str, Any]) -> None:
+        data = json.dumps(body, separators=(",", ":")).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def _flag(query: dict[str, str], name: str) -> bool:
+    return query.get(name, "").lower() in ("true", "1")

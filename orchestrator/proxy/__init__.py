@@ -1,0 +1,1 @@
+"""The service proxy (kube-proxy): Services into nftables, per node."""
