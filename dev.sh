@@ -8,6 +8,7 @@
 #   ./dev.sh bench pull   bench/pull_unpack.py: skiff against skopeo + umoci and containerd
 #   ./dev.sh bench cri    bench/cri_pods.py: pods through the CRI, skiff against containerd 1.6 + runc
 #   ./dev.sh bench scheduler   bench/scheduler.py: scheduling onto simulated nodes (issue 7)
+#   ./dev.sh bench proxy   bench/service_proxy.py: services into nftables, two rule layouts (issue 7)
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")"
 top=$PWD
@@ -82,10 +83,11 @@ case "${1:-}" in
         if [ "${1:-}" = pull ]; then shift; exec "$venv/bin/python" bench/pull_unpack.py "$@"; fi
         if [ "${1:-}" = cri ]; then shift; exec "$venv/bin/python" bench/cri_pods.py "$@"; fi
         if [ "${1:-}" = scheduler ]; then shift; exec "$venv/bin/python" bench/scheduler.py "$@"; fi
+        if [ "${1:-}" = proxy ]; then shift; exec "$venv/bin/python" bench/service_proxy.py "$@"; fi
         exec "$venv/bin/python" bench/start_latency.py "$@"
         ;;
     *)
-        sed -n '2,10s/^# \{0,1\}//p' "$0" >&2
+        sed -n '2,11s/^# \{0,1\}//p' "$0" >&2
         exit 2
         ;;
 esac

@@ -133,7 +133,9 @@ def changes(old: Rules, new: Rules) -> list[str]:
     changed loses all its elements and gets its new ones, in the same transaction."""
     deletes: list[str] = []
     adds: list[str] = []
-    for frontend in sorted(old.keys() | new.keys()):
+    # a node port (address None) sorts before the clusterIP ports of the same number: None and
+    # a str do not compare
+    for frontend in sorted(old.keys() | new.keys(), key=lambda f: (f.protocol, f.port, f.address or "")):
         before, after = old.get(frontend), new.get(frontend)
         if before == after:
             continue
