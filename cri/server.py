@@ -68,6 +68,8 @@ def _enter_node_network(path: str) -> None:
     """The whole service (every thread it will start, the fork server, host-network pods)
     moves into the node's network namespace; registry connections are still made from the
     namespace it started in, where a registry on the host's loopback is."""
+    import socket
+
     from skiff.images import registry
     from skiff.runtime import netns
 
@@ -75,7 +77,11 @@ def _enter_node_network(path: str) -> None:
         started_in = netns.enter(path)
     except OSError as e:
         raise FailedPrecondition(f"netns {path}: {e.strerror.lower() if e.strerror else e}") from None
-    registry.dial_from(started_in)
+
+    def dial(address: tuple[str, int], timeout: float | None = None,
+             source: tuple[str, int] | None = None) -> socket.socket:
+        return netns.call_in(started_in, lambda: socket.create_connection(address, timeout, source))
+    registry.dial_with(dial)
 
 
 def serve(config: CriConfig) -> None:

@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -44,7 +44,6 @@ from skiff.images import hosts
 from skiff.images.hosts import Endpoint, RegistryConfig
 from skiff.images.reference import Reference, parse
 from skiff.oci import image as oci
-from skiff.runtime import netns
 
 MANIFEST_ACCEPT = ", ".join((oci.MEDIA_TYPE_OCI_MANIFEST, oci.MEDIA_TYPE_OCI_INDEX,
                              oci.MEDIA_TYPE_DOCKER_MANIFEST_V2, oci.MEDIA_TYPE_DOCKER_MANIFEST_LIST))
@@ -280,23 +279,17 @@ def parse_challenge(header: str) -> _Challenge:
     return _Challenge(scheme.lower(), params)
 
 
-_dial_netns: int | None = None
+Dialer = Callable[[tuple[str, int], "float | None", "tuple[str, int] | None"], socket.socket]
+_dial: Dialer | None = None
 
 
-def dial_from(netns_fd: int | None) -> None:
-    """Registry connections (and their name lookups) are made in the network namespace of
-    `netns_fd` from now on, in this process; None: in the caller's. A CRI service that runs a
-    node's network in a namespace of its own (`skiff cri serve --netns`) still pulls from a
-    registry on the host's loopback this way."""
-    global _dial_netns
-    _dial_netns = netns_fd
-
-
-def _dial(address: tuple[str, int], timeout: float | None = None,
-          source_address: tuple[str, int] | None = None) -> socket.socket:
-    assert _dial_netns is not None
-    netns_fd = _dial_netns
-    return netns.call_in(netns_fd, lambda: socket.create_connection(address, timeout, source_address))
+def dial_with(dialer: Dialer | None) -> None:
+    """Registry connections (and their name lookups) are made by `dialer` from now on, in this
+    process (socket.create_connection's signature); None: socket.create_connection. A CRI
+    service that runs a node's network in a namespace of its own (`skiff cri serve --netns`)
+    dials from the namespace it started in, where a registry on the host's loopback is."""
+    global _dial
+    _dial = dialer
 
 
 class Client:
@@ -372,7 +365,7 @@ class Client:
             conn = http.client.HTTPConnection(netloc, timeout=self.timeout)
         else:
             raise InvalidArgument(f"url scheme {scheme!r}: only http and https")
-        if _dial_netns is not None:
+        if _dial is not None:
             conn._create_connection = _dial  # type: ignore[attr-defined]  # http.client's own hook
         with self._lock:
             self._conns[key] = conn

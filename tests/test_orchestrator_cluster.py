@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 from cri_fixture import IMAGE
 from orchestrator_fixture import eventually
+from registry_fixture import Registry, registry, skopeo_copy  # noqa: F401 (registry: a fixture)
 
 from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.client import ApiClient, RemoteRegistry
@@ -74,14 +75,15 @@ def second_tag(cri_images_root: str) -> str:
 
 
 class Cluster:
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, env: dict[str, str]) -> None:
         self.name = name
+        self.env = env
         self.socket = f"/run/skiff/clusters/{name}/api.sock"
         self.api = RemoteRegistry(ApiClient(self.socket))
 
     def skiff(self, *args: str, stdin: str | None = None, check: bool = True) -> str:
         done = subprocess.run([sys.executable, "-m", "skiff.cli", *args], input=stdin, capture_output=True, text=True,
-                              env={**os.environ, "SKIFF_API": self.socket}, timeout=120)
+                              env={**os.environ, **self.env, "SKIFF_API": self.socket}, timeout=120)
         if check:
             assert done.returncode == 0, f"skiff {' '.join(args)}: {done.stderr}"
         return done.stdout
@@ -123,9 +125,20 @@ def answers(url: str, tries: int = 60) -> set[str]:
 
 
 @pytest.fixture
-def cluster(cri_images_root: str) -> Iterator[Cluster]:
+def local_registry(registry: Registry, cri_images_root: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The test image pushed to a registry on the host's loopback; the nodes are told it is
+    plain HTTP (SKIFF_REGISTRIES, which `cluster up` passes on to their CRI services)."""
+    skopeo_copy(Path(cri_images_root).parent / "layout", "1", registry, "skiff/busybox:1", tmp=tmp_path)
+    config = tmp_path / "registries.toml"
+    config.write_text(f'[registries."{registry.host}"]\ninsecure = true\n')
+    monkeypatch.setenv("SKIFF_REGISTRIES", str(config))   # asked for before `cluster`, which passes it on
+    return f"{registry.host}/skiff/busybox:1"
+
+
+@pytest.fixture
+def cluster(cri_images_root: str, tmp_path: Path) -> Iterator[Cluster]:
     name = f"t{uuid.uuid4().hex[:6]}"
-    c = Cluster(name)
+    c = Cluster(name, {k: v for k, v in os.environ.items() if k == "SKIFF_REGISTRIES"})
     # Fast timings for the test: a node silent 3 s is NotReady, its pods go 2 s later.
     out = c.skiff("cluster", "up", "--name", name, "--nodes", "2", "--images-root", cri_images_root,
                   "--node-monitor-grace-period", "3", "--pod-eviction-timeout", "2",
@@ -248,3 +261,21 @@ def test_the_pods_of_a_node_whose_agent_stops_come_back_elsewhere(cluster: Clust
     eventually(lambda: c.serving(3) and {p["spec"]["nodeName"] for p in c.pods()} == {"node1"}, timeout=60)
     assert answers(f"http://{c.cluster_ip()}/", 30) <= {p["metadata"]["name"] for p in c.pods()}
     assert "NotReady" in c.skiff("get", "nodes", "node2")
+
+
+def test_a_node_pulls_from_a_registry_on_the_hosts_loopback(local_registry: str, cluster: Cluster) -> None:
+    """The node's CRI service runs in the node's network namespace, where 127.0.0.1 is the
+    node's own; its pulls still go out from the host's."""
+    c = cluster
+    c.skiff("apply", "-f", "-", stdin=f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: pulled, labels: {{app: pulled}}}}
+spec:
+  nodeSelector: {{kubernetes.io/hostname: node2}}
+  terminationGracePeriodSeconds: 0
+  containers: [{{name: c, image: "{local_registry}", imagePullPolicy: Always, command: [sleep, "3600"]}}]
+""")
+    eventually(lambda: (c.pods("app=pulled") or [{}])[0].get("status", {}).get("phase") == "Running", timeout=60)
+    assert c.pods("app=pulled")[0]["spec"]["nodeName"] == "node2"
+    assert exec_in(c, c.pods("app=pulled")[0], "echo", "pulled").strip() == "pulled"
