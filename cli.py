@@ -592,6 +592,7 @@ def _orchestrator_parsers(command: Callable[[str, str], argparse.ArgumentParser]
     c.add_argument("-A", "--all-namespaces", action="store_true")
     c.add_argument("-l", "--selector", default="", help="label selector, e.g. app=web,tier!=db")
     c.add_argument("-o", "--output", choices=("table", "yaml", "json"), default="table")
+    c.add_argument("-w", "--watch", action="store_true", help="after the list, a line for each change, until ^C")
     c = client_flags(command("delete", "delete objects by name, or those of a file"))
     c.add_argument("resource", nargs="?")
     c.add_argument("names", nargs="*")
@@ -687,10 +688,15 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    from skiff.orchestrator.cli import get
+    from skiff.orchestrator.cli import get, watch
 
-    print(get(_api(args), args.resource, args.name, namespace=args.namespace, all_namespaces=args.all_namespaces,
-              selector=args.selector, output=args.output))
+    options = {"namespace": args.namespace, "all_namespaces": args.all_namespaces, "selector": args.selector,
+               "output": args.output}
+    if not args.watch:
+        print(get(_api(args), args.resource, args.name, **options))
+        return 0
+    for line in watch(_api(args), args.resource, args.name, **options):   # until ^C
+        print(line, flush=True)
     return 0
 
 

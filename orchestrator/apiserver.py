@@ -21,11 +21,8 @@ from __future__ import annotations
 
 import hmac
 import json
-import os
-import socket
 import socketserver
 import ssl
-import threading
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -38,6 +35,7 @@ from skiff.errors import (Aborted, AlreadyExists, FailedPrecondition, InvalidArg
 from skiff.orchestrator import subresources
 from skiff.orchestrator.api.kinds import KINDS, Kind
 from skiff.orchestrator.api.registry import FieldSelector, Registry
+from skiff.orchestrator.http_server import ServerThread, UnixServer
 from skiff.orchestrator.labels import parse as parse_selector
 
 WATCH_TIMEOUT = 300.0  # seconds without an event before a watch ends (kubectl watches again)
@@ -255,33 +253,24 @@ class _Server(socketserver.ThreadingMixIn, socketserver.BaseServer):
     tokens: tuple[str, ...] | None
 
 
-class _UnixServer(_Server, socketserver.UnixStreamServer):
-    def get_request(self) -> tuple[socket.socket, Any]:
-        request, _ = self.socket.accept()
-        return request, ("unix", 0)  # BaseHTTPRequestHandler wants an address it can print
+class _UnixServer(_Server, UnixServer):
+    pass
 
 
 class _TcpServer(_Server, socketserver.TCPServer):
     allow_reuse_address = True
 
 
-class ApiServer:
+class ApiServer(ServerThread):
     """Serves `registry` on a unix socket (mode 0600) or on TCP with TLS and tokens."""
 
     def __init__(self, registry: Registry, *, unix_socket: str | None = None, tcp: tuple[str, int] | None = None,
                  tls: tuple[str, str] | None = None, tokens: tuple[str, ...] | None = None) -> None:
         if (unix_socket is None) == (tcp is None):
             raise InvalidArgument("api server: listen on a unix socket or on TCP, one of the two")
-        server: _Server
+        server: _UnixServer | _TcpServer
         if unix_socket is not None:
-            os.makedirs(os.path.dirname(os.path.abspath(unix_socket)), mode=0o755, exist_ok=True)
-            if os.path.exists(unix_socket):
-                os.unlink(unix_socket)  # a socket file a stopped server left
-            old = os.umask(0o177)
-            try:
-                server = _UnixServer(unix_socket, _Handler)
-            finally:
-                os.umask(old)
+            server = _UnixServer(unix_socket, _Handler)
             server.tokens = tokens
         else:
             assert tcp is not None
@@ -293,25 +282,11 @@ class ApiServer:
             server.socket = context.wrap_socket(server.socket, server_side=True)
             server.tokens = tokens
         server.registry = registry
-        self._server = server
-        self._unix_socket = unix_socket
-        self._thread: threading.Thread | None = None
+        super().__init__(server, "skiff-apiserver", unlink=unix_socket)
 
     @property
     def address(self) -> str:
-        if self._unix_socket is not None:
-            return self._unix_socket
-        host, port = self._server.socket.getsockname()[:2]
+        if self.unlink is not None:
+            return self.unlink
+        host, port = self.server.socket.getsockname()[:2]
         return f"https://{host}:{port}"
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="skiff-apiserver", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join()
-        if self._unix_socket is not None and os.path.exists(self._unix_socket):
-            os.unlink(self._unix_socket)

@@ -11,12 +11,12 @@ import signal
 import sys
 import threading
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import yaml
 
-from skiff.errors import InvalidArgument, NotFound
+from skiff.errors import InvalidArgument, NotFound, OutOfRange
 from skiff.orchestrator.api import kinds
 from skiff.orchestrator.agent.node import HEARTBEAT
 from skiff.orchestrator.api.kinds import BY_KIND, KINDS, Kind
@@ -27,6 +27,7 @@ from skiff.orchestrator.controllers.nodelifecycle import EVICTION, GRACE
 from skiff.orchestrator.labels import parse as parse_selector
 
 DEFAULT_SERVER = os.environ.get("SKIFF_API", "/run/skiff/api.sock")
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
 
 
 def connect(server: str, token: str | None, ca: str | None) -> RemoteRegistry:
@@ -51,25 +52,32 @@ def _label(kind: Kind) -> str:
 
 
 def apply(api: Api, path: str, namespace: str | None) -> list[str]:
-    """Create what is new, merge the file into what exists (keeping what the server and the
-    controllers filled in: a Service's clusterIP, a Deployment's revision, the status), leave
-    what is the same: one line each, as kubectl prints them. Every object is checked before
-    any is written. Unlike kubectl's three-way merge (it remembers what was last applied), a
-    field taken out of the file stays: delete and apply again to drop it."""
+    """Create what is new, merge the file into what exists, leave what is the same: one line
+    each, as kubectl prints them. Every object is checked before any is written.
+
+    kubectl's client-side three-way merge: what the server and the controllers filled in (a
+    Service's clusterIP, a Deployment's revision, the status) stays, the file's fields win,
+    and a field that was in the last applied file (kept in the object's annotation
+    kubectl.kubernetes.io/last-applied-configuration, as kubectl keeps it) and is not in
+    this one is taken out."""
     lines = []
     for m in _manifests(path, namespace):
         meta = m.object["metadata"]
         ns = meta.get("namespace", "")
+        applied = {k: v for k, v in m.object.items() if k != "status"}
+        record = json.dumps(applied, sort_keys=True, separators=(",", ":"))
+        applied["metadata"] = {**meta, "annotations": {**(meta.get("annotations") or {}), LAST_APPLIED: record}}
         try:
             current = api.get(m.kind, ns, meta["name"])
         except NotFound:
-            api.create(m.kind, m.object, namespace=ns or None)
+            api.create(m.kind, {**m.object, "metadata": applied["metadata"]}, namespace=ns or None)
             lines.append(f"{_label(m.kind)}/{meta['name']} created")
             continue
-        applied = {k: v for k, v in m.object.items() if k != "status"}
-        applied["metadata"] = {k: v for k, v in meta.items() if k in ("labels", "annotations")}
-        wanted = _merge(current, applied)
-        wanted["metadata"]["labels"] = meta.get("labels", {})  # the file's labels, as they are
+        applied["metadata"] = {k: v for k, v in applied["metadata"].items() if k in ("labels", "annotations")}
+        last = json.loads(((current["metadata"].get("annotations") or {}).get(LAST_APPLIED)) or "{}")
+        # of the metadata, only labels and annotations are the file's to change
+        last["metadata"] = {k: v for k, v in (last.get("metadata") or {}).items() if k in ("labels", "annotations")}
+        wanted = _merge(current, applied, last)
         if wanted == current:
             lines.append(f"{_label(m.kind)}/{meta['name']} unchanged")
             continue
@@ -78,14 +86,18 @@ def apply(api: Api, path: str, namespace: str | None) -> list[str]:
     return lines
 
 
-def _merge(live: Any, applied: Any) -> Any:
-    """`applied` over `live`: maps key by key, lists of maps of the same length item by item
-    (a Service's ports keep their nodePorts), anything else replaced."""
+def _merge(live: Any, applied: Any, last: Any) -> Any:
+    """`applied` over `live`: maps key by key, less the keys `last` (the last applied) had and
+    `applied` has not; lists of maps of the same length item by item (a Service's ports keep
+    their nodePorts); anything else replaced."""
     if isinstance(live, dict) and isinstance(applied, dict):
-        return {**live, **{k: _merge(live.get(k), v) for k, v in applied.items()}}
+        before = last if isinstance(last, dict) else {}
+        merged = {**live, **{k: _merge(live.get(k), v, before.get(k)) for k, v in applied.items()}}
+        return {k: v for k, v in merged.items() if k in applied or k not in before}
     if (isinstance(live, list) and isinstance(applied, list) and len(live) == len(applied)
             and all(isinstance(x, dict) for x in live + applied)):
-        return [_merge(a, b) for a, b in zip(live, applied)]
+        before_items = last if isinstance(last, list) and len(last) == len(applied) else [None] * len(applied)
+        return [_merge(a, b, c) for a, b, c in zip(live, applied, before_items)]
     return applied
 
 
@@ -158,30 +170,72 @@ COLUMNS: dict[str, tuple[list[str], Callable[[dict[str, Any]], list[str]]]] = {
 
 def table(rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("   ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    return "\n".join(_line(r, widths) for r in rows)
+
+
+def _line(cells: list[str], widths: list[int]) -> str:
+    return "   ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
 
 
 def get(api: Api, resource: str, name: str | None, *, namespace: str | None, all_namespaces: bool,
         selector: str, output: str) -> str:
+    return "\n".join(_get(api, resource, name, namespace=namespace, all_namespaces=all_namespaces, selector=selector,
+                          output=output, watch=False))
+
+
+def watch(api: Api, resource: str, name: str | None, *, namespace: str | None, all_namespaces: bool,
+          selector: str, output: str) -> Iterator[str]:
+    """`get -w`: the objects, then a row (or a document) each time one changes, until ^C."""
+    return _get(api, resource, name, namespace=namespace, all_namespaces=all_namespaces, selector=selector,
+                output=output, watch=True)
+
+
+def _get(api: Api, resource: str, name: str | None, *, namespace: str | None, all_namespaces: bool,
+         selector: str, output: str, watch: bool) -> Iterator[str]:
     kind = kinds.resolve(resource)
     ns = None if all_namespaces or not kind.namespaced else (namespace or "default")
+    labels = parse_selector(selector, "-l")
+    listing = api.list(kind, ns, labels=labels, fields=FieldSelector())
     if name is not None:
         items = [api.get(kind, ns or "", name)]
     else:
-        items = api.list(kind, ns, labels=parse_selector(selector, "-l"), fields=FieldSelector()).items
-    if output in ("json", "yaml"):
-        doc: dict[str, Any] = items[0] if name is not None else {"apiVersion": "v1", "kind": "List", "items": items}
-        return json.dumps(doc, indent=4) if output == "json" else yaml.safe_dump(doc, sort_keys=False).rstrip()
-    if not items:
-        where = f" in {ns} namespace" if ns else ""
-        return f"No resources found{where}."
+        items = listing.items
     headers, columns = COLUMNS.get(kind.kind, (["AGE"], lambda o: [_age(o)]))
     lead = ["NAMESPACE"] if all_namespaces and kind.namespaced else []
-    rows = [lead + ["NAME"] + headers]
-    for obj in items:
-        cells = columns(obj)
-        rows.append(([obj["metadata"].get("namespace", "")] if lead else []) + [obj["metadata"]["name"]] + cells)
-    return table(rows)
+
+    def row(obj: dict[str, Any]) -> list[str]:
+        cells: list[str] = columns(obj)
+        return ([obj["metadata"].get("namespace", "")] if lead else []) + [obj["metadata"]["name"]] + cells
+
+    def document(obj: dict[str, Any]) -> str:
+        return json.dumps(obj, indent=4) if output == "json" else yaml.safe_dump(obj, sort_keys=False).rstrip()
+    if output in ("json", "yaml"):
+        if not watch:
+            yield document(items[0] if name is not None else {"apiVersion": "v1", "kind": "List", "items": items})
+            return
+        for obj in items:
+            yield document(obj) + ("\n---" if output == "yaml" else "")
+    elif items or watch:
+        rows = [lead + ["NAME"] + headers] + [row(o) for o in items]
+        yield table(rows)
+    else:
+        yield f"No resources found{f' in {ns} namespace' if ns else ''}."
+    if not watch:
+        return
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))] if output not in ("json", "yaml") else []
+    since = listing.revision
+    while True:
+        try:
+            for event in api.watch(kind, ns, since, labels=labels, timeout=60):
+                since = event.revision
+                if name is not None and event.object["metadata"]["name"] != name:
+                    continue
+                if output in ("json", "yaml"):
+                    yield document(event.object) + ("\n---" if output == "yaml" else "")
+                else:
+                    yield _line(row(event.object), widths)
+        except OutOfRange:   # compacted past where we were: start again from now
+            since = api.list(kind, ns, labels=labels, fields=FieldSelector()).revision
 
 
 def scale(api: Api, resource: str, name: str, replicas: int, namespace: str | None) -> str:

@@ -173,6 +173,7 @@ def up(name: str, nodes: int, *, images_root: str = "/var/lib/skiff", timing: Ti
         down(name)   # what a crashed `up` or a reboot left
     cluster = Cluster(name, nodes, os.path.abspath(images_root))
     _check_free(cluster)
+    shutil.rmtree(cluster.data, ignore_errors=True)   # a store of a cluster before a reboot: its nodes are gone
     pids: dict[str, int] = {}
     _save(cluster, pids)
     try:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -195,3 +196,41 @@ def test_a_node_joins_over_tls_with_a_token(cri: Cri, tmp_path: Path) -> None:
                 assert process.wait(30) == 0
                 assert process.stderr is not None
                 process.stderr.close()
+
+
+def test_get_watch_prints_a_line_per_change(plane: str) -> None:
+    watching = subprocess.Popen([SKIFF, "get", "cm", "-w", "--server", plane], stdout=subprocess.PIPE, text=True)
+    try:
+        assert watching.stdout is not None
+        assert watching.stdout.readline().split() == ["NAME", "AGE"]   # the table, empty
+        for name in ("one", "two"):
+            assert skiff(plane, "apply", "-f", "-", stdin=f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}}}\n"
+                         ).returncode == 0
+            assert watching.stdout.readline().split()[0] == name
+        skiff(plane, "delete", "cm", "one")
+        assert watching.stdout.readline().split()[0] == "one"            # its last state, as kubectl shows it
+    finally:
+        watching.terminate()
+        watching.wait(10)
+        if watching.stdout is not None:
+            watching.stdout.close()
+
+
+def test_apply_takes_out_what_the_last_applied_file_had(plane: str) -> None:
+    first = """apiVersion: v1
+kind: Service
+metadata: {name: db, labels: {tier: data, team: a}}
+spec: {type: NodePort, selector: {app: db}, ports: [{port: 5432}], sessionAffinity: ClientIP}
+"""
+    assert skiff(plane, "apply", "-f", "-", stdin=first).stdout.strip() == "service/db created"
+    before = yaml.safe_load(skiff(plane, "get", "svc", "db", "-o", "yaml").stdout)
+    second = first.replace(", team: a", "").replace(", sessionAffinity: ClientIP", "")
+    assert skiff(plane, "apply", "-f", "-", stdin=second).stdout.strip() == "service/db configured"
+    assert skiff(plane, "apply", "-f", "-", stdin=second).stdout.strip() == "service/db unchanged"
+    after = yaml.safe_load(skiff(plane, "get", "svc", "db", "-o", "yaml").stdout)
+    assert after["metadata"]["labels"] == {"tier": "data"} and "sessionAffinity" not in after["spec"]
+    # what the server filled in stays: the virtual IP and the node port
+    assert after["spec"]["clusterIP"] == before["spec"]["clusterIP"]
+    assert after["spec"]["ports"][0]["nodePort"] == before["spec"]["ports"][0]["nodePort"]
+    assert json.loads(after["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"]
+                      )["metadata"]["labels"] == {"tier": "data"}

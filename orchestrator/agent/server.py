@@ -19,8 +19,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import socket
-import socketserver
 import sys
 import threading
 import urllib.parse
@@ -36,6 +34,7 @@ from skiff.cri.grpc_errors import CODES
 from skiff.errors import InvalidArgument, NotFound, SkiffError, Unavailable
 from skiff.orchestrator.agent.pods import CONTAINER_NAME, POD_NAME, POD_NAMESPACE
 from skiff.orchestrator.apiserver import MAX_BODY, status_for
+from skiff.orchestrator.http_server import ServerThread, UnixServer
 from skiff.orchestrator.subresources import hung_up
 
 _ERRORS = {code: cls for cls, code in CODES}
@@ -45,8 +44,7 @@ def default_socket(node: str) -> str:
     return f"/run/skiff/agent/{node}.sock"
 
 
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+class _Server(UnixServer):
     cri_socket: str
     _cri: Cri | None = None
     _lock = threading.Lock()
@@ -58,48 +56,29 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                 self._cri = Cri(self.cri_socket)
             return self._cri
 
-    def get_request(self) -> tuple[socket.socket, Any]:
-        request, _ = self.socket.accept()
-        return request, ("unix", 0)  # BaseHTTPRequestHandler wants an address it can print
 
-
-class AgentServer:
+class AgentServer(ServerThread):
     """Serves the containers of the CRI service on `cri_socket` on the unix socket `path`."""
 
     def __init__(self, cri_socket: str, path: str) -> None:
         if "/" not in path:
             raise InvalidArgument(f"--agent-listen {path!r}: want a unix socket path (TCP, which needs TLS and "
                                   "the API server's credentials as kubelet's port has, is not supported yet)")
-        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o755, exist_ok=True)
-        if os.path.exists(path):
-            os.unlink(path)  # a socket file a stopped agent left
-        old = os.umask(0o177)
-        try:
-            self._server = _Server(path, _Handler)
-        finally:
-            os.umask(old)
-        self._server.cri_socket = cri_socket
+        server = _Server(path, _Handler)
+        server.cri_socket = cri_socket
+        super().__init__(server, "skiff-agent-server", unlink=path)
         self.path = path
-        self._thread: threading.Thread | None = None
 
     @property
     def endpoint(self) -> str:
         """The URL the Node publishes (node.py, AGENT_ENDPOINT)."""
         return f"unix:{self.path}"
 
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._server.serve_forever, name="skiff-agent-server", daemon=True)
-        self._thread.start()
-
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
-            self._thread.join()
-        if self._server._cri is not None:
-            self._server._cri.channel.close()
-        if os.path.exists(self.path):
-            os.unlink(self.path)
+        super().stop()
+        assert isinstance(self.server, _Server)
+        if self.server._cri is not None:
+            self.server._cri.channel.close()
 
 
 class _Chunks(io.RawIOBase):
