@@ -27,7 +27,6 @@ import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from skiff.errors import (Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, OutOfRange,
@@ -35,11 +34,10 @@ from skiff.errors import (Aborted, AlreadyExists, FailedPrecondition, InvalidArg
 from skiff.orchestrator import subresources
 from skiff.orchestrator.api.kinds import KINDS, Kind
 from skiff.orchestrator.api.registry import FieldSelector, Registry
-from skiff.orchestrator.http_server import ServerThread, UnixServer
+from skiff.orchestrator.http_server import JsonHandler, ServerThread, UnixServer
 from skiff.orchestrator.labels import parse as parse_selector
 
 WATCH_TIMEOUT = 300.0  # seconds without an event before a watch ends (kubectl watches again)
-MAX_BODY = 3 * 1024 * 1024  # Kubernetes' own request limit
 
 _STATUS: list[tuple[type[SkiffError], HTTPStatus, str]] = [
     (InvalidArgument, HTTPStatus.BAD_REQUEST, "Invalid"),
@@ -92,7 +90,7 @@ def route(path: str) -> Route:
     return Route(kind=kind, namespace=namespace if kind.namespaced else None, name=rest[1] if len(rest) == 2 else None)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
 
@@ -113,7 +111,7 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self, method: str) -> None:
         if not self._authorized():
-            self._reply(HTTPStatus.UNAUTHORIZED, status(HTTPStatus.UNAUTHORIZED, "Unauthorized", "Unauthorized"))
+            self.reply_json(HTTPStatus.UNAUTHORIZED, status(HTTPStatus.UNAUTHORIZED, "Unauthorized", "Unauthorized"))
             return
         url = urllib.parse.urlsplit(self.path)
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
@@ -129,7 +127,7 @@ class _Handler(BaseHTTPRequestHandler):
             code, body = self._call(method, r, query)
         except SkiffError as e:
             code, body = status_for(e)
-        self._reply(code, body)
+        self.reply_json(code, body)
 
     def _authorized(self) -> bool:
         tokens = self.server.tokens
@@ -139,17 +137,6 @@ class _Handler(BaseHTTPRequestHandler):
         given = header[len("Bearer "):].strip() if header.startswith("Bearer ") else ""
         return bool(given) and any(hmac.compare_digest(given.encode(), t.encode()) for t in tokens)
 
-    def _body(self) -> dict[str, Any]:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            raise InvalidArgument(f"request body: {length} bytes, more than the {MAX_BODY} accepted")
-        try:
-            body = json.loads(self.rfile.read(length) or b"null")
-        except ValueError as e:
-            raise InvalidArgument(f"request body: not valid JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise InvalidArgument("request body: must be a JSON object")
-        return body
 
     def _call(self, method: str, r: Route, query: dict[str, str]) -> tuple[HTTPStatus, dict[str, Any]]:
         registry = self.server.registry
@@ -162,15 +149,15 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET":
             return HTTPStatus.OK, registry.get(r.kind, r.namespace or "", str(r.name))
         if method == "POST" and r.name is None:
-            return HTTPStatus.CREATED, registry.create(r.kind, self._body(), namespace=r.namespace)
+            return HTTPStatus.CREATED, registry.create(r.kind, self.read_json(), namespace=r.namespace)
         if method == "PUT" and r.name is not None:
-            body = self._body()
+            body = self.read_json()
             if (body.get("metadata") or {}).get("name") != r.name:
                 raise InvalidArgument(f"metadata.name: {(body.get('metadata') or {}).get('name')!r} does not match "
                                       f"the name in the URL, {r.name!r}")
             return HTTPStatus.OK, registry.update(r.kind, body, namespace=r.namespace)
         if method == "DELETE" and r.name is not None:
-            options = self._body() if int(self.headers.get("Content-Length") or 0) else {}
+            options = self.read_json() if int(self.headers.get("Content-Length") or 0) else {}
             expected = (options.get("preconditions") or {}).get("resourceVersion")
             grace = query.get("gracePeriodSeconds", options.get("gracePeriodSeconds"))
             try:
@@ -188,9 +175,9 @@ class _Handler(BaseHTTPRequestHandler):
         if (method, what) not in (("GET", "log"), ("POST", "exec")):
             raise InvalidArgument(f"{method} {self.path}: not supported (GET a pod's log, POST its exec)")
         if what == "exec":
-            body = self._body()
+            body = self.read_json()
             t = subresources.target(self.server.registry, namespace, name, str(body.get("container") or ""))
-            self._reply(HTTPStatus.OK, subresources.exec_in(t, body))
+            self.reply_json(HTTPStatus.OK, subresources.exec_in(t, body))
             return
         t = subresources.target(self.server.registry, namespace, name, query.get("container", ""))
         with subresources.logs(t, query) as stream:
@@ -228,13 +215,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
         self.wfile.flush()
 
-    def _reply(self, code: HTTPStatus, body: dict[str, Any]) -> None:
-        data = json.dumps(body, separators=(",", ":")).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
 
 def _watch_lines(registry: Registry, r: Route, since: int, labels: Any, fields: FieldSelector,

@@ -1,13 +1,43 @@
 """What the API server and the node agent's server share: an HTTP server on a unix socket that
-only root can reach, and a thread to serve it from."""
+only root can reach, a thread to serve it from, and JSON in and out of a request."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import socketserver
 import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler
 from typing import Any
+
+from skiff.errors import InvalidArgument
+
+MAX_BODY = 3 * 1024 * 1024  # Kubernetes' own request limit
+
+
+class JsonHandler(BaseHTTPRequestHandler):
+    def read_json(self) -> dict[str, Any]:
+        """The request's body, a JSON object (an empty body is none)."""
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            raise InvalidArgument(f"request body: {length} bytes, more than the {MAX_BODY} accepted")
+        try:
+            body = json.loads(self.rfile.read(length) or b"null")
+        except ValueError as e:
+            raise InvalidArgument(f"request body: not valid JSON: {e}") from None
+        if not isinstance(body, dict):
+            raise InvalidArgument("request body: must be a JSON object")
+        return body
+
+    def reply_json(self, code: HTTPStatus, body: dict[str, Any]) -> None:
+        data = json.dumps(body, separators=(",", ":")).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
 
 class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):

@@ -17,13 +17,11 @@ credentials, which skiff does not have yet."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import sys
 import threading
 import urllib.parse
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import grpc
@@ -33,8 +31,8 @@ from skiff.cri.client import Cri, exit_watch, print_logs
 from skiff.cri.grpc_errors import CODES
 from skiff.errors import InvalidArgument, NotFound, SkiffError, Unavailable
 from skiff.orchestrator.agent.pods import CONTAINER_NAME, POD_NAME, POD_NAMESPACE
-from skiff.orchestrator.apiserver import MAX_BODY, status_for
-from skiff.orchestrator.http_server import ServerThread, UnixServer
+from skiff.orchestrator.apiserver import status_for
+from skiff.orchestrator.http_server import JsonHandler, ServerThread, UnixServer
 from skiff.orchestrator.subresources import hung_up
 
 _ERRORS = {code: cls for cls, code in CODES}
@@ -98,7 +96,7 @@ class _Chunks(io.RawIOBase):
         return len(data)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     server: _Server
     protocol_version = "HTTP/1.1"
 
@@ -121,14 +119,14 @@ class _Handler(BaseHTTPRequestHandler):
                     self._logs(parts[1], parts[2], parts[3], query)
                     return
                 if method == "POST" and len(parts) == 4 and parts[0] == "exec":
-                    self._reply(HTTPStatus.OK, self._exec(parts[1], parts[2], parts[3]))
+                    self.reply_json(HTTPStatus.OK, self._exec(parts[1], parts[2], parts[3]))
                     return
             except grpc.RpcError as e:
                 raise _ERRORS.get(e.code(), Unavailable)(f"CRI: {e.details()}") from None
             raise NotFound(f"{method} {url.path}: not served here (GET /containerLogs/NS/POD/CONTAINER, "
                            "POST /exec/NS/POD/CONTAINER)")
         except SkiffError as e:
-            self._reply(*status_for(e))
+            self.reply_json(*status_for(e))
 
     def _container(self, namespace: str, pod: str, container: str, *, previous: bool) -> pb.Container:
         """The container's latest attempt, or the one before (pods.py keeps that one for its logs)."""
@@ -187,7 +185,7 @@ class _Handler(BaseHTTPRequestHandler):
                 pass  # the connection is gone: what was buffered has nowhere to go
 
     def _exec(self, namespace: str, pod: str, container: str) -> dict[str, Any]:
-        body = self._body()
+        body = self.read_json()
         command, timeout = body.get("command"), body.get("timeout", 0)
         if not isinstance(command, list) or not command or not all(isinstance(a, str) for a in command):
             raise InvalidArgument(f"command: {command!r}: want a non-empty list of strings")
@@ -201,25 +199,7 @@ class _Handler(BaseHTTPRequestHandler):
         return {"stdout": reply.stdout.decode(errors="surrogateescape"),
                 "stderr": reply.stderr.decode(errors="surrogateescape"), "exitCode": reply.exit_code}
 
-    def _body(self) -> dict[str, Any]:
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY:
-            raise InvalidArgument(f"request body: {length} bytes, more than the {MAX_BODY} accepted")
-        try:
-            body = json.loads(self.rfile.read(length) or b"{}")
-        except ValueError as e:
-            raise InvalidArgument(f"request body: not valid JSON: {e}") from None
-        if not isinstance(body, dict):
-            raise InvalidArgument("request body: must be a JSON object")
-        return body
 
-    def _reply(self, code: HTTPStatus, body: dict[str, Any]) -> None:
-        data = json.dumps(body, separators=(",", ":")).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
 
 def _flag(query: dict[str, str], name: str) -> bool:
