@@ -597,7 +597,7 @@ def _orchestrator_parsers(command: Callable[[str, str], argparse.ArgumentParser]
     c.add_argument("resource", nargs="?")
     c.add_argument("names", nargs="*")
     c.add_argument("-f", "--filename")
-    c.add_argument("--grace-period", type=int, metavar="S", help="seconds a pod has to stop (default: its "
+    c.add_argument("--grace-period", type=int, metavar="S", help="seconds a pod has to stop (default, or -1: its "
                    "terminationGracePeriodSeconds; 0: removed at once, its node agent not waited for)")
     c = client_flags(command("describe", "one object in words: identity, what it is for, its conditions"))
     c.add_argument("resource")
@@ -644,8 +644,7 @@ def _orchestrator_parsers(command: Callable[[str, str], argparse.ArgumentParser]
     cluster_sub = c.add_subparsers(dest="cluster_command", required=True, metavar="command")
     up = cluster_sub.add_parser("up", help="start the control plane and N nodes, wait until they are Ready")
     up.add_argument("--nodes", type=int, default=3)
-    up.add_argument("--images-root", default="/var/lib/skiff",
-                    help="the image store the nodes share (default %(default)s, the host's)")
+    up.add_argument("--images-root", help="the image store the nodes share (default: --root, the host's)")
     timing_flags(up)
     down = cluster_sub.add_parser("down", help="remove every pod, stop everything, remove the nodes' networks")
     status = cluster_sub.add_parser("status", help="the cluster's processes and nodes")
@@ -704,7 +703,7 @@ def cmd_delete(args: argparse.Namespace) -> int:
     from skiff.orchestrator.cli import delete
 
     print("\n".join(delete(_api(args), args.resource, args.names, args.filename, args.namespace,
-                            grace=args.grace_period)))
+                            grace=None if args.grace_period == -1 else args.grace_period)))
     return 0
 
 
@@ -780,8 +779,8 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     from skiff.orchestrator import cluster
 
     if args.cluster_command == "up":
-        timing = cluster.Timing(args.node_grace, args.pod_eviction, args.heartbeat)
-        print(cluster.up(args.name, args.nodes, images_root=args.images_root, timing=timing))
+        timing = cluster.Timing(node_grace=args.node_grace, pod_eviction=args.pod_eviction, heartbeat=args.heartbeat)
+        print(cluster.up(args.name, args.nodes, images_root=args.images_root or args.root, timing=timing))
     elif args.cluster_command == "down":
         print(cluster.down(args.name))
     else:
@@ -794,10 +793,7 @@ def _enter_netns(path: str | None) -> None:
     if path:
         from skiff.runtime import netns
 
-        try:
-            os.close(netns.enter(path))
-        except OSError as e:
-            raise InvalidArgument(f"--netns {path}: {(e.strerror or str(e)).lower()}") from None
+        os.close(netns.enter(path))
 
 
 def cmd_control_plane(args: argparse.Namespace) -> int:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 DEFAULT_SOCKET = "/run/skiff/skiff.sock"
 
 
-def _claim_socket(socket_path: str) -> None:
+def claim_socket(socket_path: str, what: str = "CRI service") -> None:
     """A stale socket file of a dead daemon is replaced; a live one is refused."""
     import socket
 
@@ -33,7 +33,7 @@ def _claim_socket(socket_path: str) -> None:
     probe = socket.socket(socket.AF_UNIX)
     try:
         probe.connect(socket_path)
-        raise FailedPrecondition(f"{socket_path}: another CRI service is listening there")
+        raise FailedPrecondition(f"{socket_path}: another {what} is listening there")
     except ConnectionRefusedError:
         os.unlink(socket_path)
     finally:
@@ -51,7 +51,7 @@ def build_server(socket_path: str, ctx: ServiceContext, *, workers: int = 16) ->
     from skiff.cri.image_service import ImageService
     from skiff.cri.runtime_service import RuntimeService
 
-    _claim_socket(socket_path)
+    claim_socket(socket_path)
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="skiff-cri"),
                          interceptors=[ErrorInterceptor()])
     api_pb2_grpc.add_RuntimeServiceServicer_to_server(RuntimeService(ctx), server)
@@ -73,10 +73,7 @@ def _enter_node_network(path: str) -> None:
     from skiff.images import registry
     from skiff.runtime import netns
 
-    try:
-        started_in = netns.enter(path)
-    except OSError as e:
-        raise FailedPrecondition(f"netns {path}: {e.strerror.lower() if e.strerror else e}") from None
+    started_in = netns.enter(path)
 
     def dial(address: tuple[str, int], timeout: float | None = None,
              source: tuple[str, int] | None = None) -> socket.socket:

@@ -158,14 +158,16 @@ class _Handler(JsonHandler):
             return HTTPStatus.OK, registry.update(r.kind, body, namespace=r.namespace)
         if method == "DELETE" and r.name is not None:
             options = self.read_json() if int(self.headers.get("Content-Length") or 0) else {}
-            expected = (options.get("preconditions") or {}).get("resourceVersion")
+            preconditions = options.get("preconditions") or {}
+            expected, uid = preconditions.get("resourceVersion"), preconditions.get("uid")
             grace = query.get("gracePeriodSeconds", options.get("gracePeriodSeconds"))
             try:
-                seconds = None if grace is None else int(grace)
+                seconds = None if grace is None or int(grace) == -1 else int(grace)   # -1: the pod's own
             except ValueError:
                 raise InvalidArgument(f"gracePeriodSeconds: {grace!r}: not a number of seconds") from None
-            return HTTPStatus.OK, registry.delete(r.kind, r.namespace or "", r.name,
-                                                  expected=str(expected) if expected else None, grace=seconds)
+            return HTTPStatus.OK, registry.delete(r.kind, r.namespace or "", r.name, grace=seconds,
+                                                  expected=str(expected) if expected else None,
+                                                  uid=str(uid) if uid else None)
         raise InvalidArgument(f"{method} {self.path}: not supported (a name is needed for PUT and DELETE, "
                               "and none for POST)")
 
@@ -250,7 +252,7 @@ class ApiServer(ServerThread):
             raise InvalidArgument("api server: listen on a unix socket or on TCP, one of the two")
         server: _UnixServer | _TcpServer
         if unix_socket is not None:
-            server = _UnixServer(unix_socket, _Handler)
+            server = _UnixServer(unix_socket, _Handler, what="API server")
             server.tokens = tokens
         else:
             assert tcp is not None

@@ -12,7 +12,7 @@ import sys
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import yaml
 
@@ -25,6 +25,9 @@ from skiff.orchestrator.api.registry import Api, FieldSelector, Registry
 from skiff.orchestrator.client import ApiClient, RemoteRegistry
 from skiff.orchestrator.controllers.nodelifecycle import EVICTION, GRACE
 from skiff.orchestrator.labels import parse as parse_selector
+
+if TYPE_CHECKING:
+    from skiff.orchestrator.informer import Informer
 
 DEFAULT_SERVER = os.environ.get("SKIFF_API", "/run/skiff/api.sock")
 LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
@@ -209,33 +212,36 @@ def _get(api: Api, resource: str, name: str | None, *, namespace: str | None, al
 
     def document(obj: dict[str, Any]) -> str:
         return json.dumps(obj, indent=4) if output == "json" else yaml.safe_dump(obj, sort_keys=False).rstrip()
-    if output in ("json", "yaml"):
-        if not watch:
-            yield document(items[0] if name is not None else {"apiVersion": "v1", "kind": "List", "items": items})
-            return
-        for obj in items:
-            yield document(obj) + ("\n---" if output == "yaml" else "")
-    elif items or watch:
-        rows = [lead + ["NAME"] + headers] + [row(o) for o in items]
-        yield table(rows)
-    else:
-        yield f"No resources found{f' in {ns} namespace' if ns else ''}."
+    structured = output in ("json", "yaml")
+    rows = [lead + ["NAME"] + headers] + [row(o) for o in items]
     if not watch:
+        if structured:
+            yield document(items[0] if name is not None else {"apiVersion": "v1", "kind": "List", "items": items})
+        else:
+            yield table(rows) if items else f"No resources found{f' in {ns} namespace' if ns else ''}."
         return
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))] if output not in ("json", "yaml") else []
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+
+    def shown(obj: dict[str, Any]) -> str:
+        """One object as it changed: a document (YAML ones apart by ---), or a row of the table."""
+        if structured:
+            return document(obj) + ("\n---" if output == "yaml" else "")
+        return _line(row(obj), widths)
+    if structured:
+        yield from (shown(o) for o in items)
+    else:
+        yield table(rows)
     since = listing.revision
     while True:
         try:
             for event in api.watch(kind, ns, since, labels=labels, timeout=60):
                 since = event.revision
-                if name is not None and event.object["metadata"]["name"] != name:
-                    continue
-                if output in ("json", "yaml"):
-                    yield document(event.object) + ("\n---" if output == "yaml" else "")
-                else:
-                    yield _line(row(event.object), widths)
-        except OutOfRange:   # compacted past where we were: start again from now
-            since = api.list(kind, ns, labels=labels, fields=FieldSelector()).revision
+                if name is None or event.object["metadata"]["name"] == name:
+                    yield shown(event.object)
+        except OutOfRange:   # compacted past where we were: every object as it is now, then on
+            listing = api.list(kind, ns, labels=labels, fields=FieldSelector())
+            since = listing.revision
+            yield from (shown(o) for o in listing.items if name is None or o["metadata"]["name"] == name)
 
 
 def scale(api: Api, resource: str, name: str, replicas: int, namespace: str | None) -> str:
@@ -451,10 +457,11 @@ def node_agent(api: Api, name: str, cri_socket: str, *, log_root: str, labels: d
         raise
     try:
         pods.start()
-        pods.synced.wait(30)
-        agent.start()
-        print(f"skiff node agent: node {name}, CRI {cri_socket}", file=sys.stderr, flush=True)
-        done.wait()
+        # Not before: on a partial cache, the agent would tear down the pods it does not see.
+        if _synced([pods], done, "node agent"):
+            agent.start()
+            print(f"skiff node agent: node {name}, CRI {cri_socket}", file=sys.stderr, flush=True)
+            done.wait()
     finally:
         agent.stop()
         stop_all([pods])
@@ -476,11 +483,11 @@ def service_proxy(api: Api) -> int:
     try:
         for informer in informers:
             informer.start()
-        for informer in informers:
-            informer.synced.wait(30)
-        proxy.start()
-        print("skiff proxy: services go to nftables table ip skiff-proxy", file=sys.stderr, flush=True)
-        done.wait()
+        # Not before: a table written from a partial cache would drop services that work.
+        if _synced(informers, done, "proxy"):
+            proxy.start()
+            print("skiff proxy: services go to nftables table ip skiff-proxy", file=sys.stderr, flush=True)
+            done.wait()
     finally:
         proxy.stop()
         stop_all(informers)
@@ -508,6 +515,20 @@ def tcp_options(tcp: str | None, cert: str | None, key: str | None,
     if not tokens:
         raise InvalidArgument(f"--token-file {token_file}: no token in it")
     return (host or "0.0.0.0", int(port)), (cert, key), tokens
+
+
+def _synced(informers: list[Informer], done: threading.Event, who: str) -> bool:
+    """Waits until every informer has its first list (saying so while the API server does not
+    answer); False if stopped meanwhile."""
+    said = False
+    while not all(i.synced.wait(0 if said else 5) for i in informers):
+        if not said:
+            print(f"skiff {who}: waiting for the API server to list {', '.join(i.kind.resource for i in informers)}",
+                  file=sys.stderr, flush=True)
+            said = True
+        if done.wait(1):
+            return False
+    return True
 
 
 def _signalled() -> threading.Event:

@@ -193,9 +193,10 @@ class RemoteRegistry:
         return self.client.request("PUT", path(kind, ns, str(metadata.get("name"))), obj)
 
     def delete(self, kind: Kind, namespace: str, name: str, *, expected: str | None = None,
-               grace: int | None = None) -> dict[str, Any]:
+               grace: int | None = None, uid: str | None = None) -> dict[str, Any]:
+        preconditions = {**({"resourceVersion": expected} if expected else {}), **({"uid": uid} if uid else {})}
         options = {"kind": "DeleteOptions", "apiVersion": "v1",
-                   **({"preconditions": {"resourceVersion": expected}} if expected else {}),
+                   **({"preconditions": preconditions} if preconditions else {}),
                    **({"gracePeriodSeconds": grace} if grace is not None else {})}
         return self.client.request("DELETE", path(kind, namespace, name), options)
 

@@ -39,6 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from skiff.errors import FailedPrecondition, InvalidArgument, Unavailable
+from skiff.images import service as images
 from skiff.orchestrator.agent.node import HEARTBEAT
 from skiff.orchestrator.controllers.nodelifecycle import EVICTION, GRACE
 
@@ -52,7 +53,7 @@ READY_TIMEOUT = 90.0
 BRIDGE_MARK = "skiff cluster"
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Node:
     index: int
     cluster: str
@@ -79,11 +80,11 @@ class Node:
         return f"skc{self.index}-{self.cluster}"[:15]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Cluster:
     name: str
     nodes: int
-    images_root: str = "/var/lib/skiff"
+    images_root: str = images.DEFAULT_ROOT
 
     @property
     def run(self) -> Path:
@@ -107,13 +108,13 @@ class Cluster:
         return str(NODE_NETWORK.network_address + 1)
 
     def node_list(self) -> list[Node]:
-        return [Node(i, self.name) for i in range(1, self.nodes + 1)]
+        return [Node(index=i, cluster=self.name) for i in range(1, self.nodes + 1)]
 
     def cri_socket(self, node: Node) -> str:
         return str(self.run / node.name / "cri.sock")
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
 class Timing:
     """How soon a silent node is noticed (control-plane and node-agent flags of those names)."""
 
@@ -142,7 +143,8 @@ def _load(name: str) -> tuple[Cluster, dict[str, int]] | None:
         state = json.loads(_state_file(name).read_text())
     except FileNotFoundError:
         return None
-    return Cluster(state["name"], state["nodes"], state["images_root"]), dict(state.get("pids", {}))
+    return (Cluster(name=state["name"], nodes=state["nodes"], images_root=state["images_root"]),
+            dict(state.get("pids", {})))
 
 
 def _save(cluster: Cluster, pids: dict[str, int]) -> None:
@@ -162,7 +164,7 @@ def _alive(pid: int) -> bool:
 
 # -- up ----------------------------------------------------------------------------------------
 
-def up(name: str, nodes: int, *, images_root: str = "/var/lib/skiff", timing: Timing = Timing()) -> str:
+def up(name: str, nodes: int, *, images_root: str = images.DEFAULT_ROOT, timing: Timing = Timing()) -> str:
     _check_name(name)
     if not 1 <= nodes <= MAX_NODES:
         raise InvalidArgument(f"--nodes {nodes}: want 1 to {MAX_NODES}")
@@ -171,7 +173,7 @@ def up(name: str, nodes: int, *, images_root: str = "/var/lib/skiff", timing: Ti
         if any(_alive(pid) for pid in found[1].values()):
             raise FailedPrecondition(f"cluster {name} is up already (skiff cluster down --name {name} first)")
         down(name)   # what a crashed `up` or a reboot left
-    cluster = Cluster(name, nodes, os.path.abspath(images_root))
+    cluster = Cluster(name=name, nodes=nodes, images_root=os.path.abspath(images_root))
     _check_free(cluster)
     shutil.rmtree(cluster.data, ignore_errors=True)   # a store of a cluster before a reboot: its nodes are gone
     pids: dict[str, int] = {}
@@ -199,10 +201,15 @@ def up(name: str, nodes: int, *, images_root: str = "/var/lib/skiff", timing: Ti
             pids[f"{node.name}/proxy"] = _spawn(cluster, f"{node.name}/proxy",
                                                 ["proxy", *server, "--netns", node.netns_path])
             _save(cluster, pids)
-        _wait(cluster, pids, "every node to be Ready", lambda: _ready_nodes(cluster) == cluster.nodes)
-    except BaseException:
-        with contextlib.suppress(Exception):
+        _wait(cluster, pids, "every node to be Ready (the agents' logs are in " + str(cluster.run) + ")",
+              lambda: _ready_nodes(cluster) == cluster.nodes)
+    except BaseException as e:
+        try:
             down(name)
+        except Exception as cleanup:
+            e.add_note(f"and the clean-up after it: {cleanup}")
+            for note in getattr(cleanup, "__notes__", ()):
+                e.add_note(note)
         raise
     lines = [f"cluster {name}: {nodes} node{'s' if nodes > 1 else ''} Ready",
              f"  API server   {cluster.api_socket}"]
@@ -234,38 +241,33 @@ def _check_free(cluster: Cluster) -> None:
 def _network_up(cluster: Cluster) -> None:
     from pyroute2 import IPRoute  # type: ignore[import-untyped, unused-ignore]
 
+    from skiff.cri.network.bridge import netlink_step
     from skiff.runtime import netns
 
     prefix = NODE_NETWORK.prefixlen
     with contextlib.closing(IPRoute()) as ipr:
-        ipr.link("add", ifname=cluster.bridge, kind="bridge")
-        bridge = ipr.link_lookup(ifname=cluster.bridge)[0]
-        ipr.link("set", index=bridge, ifalias=f"{BRIDGE_MARK} {cluster.name}")
-        ipr.addr("add", index=bridge, address=cluster.gateway, prefixlen=prefix)
-        ipr.link("set", index=bridge, state="up")
+        with netlink_step(f"create bridge {cluster.bridge} with {cluster.gateway}/{prefix}"):
+            ipr.link("add", ifname=cluster.bridge, kind="bridge")
+            bridge = ipr.link_lookup(ifname=cluster.bridge)[0]
+            ipr.link("set", index=bridge, ifalias=f"{BRIDGE_MARK} {cluster.name}")
+            ipr.addr("add", index=bridge, address=cluster.gateway, prefixlen=prefix)
+            ipr.link("set", index=bridge, state="up")
         for node in cluster.node_list():
-            netns.call_in("/proc/self/ns/net", functools.partial(_pin_new_netns, node.netns_path))
-            fd = os.open(node.netns_path, os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                ipr.link("add", ifname=node.veth, kind="veth", master=bridge, state="up",
-                         peer={"ifname": "eth0", "net_ns_fd": fd})
-            finally:
-                os.close(fd)
-            netns.call_in(node.netns_path, functools.partial(_node_network, cluster, node))
-            ipr.route("add", dst=node.pod_cidr, gateway=node.address)
-        ipr.route("add", dst=SERVICE_CIDR, gateway=cluster.node_list()[0].address)
-
-
-def _pin_new_netns(path: str) -> None:
-    """This thread in a new network namespace, pinned at `path` (the thread ends; the mount
-    keeps the namespace)."""
-    from skiff.runtime import libc
-
-    libc.unshare(libc.CLONE_NEWNET)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "x"):
-        pass
-    libc.mount("/proc/thread-self/ns/net", path, None, libc.MS_BIND)
+            with netlink_step(f"{node.name}: a network namespace at {node.netns_path}"):
+                netns.create_pinned(node.netns_path)
+            with netlink_step(f"{node.name}: veth {node.veth} on {cluster.bridge}, its eth0 in the node"):
+                fd = os.open(node.netns_path, os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    ipr.link("add", ifname=node.veth, kind="veth", master=bridge, state="up",
+                             peer={"ifname": "eth0", "net_ns_fd": fd})
+                finally:
+                    os.close(fd)
+            with netlink_step(f"{node.name}: {node.address}, its routes and forwarding in the node"):
+                netns.call_in(node.netns_path, functools.partial(_node_network, cluster, node))
+            with netlink_step(f"route {node.pod_cidr} via {node.address}"):
+                ipr.route("add", dst=node.pod_cidr, gateway=node.address)
+        with netlink_step(f"route {SERVICE_CIDR} via node 1"):
+            ipr.route("add", dst=SERVICE_CIDR, gateway=cluster.node_list()[0].address)
 
 
 def _node_network(cluster: Cluster, node: Node) -> None:
@@ -321,7 +323,7 @@ def _wait(cluster: Cluster, pids: dict[str, int], what: str, ready: Callable[[],
                 raise Unavailable(f"cluster {cluster.name}: {component} exited while waiting for {what}:\n"
                                   + _tail(cluster, component))
         if time.monotonic() > deadline:
-            raise Unavailable(f"cluster {cluster.name}: no {what} after {READY_TIMEOUT:.0f} s")
+            raise Unavailable(f"cluster {cluster.name}: timed out after {READY_TIMEOUT:.0f} s waiting for {what}")
         time.sleep(0.1)
 
 
@@ -364,18 +366,43 @@ def down(name: str) -> str:
     if found is None:
         raise FailedPrecondition(f"cluster {name}: not up (no {_state_file(name)})")
     cluster, pids = found
+    failed: list[str] = []
+
+    def step(what: str, work: Callable[[], object]) -> None:
+        """Each step is tried whatever went wrong before it: as much goes as can."""
+        try:
+            work()
+        except Exception as e:
+            failed.append(f"{what}: {e}")
+
     # Nothing may start or restart pods while they go: the control plane, agents and proxies first.
-    _stop([pid for component, pid in pids.items() if not component.endswith("/cri")])
-    removed = 0
+    step("stop the control plane, agents and proxies",
+         lambda: _stop([pid for component, pid in pids.items() if not component.endswith("/cri")]))
+    removed = [0]
     for node in cluster.node_list():
-        if _listening(cluster.cri_socket(node)):
-            removed += _remove_pods(cluster.cri_socket(node))
-    _stop([pid for component, pid in pids.items() if component.endswith("/cri")])
-    _unmount_under(cluster.data, cluster.run)
-    _network_down(cluster)
+        def remove(n: Node = node) -> None:
+            socket_path = cluster.cri_socket(n)
+            if not _listening(socket_path) and os.path.exists(cluster.run / n.name / "cri.toml"):
+                # its CRI service died: a new one recovers its records, so that its pods can go
+                pids[f"{n.name}/cri"] = _spawn(cluster, f"{n.name}/cri", ["cri", "serve", "--config",
+                                                                        str(cluster.run / n.name / "cri.toml")])
+                _wait(cluster, {f"{n.name}/cri": pids[f"{n.name}/cri"]}, f"{n.name}'s CRI service",
+                      functools.partial(_listening, socket_path))
+            if _listening(socket_path):
+                removed[0] += _remove_pods(socket_path)
+        step(f"remove the pods of {node.name}", remove)
+    step("stop the CRI services", lambda: _stop([pid for component, pid in pids.items() if component.endswith("/cri")]))
+    step("unmount what is left", lambda: _unmount_under(cluster.data, cluster.run))
+    step("remove the nodes' network", lambda: _network_down(cluster))
+    if failed:
+        error = Unavailable(f"cluster {name}: not all of it is down; `skiff cluster down --name {name}` tries again")
+        for note in failed:
+            error.add_note(note)
+        raise error
     for path in (cluster.data, cluster.run):
         shutil.rmtree(path, ignore_errors=True)
-    return f"cluster {name}: {removed} pod{'' if removed == 1 else 's'} removed, {cluster.nodes} nodes down"
+    return (f"cluster {name}: {removed[0]} pod{'' if removed[0] == 1 else 's'} removed, "
+            f"{cluster.nodes} node{'' if cluster.nodes == 1 else 's'} down")
 
 
 def _stop(pids: list[int], timeout: float = 15.0) -> None:
@@ -430,11 +457,10 @@ def _unmount_under(*roots: Path) -> None:
 def _network_down(cluster: Cluster) -> None:
     from pyroute2 import IPRoute  # type: ignore[import-untyped, unused-ignore]
 
-    from skiff.runtime import libc
+    from skiff.runtime import netns
 
     for node in cluster.node_list():
-        with contextlib.suppress(OSError):
-            libc.umount2(node.netns_path, libc.MNT_DETACH)
+        netns.unpin(node.netns_path)
     with contextlib.closing(IPRoute()) as ipr:
         for index in ipr.link_lookup(ifname=cluster.bridge):
             alias = ipr.link("get", index=index)[0].get("IFLA_IFALIAS")

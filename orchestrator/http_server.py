@@ -12,6 +12,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+from skiff.cri.server import claim_socket
 from skiff.errors import InvalidArgument
 
 MAX_BODY = 3 * 1024 * 1024  # Kubernetes' own request limit
@@ -20,7 +21,10 @@ MAX_BODY = 3 * 1024 * 1024  # Kubernetes' own request limit
 class JsonHandler(BaseHTTPRequestHandler):
     def read_json(self) -> dict[str, Any]:
         """The request's body, a JSON object (an empty body is none)."""
-        length = int(self.headers.get("Content-Length") or 0)
+        given = self.headers.get("Content-Length") or "0"
+        if not given.isdigit():
+            raise InvalidArgument(f"Content-Length: {given!r}: not a number of bytes")
+        length = int(given)
         if length > MAX_BODY:
             raise InvalidArgument(f"request body: {length} bytes, more than the {MAX_BODY} accepted")
         try:
@@ -42,14 +46,12 @@ class JsonHandler(BaseHTTPRequestHandler):
 
 class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     """Mode 0600: the socket's file mode is the only access check. A socket file a stopped
-    server left is replaced."""
+    server left is replaced; a live server's is refused."""
 
     daemon_threads = True
 
-    def __init__(self, path: str, handler: Any) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o755, exist_ok=True)
-        if os.path.exists(path):
-            os.unlink(path)
+    def __init__(self, path: str, handler: Any, *, what: str) -> None:
+        claim_socket(path, what)
         old = os.umask(0o177)
         try:
             super().__init__(path, handler)
@@ -76,9 +78,9 @@ class ServerThread:
         self._thread.start()
 
     def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-        if self._thread is not None:
+        if self._thread is not None:   # shutdown() waits for a serve_forever that never ran otherwise
+            self.server.shutdown()
             self._thread.join()
+        self.server.server_close()
         if self.unlink is not None and os.path.exists(self.unlink):
             os.unlink(self.unlink)

@@ -122,5 +122,12 @@ def test_a_pod_on_a_node_is_deleted_gracefully(registry: Registry) -> None:
     assert registry.update(POD, cleared)["metadata"]["deletionTimestamp"] == marked["metadata"]["deletionTimestamp"]
     registry.delete(POD, "default", "unbound")                       # no node agent to wait for
     assert names(registry.list(POD)) == ["a"]
-    registry.delete(POD, "default", "a", grace=0)                    # the agent's last word
+    shorter = registry.delete(POD, "default", "a", grace=2)          # shortened, not lengthened
+    assert shorter["metadata"]["deletionGracePeriodSeconds"] == 2
+    assert registry.delete(POD, "default", "a", grace=9)["metadata"]["deletionGracePeriodSeconds"] == 2
+    with pytest.raises(InvalidArgument, match="gracePeriodSeconds: -3: must be 0 or more"):
+        registry.delete(POD, "default", "a", grace=-3)
+    with pytest.raises(Aborted, match="precondition failed: UID in precondition: other"):
+        registry.delete(POD, "default", "a", grace=0, uid="other")  # a pod made again under the name
+    registry.delete(POD, "default", "a", grace=0, uid=marked["metadata"]["uid"])   # the agent's last word
     assert names(registry.list(POD)) == []

@@ -53,7 +53,7 @@ def ipam_for(config: BridgeConfig) -> IPAM:
 
 
 @contextlib.contextmanager
-def _kernel(what: str) -> Iterator[None]:
+def netlink_step(what: str) -> Iterator[None]:
     """Netlink and OS errors become NetworkError naming the step and the errno."""
     try:
         yield
@@ -100,7 +100,7 @@ def _iproute_in(netns_path: str, interface: str, netlink: socket.socket | None =
     """pyroute2 in the netns, and the index of `interface` there; on `netlink`, a socket
     made in that netns already (pod_namespaces.pin), no thread needs to join it."""
     if netlink is None:
-        with _kernel(f"join netns {netns_path}"):
+        with netlink_step(f"join netns {netns_path}"):
             netlink, index = _netns_socket(netns_path, interface)
         ipr = IPRoute(fileno=netlink.detach())
     else:
@@ -120,7 +120,7 @@ def _iproute_in(netns_path: str, interface: str, netlink: socket.socket | None =
 
 def _index(name: str) -> int | None:
     """A host link's index by name (link_lookup would dump every link: 500 pods, 500 veths)."""
-    with _kernel(f"look up link {name}"):
+    with netlink_step(f"look up link {name}"):
         return _if_index(name)
 
 
@@ -142,7 +142,7 @@ def _ensure_bridge(ipr: Any, config: BridgeConfig, gateway: ipaddress.IPv4Addres
         return index
     if index is None:
         try:
-            with _kernel(f"create bridge {name}"):
+            with netlink_step(f"create bridge {name}"):
                 ipr.link("add", ifname=name, kind="bridge")
         except NetworkError as e:
             # Another process may have created it meanwhile; that is the same bridge.
@@ -151,16 +151,16 @@ def _ensure_bridge(ipr: Any, config: BridgeConfig, gateway: ipaddress.IPv4Addres
         index = _index(name)
         if index is None:
             raise NetworkError(f"bridge {name}: gone right after it was created")
-        with _kernel(f"mark bridge {name}"):
+        with netlink_step(f"mark bridge {name}"):
             ipr.link("set", index=index, ifalias=BRIDGE_MARK)
     if not _has_address(ipr, index, gateway, prefix):
         try:
-            with _kernel(f"add {gateway}/{prefix} to bridge {name}"):
+            with netlink_step(f"add {gateway}/{prefix} to bridge {name}"):
                 ipr.addr("add", index=index, address=str(gateway), prefixlen=prefix)
         except NetworkError as e:
             if not (isinstance(e.__cause__, NetlinkError) and e.__cause__.code == errno.EEXIST):
                 raise
-    with _kernel(f"set bridge {name} up"):
+    with netlink_step(f"set bridge {name} up"):
         ipr.link("set", index=index, state="up")
     return index
 
@@ -229,26 +229,26 @@ def setup(netns_path: str, pod_id: str, config: BridgeConfig,
             if host is None:
                 raise NetworkError(f"veth {host_name}: gone right after it was created")
             undo.callback(_delete_link, host, host_name)  # before the mark that teardown looks for
-            with _kernel(f"mark veth {host_name}"):
+            with netlink_step(f"mark veth {host_name}"):
                 ipr.link("set", index=host, ifalias=mark)
-            with _kernel(f"set hairpin mode on veth {host_name}"):
+            with netlink_step(f"set hairpin mode on veth {host_name}"):
                 # A pod that reaches itself through a service or hostPort: the DNAT'd packet
                 # goes back out the bridge port it came in by (kubelet's hairpin-veth).
                 ipr.brport("set", index=host, mode=1)
         with _iproute_in(netns_path, POD_INTERFACE, netlink) as (ns, inside):
             if inside is None:
                 raise NetworkError(f"veth {POD_INTERFACE}: not found in netns {netns_path} after its creation")
-            with _kernel(f"add {ip}/{ipam.prefix} to {POD_INTERFACE} in netns {netns_path}"):
+            with netlink_step(f"add {ip}/{ipam.prefix} to {POD_INTERFACE} in netns {netns_path}"):
                 ns.addr("add", index=inside, address=str(ip), prefixlen=ipam.prefix)
-            with _kernel(f"turn off IPv6 address generation on {POD_INTERFACE} in netns {netns_path}"):
+            with netlink_step(f"turn off IPv6 address generation on {POD_INTERFACE} in netns {netns_path}"):
                 # The pod network is IPv4. An IPv6 link-local address would have the pod send
                 # neighbour and router solicitations and multicast reports, which the bridge
                 # floods to every other pod at each pod start.
                 ns.link("set", index=inside, IFLA_AF_SPEC={"attrs": [["AF_INET6", {"attrs": [
                     ["IFLA_INET6_ADDR_GEN_MODE", IN6_ADDR_GEN_MODE_NONE]]}]]})
-            with _kernel(f"set {POD_INTERFACE} up in netns {netns_path}"):
+            with netlink_step(f"set {POD_INTERFACE} up in netns {netns_path}"):
                 ns.link("set", index=inside, state="up")  # lo is up already (pod_namespaces.py)
-            with _kernel(f"add default route via {ipam.gateway} in netns {netns_path}"):
+            with netlink_step(f"add default route via {ipam.gateway} in netns {netns_path}"):
                 ns.route("add", dst="0.0.0.0/0", gateway=str(ipam.gateway), oif=inside)
         cluster = ipaddress.IPv4Network(config.cluster_cidr) if config.cluster_cidr else ipam.network
         portmap.add(config.state_dir, pod_id, ip, cluster, masquerade=config.masquerade,
@@ -260,7 +260,7 @@ def setup(netns_path: str, pod_id: str, config: BridgeConfig,
 
 
 def _add_veth(ipr: Any, host_name: str, bridge: int, netns_path: str, extra: dict[str, int], what: str) -> None:
-    with _kernel(what):
+    with netlink_step(what):
         nsfd = os.open(netns_path, os.O_RDONLY | os.O_CLOEXEC)
         try:
             ipr.link("add", ifname=host_name, kind="veth", master=bridge, state="up", **extra,
@@ -273,7 +273,7 @@ def _delete_link(index: int, name: str) -> None:
     """Delete the veth (its peer goes with it); already gone is fine."""
     with _iproute() as ipr:
         try:
-            with _kernel(f"delete veth {name}"):
+            with netlink_step(f"delete veth {name}"):
                 ipr.link("del", index=index)
         except NetworkError as e:
             if not (isinstance(e.__cause__, NetlinkError) and e.__cause__.code == errno.ENODEV):
@@ -298,7 +298,7 @@ def remove_bridge(config: BridgeConfig) -> bool:
             return False
         if ipr.link_lookup(master=index):
             return False
-        with _kernel(f"delete bridge {config.bridge}"):
+        with netlink_step(f"delete bridge {config.bridge}"):
             ipr.link("del", index=index)
         for key in [k for k in _known_bridges if k[0] == config.bridge]:
             _known_bridges.pop(key, None)

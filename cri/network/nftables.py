@@ -59,8 +59,8 @@ def run(commands: str, *, json: bool = False, handles: bool = False) -> str:
 
 
 class Session:
-    """One libnftables context, for one thread at a time; its netlink socket is opened in the
-    network namespace of the thread that first runs a command."""
+    """One libnftables context, for one thread at a time. Make it in the thread (so the network
+    namespace) whose rules it is to change: nft_ctx_new opens its netlink socket there."""
 
     def __init__(self) -> None:
         self._lib = _library()

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import copy
 import datetime
+import logging
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -20,7 +22,7 @@ import grpc
 from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc
 
-from skiff.errors import NotFound, SkiffError, Unavailable
+from skiff.errors import Aborted, NotFound, SkiffError, Unavailable
 from skiff.orchestrator.agent import volumes
 from skiff.orchestrator.agent.probes import Prober
 from skiff.orchestrator.api import quantity
@@ -30,6 +32,7 @@ from skiff.orchestrator.controllers.base import Controller
 from skiff.orchestrator.informer import Informer, object_key
 from skiff.orchestrator.periodic import Periodic
 
+log = logging.getLogger("skiff.orchestrator")
 PODS = BY_KIND["Pod"]
 POD_NAME, POD_NAMESPACE, POD_UID = "io.kubernetes.pod.name", "io.kubernetes.pod.namespace", "io.kubernetes.pod.uid"
 CONTAINER_NAME = "io.kubernetes.container.name"
@@ -61,6 +64,8 @@ class PodAgent(Controller):
         self.runtime = api_pb2_grpc.RuntimeServiceStub(self._channel)
         self.images = api_pb2_grpc.ImageServiceStub(self._channel)
         self._restarts: dict[tuple[str, str], float] = {}   # (pod uid, container) -> not before (monotonic)
+        self._lock = threading.Lock()
+        self._terminating: dict[str, threading.Thread] = {}   # pod uid -> its termination (_terminate_aside)
         self.prober = Prober(self.runtime, self.queue.add)
         self._relister = Periodic("node-agent-relist", resync, self._relist)
         pods.on_change(self._pod_changed)
@@ -78,6 +83,10 @@ class PodAgent(Controller):
         self.prober.stop()
         self._relister.stop()
         super().stop()
+        with self._lock:
+            terminations = list(self._terminating.values())
+        for thread in terminations:   # each within its pod's grace period
+            thread.join()
         self._channel.close()
 
     def _relist(self) -> None:
@@ -116,7 +125,7 @@ class PodAgent(Controller):
         if wanted is None:
             return
         if wanted["metadata"].get("deletionTimestamp"):
-            self._terminate(wanted, sandboxes)
+            self._terminate_aside(key, wanted, sandboxes)
             return
         finished = (wanted.get("status") or {}).get("phase") in ("Succeeded", "Failed")
         live = [s for s in sandboxes if s.labels.get(POD_UID) == uid and s.state == pb.SANDBOX_READY]
@@ -222,9 +231,29 @@ class PodAgent(Controller):
             options.network = pb.NODE
         return config
 
+    def _terminate_aside(self, key: str, pod: dict[str, Any], sandboxes: list[Any]) -> None:
+        """The pod's termination in a thread of its own (kubelet's pod workers): a grace period
+        must not hold up a worker that other pods of the node wait for."""
+        uid = pod["metadata"]["uid"]
+
+        def terminate() -> None:
+            try:
+                self._terminate(pod, sandboxes)
+            except Exception as e:
+                log.warning("node agent: terminating pod %s: %s; again after a back-off", key, e)
+                self.queue.add_rate_limited(key)
+            finally:
+                with self._lock:
+                    self._terminating.pop(uid, None)
+        with self._lock:
+            if uid in self._terminating:
+                return
+            thread = self._terminating[uid] = threading.Thread(target=terminate, name=f"terminate-{key}", daemon=True)
+        thread.start()
+
     def _terminate(self, pod: dict[str, Any], sandboxes: list[Any]) -> None:
         """A graceful delete: each container gets SIGTERM and the pod's grace period, then the
-        pod is torn down and deleted for good (grace 0), kubelet's killPod."""
+        pod is torn down and deleted for good (grace 0, this very pod), kubelet's killPod."""
         uid = pod["metadata"]["uid"]
         grace = int(pod["metadata"].get("deletionGracePeriodSeconds", 30))
         for s in (s for s in sandboxes if s.labels.get(POD_UID) == uid):
@@ -236,9 +265,9 @@ class PodAgent(Controller):
             self._tear_down(s.id)
         volumes.release(self.root, uid)
         try:
-            self.registry.delete(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"], grace=0)
-        except NotFound:
-            pass
+            self.registry.delete(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"], grace=0, uid=uid)
+        except (NotFound, Aborted):
+            pass   # gone already, or a new pod of the same name
 
     def _tear_down(self, sandbox_id: str) -> None:
         self.runtime.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sandbox_id), timeout=CALL)

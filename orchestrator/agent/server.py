@@ -62,7 +62,7 @@ class AgentServer(ServerThread):
         if "/" not in path:
             raise InvalidArgument(f"--agent-listen {path!r}: want a unix socket path (TCP, which needs TLS and "
                                   "the API server's credentials as kubelet's port has, is not supported yet)")
-        server = _Server(path, _Handler)
+        server = _Server(path, _Handler, what="node agent")
         server.cri_socket = cri_socket
         super().__init__(server, "skiff-agent-server", unlink=path)
         self.path = path

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from skiff.errors import InvalidArgument, NotFound
+from skiff.errors import Aborted, InvalidArgument, NotFound
 from skiff.orchestrator.api import service_ips, validation
 from skiff.orchestrator.api.kinds import BY_KIND, Kind
 from skiff.orchestrator.api.meta import DEFAULT_NAMESPACE, check_metadata
@@ -67,7 +67,7 @@ class Api(Protocol):
     def update(self, kind: Kind, obj: dict[str, Any], *, namespace: str | None = None) -> dict[str, Any]: ...
 
     def delete(self, kind: Kind, namespace: str, name: str, *, expected: str | None = None,
-               grace: int | None = None) -> dict[str, Any]: ...
+               grace: int | None = None, uid: str | None = None) -> dict[str, Any]: ...
 
     def get(self, kind: Kind, namespace: str, name: str) -> dict[str, Any]: ...
 
@@ -146,24 +146,33 @@ class Registry:
                 if SERVICES.key(s["metadata"]["namespace"], s["metadata"]["name"]) != key]
 
     def delete(self, kind: Kind, namespace: str, name: str, *, expected: str | None = None,
-               grace: int | None = None) -> dict[str, Any]:
-        """A pod running on a node is deleted gracefully, as Kubernetes does: it is marked
+               grace: int | None = None, uid: str | None = None) -> dict[str, Any]:
+        """`expected`: only at this resourceVersion; `uid`: only this object, not one made again
+        under its name (Kubernetes' preconditions).
+
+        A pod running on a node is deleted gracefully, as Kubernetes does: it is marked
         (deletionTimestamp, deletionGracePeriodSeconds: `grace`, else the pod's
         terminationGracePeriodSeconds) and stays until its node agent has stopped it within
         that time and deletes it with grace 0. Meanwhile it is Terminating: out of its
-        service's endpoints and not counted by its controller."""
+        service's endpoints and not counted by its controller. A second delete can shorten
+        the grace period, not lengthen it."""
+        if grace is not None and grace < 0:
+            raise InvalidArgument(f"gracePeriodSeconds: {grace}: must be 0 or more")
         key = kind.key(namespace, name)
-        if kind is PODS:
-            current = self.store.get(key)
-            period = grace if grace is not None else int(current["spec"].get("terminationGracePeriodSeconds", 30))
-            running = (current.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
-            if current["spec"].get("nodeName") and running and period > 0:
-                if current["metadata"].get("deletionTimestamp"):
-                    return current
-                metadata = {**current["metadata"], "deletionTimestamp": now(), "deletionGracePeriodSeconds": period}
-                return self.store.update(key, {**current, "metadata": metadata},
-                                         expected=expected or resource_version(current))
-        return self.store.delete(key, expected=expected)
+        while True:
+            current = self.get(kind, namespace, name)
+            if uid is not None and current["metadata"].get("uid") != uid:
+                raise Aborted(f"{kind.resource} {name!r}: precondition failed: UID in precondition: {uid}, "
+                              f"UID in object meta: {current['metadata'].get('uid')}")
+            version = expected or resource_version(current)
+            try:
+                if kind is PODS and (marked := _graceful(current, grace)) is not None:
+                    return current if marked is current else self.store.update(key, marked, expected=version)
+                return self.store.delete(key, expected=version)
+            except Aborted:
+                if expected is not None:
+                    raise   # the caller's own condition; otherwise the pod's status changed meanwhile: again
+
 
     def _require_namespace(self, namespace: str) -> None:
         try:
@@ -192,6 +201,20 @@ class Registry:
         for event in self.store.watch(kind.prefix(namespace), since, timeout=timeout):
             if labels.matches(event.object["metadata"].get("labels")) and fields.matches(event.object):
                 yield event
+
+
+def _graceful(pod: dict[str, Any], grace: int | None) -> dict[str, Any] | None:
+    """The pod marked Terminating for a graceful delete (itself if that changes nothing), or
+    None when it goes at once: grace 0, not on a node, or finished."""
+    period = grace if grace is not None else int(pod["spec"].get("terminationGracePeriodSeconds", 30))
+    running = (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+    if not pod["spec"].get("nodeName") or not running or period <= 0:
+        return None
+    metadata = pod["metadata"]
+    if metadata.get("deletionTimestamp") and int(metadata.get("deletionGracePeriodSeconds", 0)) <= period:
+        return pod
+    return {**pod, "metadata": {**metadata, "deletionTimestamp": metadata.get("deletionTimestamp") or now(),
+                                "deletionGracePeriodSeconds": period}}
 
 
 def _with_kind(kind: Kind, obj: dict[str, Any]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from skiff.errors import NotFound
+from skiff.errors import Aborted, NotFound
 from skiff.orchestrator.api.kinds import BY_KIND, NAMESPACED_ORDER, Kind
 from skiff.orchestrator.api.registry import Api
 from skiff.orchestrator.controllers.base import Controller
@@ -69,9 +69,10 @@ class GarbageCollector(Controller):
             for pod in self.informers["Pod"].items():
                 if pod["spec"].get("nodeName") == rest:
                     try:
-                        self.registry.delete(BY_KIND["Pod"], pod["metadata"]["namespace"], pod["metadata"]["name"], grace=0)
-                    except NotFound:
-                        pass
+                        self.registry.delete(BY_KIND["Pod"], pod["metadata"]["namespace"], pod["metadata"]["name"],
+                                             grace=0, uid=pod["metadata"]["uid"])
+                    except (NotFound, Aborted):
+                        pass   # gone, or made again meanwhile
         elif what == "dependent":
             name, _, key = rest.partition("/")
             dependent = self.informers[name].get(key)

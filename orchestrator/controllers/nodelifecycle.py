@@ -11,7 +11,7 @@ import datetime
 import logging
 from typing import Any
 
-from skiff.errors import NotFound
+from skiff.errors import Aborted, NotFound
 from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.api.registry import Api, now
 from skiff.orchestrator.controllers.base import controller_of
@@ -85,7 +85,9 @@ class NodeLifecycleController:
             if pod["spec"].get("nodeName") != node_name or (controller_of(pod) or {}).get("kind") == "DaemonSet":
                 continue
             try:
-                # At once: no agent is there to stop it gracefully (PodGC's force delete).
-                self.registry.delete(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"], grace=0)
-            except NotFound:
+                # At once: its agent does not answer, so a graceful delete would leave the pod
+                # Terminating until the node came back or went (PodGC's force delete).
+                self.registry.delete(PODS, pod["metadata"]["namespace"], pod["metadata"]["name"], grace=0,
+                                     uid=pod["metadata"]["uid"])
+            except (NotFound, Aborted):   # gone, or made again meanwhile
                 pass

@@ -34,7 +34,7 @@ MASQ = 0x4000  # kube-proxy's masquerade bit, in the connection's mark here
 PROTOCOLS = {"TCP": "tcp", "UDP": "udp", "SCTP": "sctp"}
 
 
-@dataclass(frozen=True, slots=True, order=True)
+@dataclass(frozen=True, slots=True)
 class Frontend:
     """Where clients connect: a clusterIP's port, or a node port (address None) on every
     address of the node."""
@@ -62,9 +62,7 @@ def service_rules(service: Mapping[str, Any], endpoints: Mapping[str, Any] | Non
     address = spec.get("clusterIP") or ""
     if not address or address == "None":
         return {}   # headless: clients resolve the pods themselves
-    try:
-        ipaddress.IPv4Address(address)
-    except ValueError:
+    if not _ipv4(address):
         return {}   # IPv6 clusterIPs: the table is `ip` only
     rules: Rules = {}
     subsets = (endpoints or {}).get("subsets") or []
@@ -72,15 +70,22 @@ def service_rules(service: Mapping[str, Any], endpoints: Mapping[str, Any] | Non
         protocol = PROTOCOLS.get(port.get("protocol", "TCP"))
         if protocol is None:
             continue
-        found = sorted({(a["ip"], int(p["port"]))
-                        for s in subsets for p in s.get("ports") or []
-                        if p.get("name", "") == port.get("name", "") and p.get("protocol", "TCP") == port.get("protocol", "TCP")
-                        for a in s.get("addresses") or []})
-        backends = tuple(found)
+        found = {(a["ip"], int(p["port"])) for s in subsets for p in s.get("ports") or []
+                 if (p.get("name", ""), p.get("protocol", "TCP")) == (port.get("name", ""), port.get("protocol", "TCP"))
+                 for a in s.get("addresses") or [] if _ipv4(a.get("ip"))}
+        backends = tuple(sorted(found))
         rules[Frontend(protocol, int(port["port"]), address)] = backends
         if spec.get("type") in ("NodePort", "LoadBalancer") and port.get("nodePort"):
             rules[Frontend(protocol, int(port["nodePort"]))] = backends
     return rules
+
+
+def _ipv4(address: object) -> bool:
+    try:
+        ipaddress.IPv4Address(str(address))
+        return True
+    except ValueError:
+        return False
 
 
 def table(rules: Rules) -> str:
@@ -131,8 +136,8 @@ def balancer_chains(counts: Iterable[int]) -> list[str]:
 def changes(old: Rules, new: Rules) -> list[str]:
     """The element commands that turn the table's `old` rules into `new`: a frontend that
     changed loses all its elements and gets its new ones, in the same transaction."""
-    deletes: list[str] = []
-    adds: list[str] = []
+    deletes: list[tuple[str, str]] = []
+    adds: list[tuple[str, str]] = []
     # a node port (address None) sorts before the clusterIP ports of the same number: None and
     # a str do not compare
     for frontend in sorted(old.keys() | new.keys(), key=lambda f: (f.protocol, f.port, f.address or "")):
@@ -146,24 +151,26 @@ def changes(old: Rules, new: Rules) -> list[str]:
     return _batched(deletes, "delete") + _batched(adds, "add")
 
 
-def _elements(frontend: Frontend, backends: Backends, *, add: bool) -> list[str]:
-    """(container, element) strings for one frontend: its verdict, its backends by slot."""
-    prefix = "nodeport" if frontend.node_port else ""
+# The sets and maps of a frontend: (verdicts, backends, no endpoints, the balancer chain prefix).
+_CLUSTER_IP = ("services", "backends", "no_endpoints", "lb")
+_NODE_PORT = ("nodeports", "nodeport_backends", "no_endpoint_nodeports", "nplb")
+
+
+def _elements(frontend: Frontend, backends: Backends, *, add: bool) -> list[tuple[str, str]]:
+    """(set or map, element) for one frontend: its verdict and its backends by slot."""
+    verdicts, backend_map, empty, chain = _NODE_PORT if frontend.node_port else _CLUSTER_IP
     key = frontend.key()
     if not backends:
-        return [f"{'no_endpoint_nodeports' if prefix else 'no_endpoints'}\0{key}"]
-    verdict = f" : goto {'np' if prefix else ''}lb{len(backends)}" if add else ""
-    out = [f"{prefix + 's' if prefix else 'services'}\0{key}{verdict}"]
+        return [(empty, key)]
+    out = [(verdicts, f"{key} : goto {chain}{len(backends)}" if add else key)]
     for slot, (ip, port) in enumerate(backends):
-        value = f" : {ip} . {port}" if add else ""
-        out.append(f"{prefix + '_backends' if prefix else 'backends'}\0{key} . {slot}{value}")
+        out.append((backend_map, f"{key} . {slot} : {ip} . {port}" if add else f"{key} . {slot}"))
     return out
 
 
-def _batched(elements: list[str], verb: str) -> list[str]:
+def _batched(elements: list[tuple[str, str]], verb: str) -> list[str]:
     """One command per set or map: nft parses one long element list faster than many."""
     by_set: dict[str, list[str]] = {}
-    for item in elements:
-        name, _, element = item.partition("\0")
+    for name, element in elements:
         by_set.setdefault(name, []).append(element)
     return [f"{verb} element ip {TABLE} {name} {{ {', '.join(items)} }}" for name, items in by_set.items()]

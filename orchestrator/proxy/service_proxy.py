@@ -13,13 +13,14 @@ worker thread, which is where the netlink socket is opened."""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from skiff.cri.network import NetworkError, nftables
+from skiff.cri.network import nftables
 from skiff.orchestrator.proxy import ruleset
 from skiff.orchestrator.proxy.ruleset import Rules
 
@@ -109,11 +110,7 @@ class ServiceProxy:
             counts = {len(b) for b in new.values() if b} - self._chains
             commands = ruleset.balancer_chains(sorted(counts)) + ruleset.changes(old, new)
             if commands:
-                try:
-                    self._session.run("\n".join(commands))
-                except NetworkError:
-                    self._full = True
-                    raise
+                self._session.run("\n".join(commands))   # refused: _run writes it all again
             self._chains |= counts
             kind = "change"
         for key, rules in wanted.items():
@@ -127,17 +124,24 @@ class ServiceProxy:
                 self.synced.set()
 
     def _rules(self, key: str) -> Rules:
+        """One service's rules; a service the proxy cannot make sense of is left out (and said
+        so), not allowed to stop the others."""
         service = self.services.get(key)
-        return ruleset.service_rules(service, self.endpoints.get(key)) if service is not None else {}
+        if service is None:
+            return {}
+        try:
+            return ruleset.service_rules(service, self.endpoints.get(key))
+        except (KeyError, TypeError, ValueError) as e:
+            log.warning("service proxy: service %s left out: %s: %s", key, type(e).__name__, e)
+            return {}
 
 
 def remove() -> bool:
     """Deletes the proxy's table in this network namespace (`skiff proxy --cleanup`); False if
     there was none."""
-    try:
-        nftables.run(f"delete table ip {ruleset.TABLE}")
-    except NetworkError as e:
-        if "No such file or directory" in str(e):
-            return False
-        raise
+    listing = json.loads(nftables.run("list tables", json=True))
+    if not any(t.get("table", {}).get("family") == "ip" and t["table"].get("name") == ruleset.TABLE
+               for t in listing.get("nftables", [])):
+        return False
+    nftables.run(f"delete table ip {ruleset.TABLE}")
     return True
