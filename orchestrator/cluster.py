@@ -155,11 +155,18 @@ def _save(cluster: Cluster, pids: dict[str, int]) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Running, and skiff's: not a zombie, not a pid used again by something else. A process
+    starting up may show an empty command line for a moment: that one counts as alive."""
     try:
+        os.kill(pid, 0)
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            if f.read().rpartition(b")")[2].split()[0] == b"Z":
+                return False
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return b"skiff" in f.read()   # not a pid reused by something else
-    except FileNotFoundError:
+            cmdline = f.read()
+    except (ProcessLookupError, FileNotFoundError):
         return False
+    return not cmdline or b"skiff" in cmdline
 
 
 # -- up ----------------------------------------------------------------------------------------
@@ -412,19 +419,11 @@ def _stop(pids: list[int], timeout: float = 15.0) -> None:
             os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     while live and time.monotonic() < deadline:
-        live = [pid for pid in live if _alive(pid) and not _zombie(pid)]
+        live = [pid for pid in live if _alive(pid)]
         time.sleep(0.05)
     for pid in live:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def _remove_pods(cri_socket: str) -> int:

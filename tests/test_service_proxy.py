@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import selectors
 import socket
 import threading
@@ -29,7 +28,7 @@ from skiff.cri.network import nftables
 from skiff.orchestrator.proxy import ruleset, service_proxy
 from skiff.orchestrator.proxy.ruleset import Frontend
 from skiff.orchestrator.proxy.service_proxy import Handler, ServiceProxy
-from skiff.runtime import libc, netns
+from skiff.runtime import netns
 
 T = TypeVar("T")
 
@@ -227,13 +226,6 @@ class Scratch:
         return self.nft("list tables")
 
 
-def _pin_new_netns(path: str) -> None:
-    libc.unshare(libc.CLONE_NEWNET)
-    with open(path, "x"):
-        pass
-    libc.mount("/proc/thread-self/ns/net", path, None, libc.MS_BIND)
-
-
 def _network() -> None:
     from pyroute2 import IPRoute
 
@@ -251,14 +243,13 @@ def _network() -> None:
 @pytest.fixture
 def scratch(tmp_path: Path) -> Iterator[Scratch]:
     path = str(tmp_path / "netns")
-    netns.call_in("/proc/self/ns/net", functools.partial(_pin_new_netns, path))
+    netns.create_pinned(path)
     try:
         s = Scratch(path)
         s.call(_network)
         yield s
     finally:
-        libc.umount2(path, libc.MNT_DETACH)
-        os.unlink(path)
+        netns.unpin(path)
 
 
 class Servers:
@@ -424,6 +415,51 @@ def test_sync_in_the_calling_thread_writes_the_table_then_changes_it(scratch: Sc
     finally:
         assert proxy._session is not None
         proxy._session.close()
+
+
+def test_a_udp_flow_leaves_an_endpoint_that_goes(scratch: Scratch) -> None:
+    """A client that keeps sending from one socket (a resolver) is one conntrack entry: it goes
+    on to the old endpoint unless the proxy forgets the flow (conntrack.py)."""
+    def udp(address: str) -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((address, TARGET))
+        return s
+    listeners = scratch.call(lambda: [udp(a) for a in ENDPOINTS[:2]])
+    stop = threading.Event()
+
+    def serve() -> None:
+        with selectors.DefaultSelector() as selector:
+            for listener in listeners:
+                selector.register(listener, selectors.EVENT_READ, listener)
+            while not stop.is_set():
+                for key, _ in selector.select(0.05):
+                    _, peer = key.data.recvfrom(64)
+                    key.data.sendto(key.data.getsockname()[0].encode(), peer)
+    server = threading.Thread(target=serve, name="udp-endpoints")
+    server.start()
+    dns = service("dns", {"name": "dns", "port": 53, "protocol": "UDP"})
+
+    def dns_endpoints(*addresses: str) -> dict[str, Any]:
+        return endpoints("dns", addresses, {"name": "dns", "port": TARGET, "protocol": "UDP"})
+    services, eps = Cache(dns), Cache(dns_endpoints(ENDPOINTS[0]))
+    client = scratch.call(lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    try:
+        client.settimeout(3)
+        client.connect((VIP, 53))
+
+        def query() -> str:
+            client.send(b"q")
+            return client.recv(64).decode()
+        with running(scratch, services, eps) as proxy:
+            assert query() == ENDPOINTS[0]
+            assert synced(proxy, lambda: eps.put(dns_endpoints(ENDPOINTS[1]))) == "change"
+            assert query() == ENDPOINTS[1]          # the same socket, so the same flow
+    finally:
+        client.close()
+        stop.set()
+        server.join()
+        for listener in listeners:
+            listener.close()
 
 
 # -- remove --------------------------------------------------------------------------------

@@ -6,7 +6,8 @@ The first sync writes the whole table in one transaction. After it, each change 
 the services that changed: their old elements out and new ones in, again one transaction, so
 a connection never sees half a change. Changes that arrive together go in one sync. If the
 kernel refuses a change (the table was changed behind the proxy's back), the next sync
-writes the whole table again.
+writes the whole table again. After a change, UDP flows to endpoints that went are forgotten
+(conntrack.py).
 
 The libnftables context is kept for the proxy's life (nftables.Session) and used only by its
 worker thread, which is where the netlink socket is opened."""
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from skiff.cri.network import nftables
-from skiff.orchestrator.proxy import ruleset
+from skiff.orchestrator.proxy import conntrack, ruleset
 from skiff.orchestrator.proxy.ruleset import Rules
 
 log = logging.getLogger("skiff.orchestrator")
@@ -111,6 +112,10 @@ class ServiceProxy:
             commands = ruleset.balancer_chains(sorted(counts)) + ruleset.changes(old, new)
             if commands:
                 self._session.run("\n".join(commands))   # refused: _run writes it all again
+                try:
+                    conntrack.forget(conntrack.stale(old, new))
+                except Exception as e:   # the rules are right; old UDP flows end by themselves
+                    log.warning("service proxy: forgetting UDP flows to changed services: %s", e)
             self._chains |= counts
             kind = "change"
         for key, rules in wanted.items():
