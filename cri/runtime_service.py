@@ -5,6 +5,8 @@ not served yet: the generated base class answers UNIMPLEMENTED."""
 
 from __future__ import annotations
 
+import queue
+from collections.abc import Iterator
 from typing import Any, Callable
 
 import grpc
@@ -60,6 +62,31 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
     def RuntimeConfig(self, request: pb.RuntimeConfigRequest, context: grpc.ServicerContext) -> pb.RuntimeConfigResponse:
         # skiff drives cgroupfs itself; kubelet must use the same driver.
         return pb.RuntimeConfigResponse(linux=pb.LinuxRuntimeConfiguration(cgroup_driver=pb.CGROUPFS))
+
+    def UpdateRuntimeConfig(self, request: pb.UpdateRuntimeConfigRequest,
+                            context: grpc.ServicerContext) -> pb.UpdateRuntimeConfigResponse:
+        # kubelet tells the node's pod CIDR; skiff's network mode has it in its own configuration
+        return pb.UpdateRuntimeConfigResponse()
+
+    def ListMetricDescriptors(self, request: pb.ListMetricDescriptorsRequest,
+                              context: grpc.ServicerContext) -> pb.ListMetricDescriptorsResponse:
+        # no metrics beyond the stats calls': kubelet then reads cadvisor's, as with containerd 1.x
+        return pb.ListMetricDescriptorsResponse()
+
+    def ListPodSandboxMetrics(self, request: pb.ListPodSandboxMetricsRequest,
+                              context: grpc.ServicerContext) -> pb.ListPodSandboxMetricsResponse:
+        return pb.ListPodSandboxMetricsResponse()
+
+    def GetContainerEvents(self, request: pb.GetEventsRequest,
+                           context: grpc.ServicerContext) -> Iterator[pb.ContainerEventResponse]:
+        """Until the client goes; while it waits, the live containers are read once a second,
+        which records the exits of those that ended (events.py)."""
+        with self.ctx.events.subscribe() as events:
+            while context.is_active():
+                try:
+                    yield events.get(timeout=1.0)
+                except queue.Empty:
+                    container_status.refresh_live(self.ctx)
 
     RunPodSandbox = _route(sandbox_run.run_pod_sandbox)
     StopPodSandbox = _route(sandbox_stop.stop_pod_sandbox)

@@ -34,7 +34,7 @@ from skiff.errors import (Aborted, AlreadyExists, FailedPrecondition, InvalidArg
 from skiff.orchestrator import subresources
 from skiff.orchestrator.api.kinds import KINDS, Kind
 from skiff.orchestrator.api.registry import FieldSelector, Registry
-from skiff.orchestrator.http_server import JsonHandler, ServerThread, UnixServer
+from skiff.orchestrator.http_server import JsonHandler, ServerThread, UnixServer, quiet_when_the_client_went
 from skiff.orchestrator.labels import parse as parse_selector
 
 WATCH_TIMEOUT = 300.0  # seconds without an event before a watch ends (kubectl watches again)
@@ -241,6 +241,9 @@ class _UnixServer(_Server, UnixServer):
 
 class _TcpServer(_Server, socketserver.TCPServer):
     allow_reuse_address = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        quiet_when_the_client_went(super().handle_error, request, client_address)
 
 
 class ApiServer(ServerThread):

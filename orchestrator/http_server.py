@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import socketserver
+import sys
 import threading
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
@@ -61,6 +62,16 @@ class UnixServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     def get_request(self) -> tuple[socket.socket, Any]:
         request, _ = self.socket.accept()
         return request, ("unix", 0)  # BaseHTTPRequestHandler wants an address it can print
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        quiet_when_the_client_went(super().handle_error, request, client_address)
+
+
+def quiet_when_the_client_went(report: Any, request: Any, client_address: Any) -> None:
+    """socketserver prints every handler's exception; a client that hung up in the middle of a
+    reply (a watch that was stopped) is no error of the server's."""
+    if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+        report(request, client_address)
 
 
 class ServerThread:

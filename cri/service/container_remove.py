@@ -19,9 +19,10 @@ def remove_container(ctx: ServiceContext, request: pb.RemoveContainerRequest) ->
 
     try:
         record = lookup(ctx, request.container_id)
+        with ctx.sandbox_lock(record.sandbox_id):   # not while its pod is torn down
+            remove(ctx, lookup(ctx, record.id))
     except NotFound:
-        return pb.RemoveContainerResponse()
-    remove(ctx, record)
+        pass   # gone already, or with its pod meanwhile
     return pb.RemoveContainerResponse()
 
 

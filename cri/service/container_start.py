@@ -16,6 +16,12 @@ from skiff.errors import FailedPrecondition
 
 def start_container(ctx: ServiceContext, request: pb.StartContainerRequest) -> pb.StartContainerResponse:
     record = lookup(ctx, request.container_id)
+    with ctx.sandbox_lock(record.sandbox_id):   # not while its pod is being stopped
+        _start(ctx, lookup(ctx, record.id))
+    return pb.StartContainerResponse()
+
+
+def _start(ctx: ServiceContext, record: ContainerRecord) -> None:
     if record.state is not ContainerState.CREATED:
         raise FailedPrecondition(f"container {record.id} is {record.state.name.lower()}, not created")
     sandbox = ctx.sandboxes.get(record.sandbox_id)
@@ -34,4 +40,3 @@ def start_container(ctx: ServiceContext, request: pb.StartContainerRequest) -> p
         return replace(r, started_at=started) if r.started_at == 0 else r
 
     ctx.containers.update(record.id, change)
-    return pb.StartContainerResponse()

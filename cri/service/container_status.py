@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 from dataclasses import replace
+from typing import Any
 
 from cri_api.v1 import api_pb2 as pb
 
@@ -43,6 +45,13 @@ def refreshed(ctx: ServiceContext, record: ContainerRecord) -> ContainerRecord:
         return _exited(ctx, record, UNKNOWN_EXIT_CODE, 0, "exit status unknown: the container's monitor is gone")
     message = f"killed by signal {ended.signal}" if ended.signal else ""
     return _exited(ctx, record, ended.exit_code, ended.finished_at, message)
+
+
+def refresh_live(ctx: ServiceContext) -> None:
+    """Every CREATED or RUNNING container's record brought up to date (its exit recorded)."""
+    for record in ctx.containers.list():
+        with contextlib.suppress(NotFound):
+            refreshed(ctx, record)
 
 
 def _exited(ctx: ServiceContext, record: ContainerRecord, code: int, finished_at: int, message: str) -> ContainerRecord:
@@ -85,13 +94,27 @@ def container_status(ctx: ServiceContext, request: pb.ContainerStatusRequest) ->
         log_path=record.log_path)
     if config.linux.HasField("resources"):
         status.resources.linux.CopyFrom(config.linux.resources)
+    status.image_id = record.image_id
+    if record.stop_signal:   # the image's STOPSIGNAL; none: RUNTIME_DEFAULT (SIGTERM)
+        from skiff.cri.service.container_stop import stop_signal
+
+        name = signal.Signals(stop_signal(record.stop_signal)).name
+        if name in pb.Signal.keys():
+            status.stop_signal = pb.Signal.Value(name)
+    spec: dict[str, Any] = {}
+    with contextlib.suppress(OSError, ValueError):
+        with open(os.path.join(ctx.bundle_dir(record.id), "config.json")) as f:
+            spec = json.load(f)
+    user = (spec.get("process") or {}).get("user") or {}
+    if user:   # who the process runs as, after the image's USER and the pod's security context
+        status.user.linux.uid, status.user.linux.gid = int(user.get("uid", 0)), int(user.get("gid", 0))
+        status.user.linux.supplemental_groups.extend(int(g) for g in user.get("additionalGids") or [])
     info: dict[str, str] = {}
     if request.verbose:
         details = {"sandboxID": record.sandbox_id, "pid": record.pid, "monitorPid": record.monitor_pid,
                    "runtimeId": record.runtime_id, "bundle": os.path.join(ctx.config.state_root, "bundles", record.id)}
-        with contextlib.suppress(OSError, ValueError):
-            with open(os.path.join(ctx.bundle_dir(record.id), "config.json")) as f:
-                details["runtimeSpec"] = json.load(f)
+        if spec:
+            details["runtimeSpec"] = spec
         info["info"] = json.dumps(details)
     return pb.ContainerStatusResponse(status=status, info=info)
 

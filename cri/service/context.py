@@ -24,6 +24,7 @@ from pathlib import Path
 
 from skiff.cri import pod_files
 from skiff.cri.config import CriConfig
+from skiff.cri.events import ContainerEvents
 from skiff.cri.monitor_client import Monitors
 from skiff.cri.network.driver import PodNetworking, networking_for
 from skiff.cri.store.container import ContainerStore
@@ -44,14 +45,17 @@ class ServiceContext:
     forkserver: ForkServer
     monitors: Monitors
     network: PodNetworking
+    events: ContainerEvents = field(default_factory=ContainerEvents)
     _sandbox_locks: dict[str, threading.Lock] = field(default_factory=dict)
     _locks_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @contextmanager
     def sandbox_lock(self, sandbox_id: str) -> Iterator[None]:
-        """Held by whatever changes a sandbox or adds to it (Stop, Remove, CreateContainer),
-        as containerd does: a Remove must not tear a pod down under a container being
-        created in it."""
+        """Held by whatever changes a sandbox or what is in it (StopPodSandbox,
+        RemovePodSandbox, CreateContainer, StartContainer, RemoveContainer): a Remove must not
+        tear a pod down under a container being created or started in it, and no container
+        may start in a pod that a Stop has just stopped. StopContainer does not take it: its
+        grace period would hold the whole pod."""
         with self._locks_lock:
             lock = self._sandbox_locks.setdefault(sandbox_id, threading.Lock())
         with lock:
@@ -111,6 +115,7 @@ def open_context(config: CriConfig, forkserver: ForkServer, *, images: Images | 
         monitors=monitors,
         network=networking_for(config.network, Path(state) / "network"),
     )
+    ctx.containers.on_change = ctx.events.changed
     try:
         for path in ctx.own_mounts:  # last: ctx.close() undoes them
             own_mount.bind(path)

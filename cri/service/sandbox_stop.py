@@ -48,9 +48,12 @@ def teardown_sandbox(ctx: ServiceContext, record: SandboxRecord, *, remove: bool
     from skiff.cri.service.container_stop import stop as stop_container
 
     for container in ctx.containers.in_sandbox(record.id):
-        stop_container(ctx, refreshed(ctx, container), timeout=0)
-        if remove:
-            remove_container(ctx, container)
+        try:
+            stop_container(ctx, refreshed(ctx, container), timeout=0)
+            if remove:
+                remove_container(ctx, container)
+        except NotFound:
+            continue   # a RemoveContainer took it meanwhile: the rest of the pod still goes
     pod_namespaces.stop_pause(record.pause_pid, record.pause_start)
     if record.pause_cgroup:  # a pause whose pid the record never got is still in there
         from skiff.runtime.cgroups import load_cgroup

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,6 +149,13 @@ class ContainerStore(RecordStore[ContainerRecord]):
     def __init__(self, state_root: str | os.PathLike[str]) -> None:
         super().__init__(os.path.join(state_root, "containers"), kind="container",
                          decode=ContainerRecord.from_json)
+        # Told of each record added (old None), changed or deleted (new None), after the
+        # write: the CRI's container events (cri/events.py).
+        self.on_change: Callable[[ContainerRecord | None, ContainerRecord | None], None] | None = None
+
+    def _tell(self, old: ContainerRecord | None, new: ContainerRecord | None) -> None:
+        if self.on_change is not None:
+            self.on_change(old, new)
 
     def _entry(self, sandbox_id: str, container_id: str) -> str:
         return os.path.join(self.root, _BY_SANDBOX, sandbox_id, container_id)
@@ -173,14 +181,26 @@ class ContainerStore(RecordStore[ContainerRecord]):
     def add(self, record: ContainerRecord) -> None:
         self._index(record)  # first: an entry without a record is skipped when read
         super().add(record)
+        self._tell(None, record)
+
+    def update(self, id: str, change: Callable[[ContainerRecord], ContainerRecord]) -> ContainerRecord:
+        before: list[ContainerRecord] = []
+
+        def seen(old: ContainerRecord) -> ContainerRecord:
+            before.append(old)
+            return change(old)
+        new = super().update(id, seen)
+        self._tell(before[-1], new)
+        return new
 
     def delete(self, id: str) -> None:
         try:
-            sandbox_id = self.get(id).sandbox_id
+            old = self.get(id)
         except NotFound:
             return super().delete(id)
         super().delete(id)
-        self._unindex(sandbox_id, id)
+        self._unindex(old.sandbox_id, id)
+        self._tell(old, None)
 
     def _unindex(self, sandbox_id: str, container_id: str) -> None:
         entry = self._entry(sandbox_id, container_id)

@@ -99,12 +99,13 @@ class EtcdStore:
 
     def watch(self, prefix: str, since: int, *, timeout: float) -> Iterator[Event]:
         # One streamed POST to the gateway; its read timeout is the watch's: it ends the
-        # stream after `timeout` seconds without a line.
+        # stream after `timeout` seconds without a line. Not under 2 s: the gateway's first
+        # answer (the watch created, or its revision compacted) can take longer on a busy host.
         body: dict[str, Any] = {"create_request": {"key": _b64(prefix), "range_end": _b64(_end(prefix)),
                                                    "start_revision": str(since + 1), "prev_kv": True}}
         try:
             with self._client.session.post(self._client.get_url("/watch"), json=body, stream=True,
-                                           timeout=(self._client.timeout, timeout)) as stream:
+                                           timeout=(self._client.timeout, max(timeout, 2.0))) as stream:
                 for line in stream.iter_lines():
                     result = json.loads(line).get("result", {}) if line.strip() else {}
                     if result.get("compact_revision"):
