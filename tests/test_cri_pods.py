@@ -223,9 +223,11 @@ def test_stats(cri: Cri) -> None:
     stats = cri.runtime.ContainerStats(pb.ContainerStatsRequest(container_id=cid)).stats
     assert stats.attributes.id == cid
     assert stats.cpu.usage_core_nano_seconds.value > 0
+    assert not stats.cpu.HasField("usage_nano_cores")    # one sample: no rate yet
     assert stats.memory.working_set_bytes.value > 0
     listed = cri.runtime.ListContainerStats(pb.ListContainerStatsRequest()).stats
     assert [s.attributes.id for s in listed] == [cid]
+    assert listed[0].cpu.HasField("usage_nano_cores")   # the rate since the last sample
     pod_stats = cri.runtime.PodSandboxStats(pb.PodSandboxStatsRequest(pod_sandbox_id=pod_id)).stats
     assert pod_stats.linux.memory.working_set_bytes.value > 0
     assert [c.attributes.id for c in pod_stats.linux.containers] == [cid]

@@ -1,13 +1,14 @@
 """ContainerStats, ListContainerStats, PodSandboxStats, ListPodSandboxStats: from the
 container's and the pod's cgroups (runtime/cgroups stats), the writable layer's size, and
-the pod's eth0 counters. usage_nano_cores needs two samples over time; like containerd
-before it caches one, skiff leaves it out and reports the cumulative usage."""
+the pod's network counters. usage_nano_cores needs two samples over time: as containerd, the
+last sample of each container and pod is kept, and the first call reports none."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import threading
 import time
 
 from cri_api.v1 import api_pb2 as pb
@@ -21,9 +22,21 @@ from skiff.errors import NotFound, SkiffError
 from skiff.runtime.cgroups import CgroupStats
 
 
-def _cpu(stats: CgroupStats, now: int) -> pb.CpuUsage:
+_samples: dict[str, tuple[int, int]] = {}   # container or pod id -> (time, cumulative usage), ns
+_samples_lock = threading.Lock()
+MAX_SAMPLES = 10_000   # the oldest go beyond: ids of containers long removed
+
+
+def _cpu(stats: CgroupStats, now: int, owner: str) -> pb.CpuUsage:
     usage = pb.CpuUsage(timestamp=now)
     usage.usage_core_nano_seconds.value = stats.cpu_usage_total
+    with _samples_lock:
+        before = _samples.pop(owner, None)
+        _samples[owner] = (now, stats.cpu_usage_total)
+        while len(_samples) > MAX_SAMPLES:
+            del _samples[next(iter(_samples))]
+    if before is not None and now > before[0] and stats.cpu_usage_total >= before[1]:
+        usage.usage_nano_cores.value = (stats.cpu_usage_total - before[1]) * 1_000_000_000 // (now - before[0])
     return usage
 
 
@@ -63,7 +76,7 @@ def container_stats_of(ctx: ServiceContext, record: ContainerRecord) -> pb.Conta
         labels=record.labels, annotations=record.annotations))
     with contextlib.suppress(SkiffError, OSError):
         cgroup_stats = ctx.runtime.stats(record.runtime_id)
-        stats.cpu.CopyFrom(_cpu(cgroup_stats, now))
+        stats.cpu.CopyFrom(_cpu(cgroup_stats, now, record.id))
         stats.memory.CopyFrom(_memory(cgroup_stats, now))
     used, inodes = _disk_usage(ctx.images.upper_dir(record.id))
     stats.writable_layer.timestamp = now
@@ -95,23 +108,28 @@ def list_container_stats(ctx: ServiceContext, request: pb.ListContainerStatsRequ
 
 
 def _network(pid: int, now: int) -> pb.NetworkUsage | None:
-    """eth0's counters as the pod sees them, from a process in its netns."""
+    """Every interface's counters but lo's as the pod sees them, from a process in its netns;
+    eth0 is the default one."""
     try:
         with open(f"/proc/{pid}/net/dev") as f:
             lines = f.read().splitlines()[2:]
     except OSError:
         return None
+    usage = pb.NetworkUsage(timestamp=now)
     for line in lines:
         name, _, counters = line.partition(":")
-        if name.strip() == "eth0":
-            v = [int(x) for x in counters.split()]
-            usage = pb.NetworkUsage(timestamp=now)
-            iface = usage.default_interface
-            iface.name = "eth0"
-            iface.rx_bytes.value, iface.rx_errors.value = v[0], v[2]
-            iface.tx_bytes.value, iface.tx_errors.value = v[8], v[10]
-            return usage
-    return None
+        name = name.strip()
+        if name == "lo":
+            continue
+        v = [int(x) for x in counters.split()]
+        iface = pb.NetworkInterfaceUsage(name=name)
+        iface.rx_bytes.value, iface.rx_errors.value = v[0], v[2]
+        iface.tx_bytes.value, iface.tx_errors.value = v[8], v[10]
+        if name == "eth0":
+            usage.default_interface.CopyFrom(iface)
+        else:
+            usage.interfaces.append(iface)
+    return usage if usage.HasField("default_interface") or usage.interfaces else None
 
 
 def pod_stats_of(ctx: ServiceContext, record: SandboxRecord) -> pb.PodSandboxStats:
@@ -126,7 +144,7 @@ def pod_stats_of(ctx: ServiceContext, record: SandboxRecord) -> pb.PodSandboxSta
         with contextlib.suppress(SkiffError, OSError):
             cgroup = load_cgroup(json.loads(record.pod_cgroup))
             cgroup_stats = cgroup.stats()
-            stats.linux.cpu.CopyFrom(_cpu(cgroup_stats, now))
+            stats.linux.cpu.CopyFrom(_cpu(cgroup_stats, now, record.id))
             stats.linux.memory.CopyFrom(_memory(cgroup_stats, now))
             stats.linux.process.timestamp = now
             stats.linux.process.process_count.value = len(cgroup.pids())
