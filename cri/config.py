@@ -7,6 +7,7 @@ default file means all defaults), flags on `skiff cri serve` override it.
     log_root = "/var/log/pods"              # where kubelet's log_path usually points
     registries = "/etc/skiff/registries.toml"   # mirrors, plain-HTTP hosts (images/hosts.py)
     cgroup_parent = "/kubepods"             # pods' cgroups go below it; default: skiff's own
+    stream_address = "127.0.0.1:0"          # Exec's streaming server (port 0: the kernel picks one)
     netns = "/run/netns/node1"              # the node's network: pods' bridge, host-network pods and
                                             # hostPorts are there; pulls still go out from the
                                             # namespace the service started in (a one-host cluster)
@@ -52,6 +53,7 @@ class CriConfig:
     registries: str | None = None
     cgroup_parent: str | None = None
     netns: str | None = None
+    stream_address: str = "127.0.0.1:0"
     network: NetworkConfig = field(default_factory=NetworkConfig)
 
 
@@ -89,6 +91,9 @@ def parse(data: dict[str, Any], *, source: str = "<config>") -> CriConfig:
     for name in ("socket", "images_root", "state_root", "log_root"):
         if not os.path.isabs(getattr(config, name)):
             raise InvalidArgument(f"{source}: {name}: must be an absolute path")
+    host, sep, port = config.stream_address.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise InvalidArgument(f"{source}: stream_address: {config.stream_address!r}: want HOST:PORT (port 0: any)")
     return config
 
 

@@ -18,22 +18,23 @@ from skiff.runtime.forkserver import ForkServer, Worker
 
 
 def exec_process(worker: Worker) -> None:
-    """Job "exec": args runtime_root, container_id, process (an OCI process object); fds:
-    stdout and stderr for the process (stdin is /dev/null). Replies {"pid"} once the
-    process runs, then {"exit_code"} (128+signal when killed) when it ends."""
+    """Job "exec": args runtime_root, container_id, process (an OCI process object), stdin
+    (bool); fds: the process's stdin if `stdin` (else it gets /dev/null), stdout and stderr.
+    Replies {"pid"} once the process runs, then {"exit_code"} (128+signal when killed) when
+    it ends."""
     from skiff.runtime.container import Runtime
 
     a = worker.args
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    os.dup2(devnull, 0)
-    os.dup2(worker.fds[0], 1)
-    os.dup2(worker.fds[1], 2)
+    streams = worker.fds if a.get("stdin") else [devnull, *worker.fds]
+    for target, fd in enumerate(streams):
+        os.dup2(fd, target)
     for fd in worker.fds:
         os.close(fd)
     runtime = Runtime(a["runtime_root"], cgroup_parent=a.get("cgroup_parent"))
     pid = runtime.exec(a["container_id"], parse_process(a["process"]), detach=True)
-    os.dup2(devnull, 1)  # our copies must not keep the caller's pipes open
-    os.dup2(devnull, 2)
+    for target in (0, 1, 2):  # our copies must not keep the caller's pipes open
+        os.dup2(devnull, target)
     worker.reply({"pid": pid})
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)

@@ -1,7 +1,8 @@
 """runtime.v1 RuntimeService: each RPC is one function in cri/service/ (containerd names
 them object-verb, `internal/cri/server/sandbox_run.go`); this class only routes to them.
-Errors become gRPC codes in grpc_errors.py. Exec, Attach and PortForward (streaming) are
-not served yet: the generated base class answers UNIMPLEMENTED."""
+Errors become gRPC codes in grpc_errors.py. Exec answers with a URL of the streaming server
+(streaming/); Attach and PortForward are not served yet: the generated base class answers
+UNIMPLEMENTED."""
 
 from __future__ import annotations
 
@@ -102,6 +103,7 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
     UpdateContainerResources = _route(container_update.update_container_resources)
     ReopenContainerLog = _route(container_update.reopen_container_log)
     ExecSync = _route(container_exec.exec_sync)
+    Exec = _route(container_exec.exec_streaming)
     ContainerStats = _route(stats.container_stats)
     ListContainerStats = _route(stats.list_container_stats)
     PodSandboxStats = _route(stats.pod_sandbox_stats)

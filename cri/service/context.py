@@ -11,6 +11,8 @@ live under the state root:
     <state_root>/monitors/               <pid>.sock of each container monitor, monitor.log
     <state_root>/runtime/                the OCI runtime's own state (runtime/state.py)
     <state_root>/network/                IPAM and the nftables lock (network/)
+
+The streaming server (streaming/) listens from here to `close`, for Exec's URLs.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from skiff.cri.events import ContainerEvents
 from skiff.cri.monitor_client import Monitors
 from skiff.cri.network.driver import PodNetworking, networking_for
 from skiff.cri.store.container import ContainerStore
+from skiff.cri.streaming.server import StreamServer
 from skiff.cri.store.sandbox import SandboxStore
 from skiff.images.service import Images
 from skiff.runtime import own_mount
@@ -45,6 +48,7 @@ class ServiceContext:
     forkserver: ForkServer
     monitors: Monitors
     network: PodNetworking
+    streaming: StreamServer
     events: ContainerEvents = field(default_factory=ContainerEvents)
     _sandbox_locks: dict[str, threading.Lock] = field(default_factory=dict)
     _locks_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -85,6 +89,7 @@ class ServiceContext:
     def close(self) -> None:
         """The service stops: its monitor stays for the containers that are left."""
         try:
+            self.streaming.close()
             self.monitors.close()
         finally:
             for path in self.own_mounts:
@@ -114,6 +119,7 @@ def open_context(config: CriConfig, forkserver: ForkServer, *, images: Images | 
         forkserver=forkserver,
         monitors=monitors,
         network=networking_for(config.network, Path(state) / "network"),
+        streaming=StreamServer(forkserver, config.stream_address),
     )
     ctx.containers.on_change = ctx.events.changed
     try:

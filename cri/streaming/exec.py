@@ -1,0 +1,171 @@
+"""An exec session on an accepted WebSocket: the command runs through the fork server's exec
+job (as ExecSync's does) with pipes for the streams the client asked for; this thread sends
+its stdout and stderr as they come, a reader thread writes what the client sends on stdin.
+When the command has exited and its output is drained, its exit Status goes on the error
+channel and the connection is closed.
+
+stdin ends when the client says so (v5's close message for channel 0) or goes; a client that
+goes also gets its command killed, as kubelet does, rather than left running unseen."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import selectors
+import signal
+import socket
+import threading
+import time
+
+from wsproto import WSConnection
+from wsproto.events import BytesMessage, CloseConnection, Event, Message, Ping
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from skiff.cri.streaming import channels
+from skiff.cri.streaming.tokens import ExecRequest
+from skiff.errors import SkiffError
+from skiff.runtime.forkserver import ForkServer
+
+log = logging.getLogger("skiff.cri")
+EXIT_GRACE = 1.0   # seconds for the pipes' EOF after the process ended (a background child may hold them)
+
+
+class ExecSession:
+    def __init__(self, forkserver: ForkServer, request: ExecRequest, sock: socket.socket, ws: WSConnection,
+                 *, v5: bool) -> None:
+        self.forkserver = forkserver
+        self.request = request
+        self.sock = sock
+        self.ws = ws
+        self.v5 = v5
+        self._send_lock = threading.Lock()
+        self._stdin: int | None = None          # our end of the process's stdin
+        self._stdin_lock = threading.Lock()
+        self._client_gone = threading.Event()
+
+    def _send(self, event: Event) -> None:
+        with self._send_lock, contextlib.suppress(OSError, LocalProtocolError):
+            self.sock.sendall(self.ws.send(event))
+
+    def _out(self, channel: int, data: bytes) -> None:
+        self._send(Message(data=bytes([channel]) + data))   # binary: the channel protocol's frames
+
+    def run(self) -> None:
+        try:
+            self._run()
+        finally:
+            self._send(CloseConnection(code=1000))
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+
+    def _run(self) -> None:
+        r = self.request
+        stdin_r, self._stdin = os.pipe() if r.stdin else (None, None)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        fds = ([stdin_r] if stdin_r is not None else []) + [out_w, err_w]
+        try:
+            worker = self.forkserver.call("exec", {**r.job_args, "stdin": stdin_r is not None}, fds=fds)
+        except SkiffError as e:
+            for fd in (out_r, err_r, self._stdin):
+                if fd is not None:
+                    os.close(fd)
+            self._out(channels.ERROR, channels.error(f"exec in container {r.container_id}: {e}"))
+            return
+        finally:
+            for fd in fds:
+                os.close(fd)
+        reader = threading.Thread(target=self._read_client, name="skiff-exec-stdin", daemon=True)
+        with worker:
+            try:
+                pid = int(worker.receive(30.0)[0]["pid"])
+                reader.start()
+                if not self._pump(out_r, err_r, worker.sock, pid):
+                    return   # the client went: its command went too
+                exit_code = int(worker.receive(None)[0]["exit_code"])
+            except SkiffError as e:
+                self._out(channels.ERROR, channels.error(f"exec in container {r.container_id}: {e}"))
+                return
+            finally:
+                os.close(out_r)
+                os.close(err_r)
+                self._close_stdin()
+        self._out(channels.ERROR, channels.status(exit_code))
+
+    def _pump(self, out_r: int, err_r: int, exit_reply: socket.socket, pid: int) -> bool:
+        """stdout and stderr to the client until both end (a short grace once the process has
+        exited); False when the client went first (the process is killed then)."""
+        wanted = {out_r: (channels.STDOUT, self.request.stdout), err_r: (channels.STDERR, self.request.stderr)}
+        ended: float | None = None
+        with selectors.DefaultSelector() as sel:
+            for fd in wanted:
+                sel.register(fd, selectors.EVENT_READ)
+            sel.register(exit_reply, selectors.EVENT_READ)
+            while len(sel.get_map()) > (0 if ended is not None else 1):
+                if self._client_gone.is_set() and ended is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+                    return False
+                now = time.monotonic()
+                if ended is not None and now >= ended:
+                    break
+                for key, _ in sel.select(min(ended - now, 0.2) if ended is not None else 0.2):
+                    if key.fd not in wanted:
+                        sel.unregister(key.fileobj)
+                        ended = time.monotonic() + EXIT_GRACE
+                        continue
+                    data = os.read(key.fd, 65536)
+                    if not data:
+                        sel.unregister(key.fd)
+                        continue
+                    channel, sent = wanted[key.fd]
+                    if sent:
+                        self._out(channel, data)
+        return True
+
+    def _read_client(self) -> None:
+        """What the client sends: stdin's data and end, pings, the close."""
+        pending = bytearray()
+        try:
+            while True:
+                data = self.sock.recv(65536)
+                self.ws.receive_data(data or None)
+                for event in self.ws.events():
+                    if isinstance(event, BytesMessage):
+                        pending += event.data
+                        if event.message_finished:
+                            self._message(bytes(pending))
+                            pending.clear()
+                    elif isinstance(event, Ping):
+                        self._send(event.response())
+                    elif isinstance(event, CloseConnection):
+                        self._client_gone.set()
+                        return
+                if not data:
+                    self._client_gone.set()
+                    return
+        except (OSError, RemoteProtocolError):
+            self._client_gone.set()
+        finally:
+            self._close_stdin()
+
+    def _message(self, message: bytes) -> None:
+        if not message:
+            return
+        channel, data = message[0], message[1:]
+        if channel == channels.STDIN:
+            with self._stdin_lock:
+                if self._stdin is not None and data:
+                    try:
+                        os.write(self._stdin, data)
+                    except BrokenPipeError:   # the command stopped reading
+                        pass
+        elif channel == channels.CLOSE and self.v5 and data[:1] == bytes([channels.STDIN]):
+            self._close_stdin()
+
+    def _close_stdin(self) -> None:
+        with self._stdin_lock:
+            if self._stdin is not None:
+                os.close(self._stdin)
+                self._stdin = None

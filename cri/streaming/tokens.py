@@ -1,0 +1,51 @@
+"""One-time tokens for streaming URLs: made by the Exec call, taken by the connection that
+uses it, gone after TTL seconds if none does (kubelet's streaming server: one minute). A
+token is the only credential of a URL, so it is long and random and used once."""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from skiff.errors import NotFound
+
+TTL = 60.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExecRequest:
+    """What an exec session runs: the fork server job's arguments, and which streams the
+    client asked for."""
+
+    container_id: str
+    job_args: dict[str, Any]
+    stdin: bool
+    stdout: bool
+    stderr: bool
+
+
+class Tokens:
+    def __init__(self, ttl: float = TTL) -> None:
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._pending: dict[str, tuple[float, ExecRequest]] = {}
+
+    def issue(self, request: ExecRequest) -> str:
+        token = secrets.token_urlsafe(32)
+        now = time.monotonic()
+        with self._lock:
+            for old in [t for t, (at, _) in self._pending.items() if now - at > self.ttl]:
+                del self._pending[old]
+            self._pending[token] = (now, request)
+        return token
+
+    def take(self, token: str) -> ExecRequest:
+        with self._lock:
+            issued = self._pending.pop(token, None)
+        if issued is None or time.monotonic() - issued[0] > self.ttl:
+            raise NotFound("streaming token: unknown, used already, or expired (a URL is good once, for "
+                           f"{self.ttl:g} s)")
+        return issued[1]

@@ -1,0 +1,121 @@
+"""Exec through the CRI streaming server, with a test client that speaks the remotecommand
+WebSocket protocol as the documents describe it (channel byte first; v5's close message; the
+exit Status on the error channel): output and exit codes, stdin and its end, and the refusals
+(a token used twice, no protocol of ours, a TTY)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import urllib.parse
+from typing import Any
+
+import grpc
+import pytest
+from cri_api.v1 import api_pb2 as pb
+from cri_fixture import Cri
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Message, RejectConnection, RejectData,
+                            Request)
+
+
+class Client:
+    """One WebSocket connection to a streaming URL."""
+
+    def __init__(self, url: str, protocols: list[str]) -> None:
+        parts = urllib.parse.urlparse(url)
+        assert parts.hostname is not None and parts.port is not None
+        self.sock = socket.create_connection((parts.hostname, parts.port), timeout=20)
+        self.ws = WSConnection(ConnectionType.CLIENT)
+        self.sock.sendall(self.ws.send(Request(host=f"{parts.hostname}:{parts.port}", target=parts.path,
+                                               subprotocols=protocols)))
+        self.accepted: AcceptConnection | None = None
+        self.refused: tuple[int, bytes] | None = None
+        self.frames: list[bytes] = []
+        self.closed = False
+        while self.accepted is None and self.refused is None and not self.closed:
+            self._pump()
+        if self.refused is not None:
+            while not self.closed:   # the refusal's body, to its end
+                self._pump()
+            self.sock.close()
+
+    def _pump(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            self.closed = True
+            return
+        self.ws.receive_data(data)
+        pending = b""
+        for event in self.ws.events():
+            if isinstance(event, AcceptConnection):
+                self.accepted = event
+            elif isinstance(event, RejectConnection):
+                self.refused = (event.status_code, b"")
+            elif isinstance(event, RejectData) and self.refused is not None:
+                self.refused = (self.refused[0], self.refused[1] + event.data)
+            elif isinstance(event, BytesMessage):
+                pending += event.data
+                if event.message_finished:
+                    self.frames.append(pending)
+                    pending = b""
+            elif isinstance(event, CloseConnection):
+                self.closed = True
+
+    def send(self, channel: int, data: bytes) -> None:
+        self.sock.sendall(self.ws.send(Message(data=bytes([channel]) + data)))
+
+    def finish(self) -> tuple[dict[int, bytes], dict[str, Any]]:
+        """Everything until the server closes: the output by channel, and the exit Status."""
+        while not self.closed:
+            self._pump()
+        self.sock.close()
+        out: dict[int, bytes] = {}
+        for frame in self.frames:
+            out[frame[0]] = out.get(frame[0], b"") + frame[1:]
+        return out, json.loads(out.pop(3, b"{}") or b"{}")
+
+
+def exec_url(cri: Cri, cid: str, *cmd: str, stdin: bool = False, tty: bool = False) -> str:
+    return str(cri.runtime.Exec(pb.ExecRequest(container_id=cid, cmd=list(cmd), stdin=stdin, stdout=True,
+                                               stderr=True, tty=tty)).url)
+
+
+@pytest.fixture
+def container(cri: Cri) -> Any:
+    pod_id, pod = cri.run_pod("streamed")
+    yield cri.start(pod_id, pod, "main", "sleep", "3600")
+    cri.remove_all()
+
+
+@pytest.mark.parametrize("protocol", ["v5.channel.k8s.io", "v4.channel.k8s.io"])
+def test_output_and_a_non_zero_exit_code(cri: Cri, container: str, protocol: str) -> None:
+    url = exec_url(cri, container, "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert url.startswith("http://127.0.0.1:") and "/exec/" in url
+    client = Client(url, ["base64.channel.k8s.io", protocol])
+    assert client.accepted is not None and client.accepted.subprotocol == protocol
+    out, status = client.finish()
+    assert out == {1: b"out\n", 2: b"err\n"}
+    assert status["status"] == "Failure" and status["reason"] == "NonZeroExitCode"
+    assert status["details"]["causes"] == [{"reason": "ExitCode", "message": "3"}]
+
+
+def test_stdin_and_its_end(cri: Cri, container: str) -> None:
+    client = Client(exec_url(cri, container, "sh", "-c", "cat; echo done", stdin=True), ["v5.channel.k8s.io"])
+    client.send(0, b"hello ")
+    client.send(0, b"world\n")
+    client.send(255, bytes([0]))            # v5: no more stdin
+    out, status = client.finish()
+    assert out == {1: b"hello world\ndone\n"} and status["status"] == "Success"
+
+
+def test_refusals(cri: Cri, container: str) -> None:
+    url = exec_url(cri, container, "true")
+    assert Client(url, ["v4.channel.k8s.io"]).finish()[1]["status"] == "Success"
+    again = Client(url, ["v4.channel.k8s.io"])           # a URL is good once
+    assert again.refused is not None and again.refused[0] == 404 and b"used already" in again.refused[1]
+    foreign = Client(exec_url(cri, container, "true"), ["channel.k8s.io"])
+    assert foreign.refused is not None and foreign.refused[0] == 400 and b"v5.channel.k8s.io" in foreign.refused[1]
+    with pytest.raises(grpc.RpcError) as refused:
+        exec_url(cri, container, "sh", tty=True)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "tty" in (refused.value.details() or "")
