@@ -1,7 +1,7 @@
 """runtime.v1 RuntimeService: each RPC is one function in cri/service/ (containerd names
 them object-verb, `internal/cri/server/sandbox_run.go`); this class only routes to them.
-Errors become gRPC codes in grpc_errors.py. Exec answers with a URL of the streaming server
-(streaming/); Attach and PortForward are not served yet: the generated base class answers
+Errors become gRPC codes in grpc_errors.py. Exec and PortForward answer with a URL of the
+streaming server (streaming/); Attach is not served yet: the generated base class answers
 UNIMPLEMENTED."""
 
 from __future__ import annotations
@@ -104,6 +104,7 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
     ReopenContainerLog = _route(container_update.reopen_container_log)
     ExecSync = _route(container_exec.exec_sync)
     Exec = _route(container_exec.exec_streaming)
+    PortForward = _route(container_exec.port_forward)
     ContainerStats = _route(stats.container_stats)
     ListContainerStats = _route(stats.list_container_stats)
     PodSandboxStats = _route(stats.pod_sandbox_stats)

@@ -1,12 +1,14 @@
-"""Exec through the CRI streaming server, with a test client that speaks the remotecommand
-WebSocket protocol as the documents describe it (channel byte first; v5's close message; the
-exit Status on the error channel): output and exit codes, stdin and its end, and the refusals
-(a token used twice, no protocol of ours, a TTY)."""
+"""Exec and port-forward through the CRI streaming server, with a test client that speaks the
+remotecommand WebSocket protocol as the documents describe it (channel byte first; v5's close
+message; the exit Status on the error channel; port-forward's channel pair per port, each
+opened by the port number): output and exit codes, stdin and its end, a port in the pod's
+network namespace, and the refusals (a token used twice, no protocol of ours, a TTY)."""
 
 from __future__ import annotations
 
 import json
 import socket
+import time
 import urllib.parse
 from typing import Any
 
@@ -61,6 +63,19 @@ class Client:
                     pending = b""
             elif isinstance(event, CloseConnection):
                 self.closed = True
+
+    def received(self, channel: int) -> bytes:
+        return b"".join(f[1:] for f in self.frames if f[0] == channel)
+
+    def until(self, done: Any) -> None:
+        while not done() and not self.closed:
+            self._pump()
+
+    def close(self) -> None:
+        """The client's side of a session that lasts until the client ends it (port-forward)."""
+        self.sock.sendall(self.ws.send(CloseConnection(code=1000)))
+        self.until(lambda: False)
+        self.sock.close()
 
     def send(self, channel: int, data: bytes) -> None:
         self.sock.sendall(self.ws.send(Message(data=bytes([channel]) + data)))
@@ -119,3 +134,36 @@ def test_refusals(cri: Cri, container: str) -> None:
     with pytest.raises(grpc.RpcError) as refused:
         exec_url(cri, container, "sh", tty=True)
     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "tty" in (refused.value.details() or "")
+
+
+def test_port_forward_reaches_a_port_in_the_pods_network(cri: Cri) -> None:
+    pod_id, pod = cri.run_pod("forwarded")
+    cri.start(pod_id, pod, "web", "sh", "-c", "mkdir -p /www && echo forwarded > /www/index.html && "
+              "exec httpd -f -p 8080 -h /www")
+    try:
+        url = str(cri.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id=pod_id, port=[8080, 9])).url)
+        assert "/portforward/" in url
+        client = Client(url, ["v4.channel.k8s.io"])
+        assert client.accepted is not None and client.accepted.subprotocol == "v4.channel.k8s.io"
+        opened = (8080).to_bytes(2, "little"), (9).to_bytes(2, "little")
+        try:
+            client.until(lambda: b"dial tcp" in client.received(3) and all(client.received(c) for c in (0, 1, 2)))
+            assert [client.received(c)[:2] for c in (0, 1, 2, 3)] == [opened[0], opened[0], opened[1], opened[1]]
+            assert b"dial tcp 127.0.0.1:9" in client.received(3)        # nothing listens on port 9 there
+        finally:
+            client.close()
+        for attempt in range(50):   # httpd may not listen yet: a fresh session each time
+            url = str(cri.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id=pod_id, port=[8080])).url)
+            client = Client(url, ["v4.channel.k8s.io"])
+            try:
+                client.send(0, b"GET / HTTP/1.0\r\n\r\n")
+                client.until(lambda: b"forwarded" in client.received(0) or len(client.received(1)) > 2)
+                if client.received(1)[2:]:    # refused: httpd is not listening yet
+                    time.sleep(0.1)
+                    continue
+                break
+            finally:
+                client.close()
+        assert client.received(0).startswith(opened[0] + b"HTTP/1.") and b"forwarded" in client.received(0)
+    finally:
+        cri.remove_all()

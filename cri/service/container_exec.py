@@ -54,6 +54,26 @@ def exec_streaming(ctx: ServiceContext, request: pb.ExecRequest) -> pb.ExecRespo
         container_id=record.id, job_args=job, stdin=request.stdin, stdout=request.stdout, stderr=request.stderr)))
 
 
+def port_forward(ctx: ServiceContext, request: pb.PortForwardRequest) -> pb.PortForwardResponse:
+    """PortForward: the URL on the streaming server that connects to the pod's ports."""
+    from skiff.cri.service.sandbox_run import require
+    from skiff.cri.store.sandbox import SandboxState
+    from skiff.cri.streaming.tokens import PortForwardRequest
+
+    require(request.pod_sandbox_id, "pod_sandbox_id")
+    record = ctx.sandboxes.get(ctx.sandboxes.resolve(request.pod_sandbox_id))
+    if record.state is not SandboxState.READY:
+        raise FailedPrecondition(f"pod sandbox {record.id} is not ready")
+    bad = [p for p in request.port if not 0 < p < 65536]
+    if bad:
+        raise InvalidArgument(f"port: {bad}: ports are 1 to 65535")
+    config = pb.PodSandboxConfig.FromString(record.config)
+    host_network = config.linux.security_context.namespace_options.network == pb.NODE
+    netns = None if host_network else os.path.join(ctx.pod_dir(record.id), "ns", "net")
+    return pb.PortForwardResponse(url=ctx.streaming.port_forward_url(PortForwardRequest(
+        sandbox_id=record.id, netns=netns, ports=tuple(request.port))))
+
+
 def exec_sync(ctx: ServiceContext, request: pb.ExecSyncRequest) -> pb.ExecSyncResponse:
     record = lookup(ctx, request.container_id)
     if not request.cmd:

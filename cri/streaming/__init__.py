@@ -6,7 +6,9 @@ there and the command's stdin, stdout, stderr and exit status travel over that c
     channels.py  the remotecommand channel protocol: channel numbers and the exit Status
     server.py    the TCP server: WebSocket upgrade (wsproto), then the session
     exec.py      an exec session: the process through the fork server, its pipes pumped
+    portforward.py  a port-forward session: connections to ports in the pod's network namespace
 
-Served: exec over WebSocket with the v5.channel.k8s.io and v4.channel.k8s.io subprotocols,
-without a TTY. Not yet: SPDY/3.1, a TTY and resize, attach, port-forward.
+Served over WebSocket: exec with the v5.channel.k8s.io and v4.channel.k8s.io subprotocols
+(without a TTY), and port-forward with v4.channel.k8s.io. Not yet: SPDY/3.1, a TTY and
+resize, attach.
 """

@@ -12,6 +12,7 @@ import logging
 import socket
 import socketserver
 import threading
+import urllib.parse
 from typing import Any
 
 from wsproto import ConnectionType, WSConnection
@@ -20,7 +21,8 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 from skiff.cri.streaming import channels
 from skiff.cri.streaming.exec import ExecSession
-from skiff.cri.streaming.tokens import ExecRequest, Tokens
+from skiff.cri.streaming.portforward import PortForwardSession
+from skiff.cri.streaming.tokens import ExecRequest, PortForwardRequest, Tokens
 from skiff.errors import SkiffError
 from skiff.runtime.forkserver import ForkServer
 
@@ -45,6 +47,9 @@ class StreamServer:
 
     def exec_url(self, request: ExecRequest) -> str:
         return f"{self.base_url}/exec/{self.tokens.issue(request)}"
+
+    def port_forward_url(self, request: PortForwardRequest) -> str:
+        return f"{self.base_url}/portforward/{self.tokens.issue(request)}"
 
     def close(self) -> None:
         self._server.shutdown()
@@ -77,14 +82,20 @@ class _Handler(socketserver.BaseRequestHandler):
             return
         if request is None:
             return
-        kind, _, token = request.target.lstrip("/").partition("/")
-        chosen = next((p for p in request.subprotocols if p in channels.PROTOCOLS), None)
+        url = urllib.parse.urlsplit(request.target)
+        kind, _, token = url.path.lstrip("/").partition("/")
+        # port-forward speaks v4's framing only: v5 adds nothing to it
+        offered = channels.PROTOCOLS if kind == "exec" else (channels.V4,)
+        chosen = next((p for p in request.subprotocols if p in offered), None)
         try:
-            if kind != "exec":
-                raise _Refusal(404, f"{request.target}: not served here (exec only: /exec/<token>)")
+            if kind not in ("exec", "portforward"):
+                raise _Refusal(404, f"{url.path}: not served here (/exec/<token>, /portforward/<token>)")
             if chosen is None:
-                raise _Refusal(400, f"subprotocols {request.subprotocols}: none of {', '.join(channels.PROTOCOLS)}")
-            exec_request = self.server.owner.tokens.take(token)
+                raise _Refusal(400, f"subprotocols {request.subprotocols}: none of {', '.join(offered)}")
+            session = self.server.owner.tokens.take(token)
+            ports = tuple(int(p) for p in urllib.parse.parse_qs(url.query).get("port", []) if p.isdigit())
+            if isinstance(session, PortForwardRequest) != (kind == "portforward"):
+                raise _Refusal(404, f"{url.path}: the token is not for {kind}")
         except (_Refusal, SkiffError) as e:
             code = e.code if isinstance(e, _Refusal) else 404
             body = str(e).encode()
@@ -95,7 +106,11 @@ class _Handler(socketserver.BaseRequestHandler):
             return
         sock.sendall(ws.send(AcceptConnection(subprotocol=chosen)))
         sock.settimeout(None)
-        ExecSession(self.server.owner.forkserver, exec_request, sock, ws, v5=chosen == channels.V5).run()
+        if isinstance(session, PortForwardRequest):
+            # the ports the client asks for (kubectl's ?port=), else those of the call
+            PortForwardSession(session, ports or session.ports, sock, ws).run()
+        else:
+            ExecSession(self.server.owner.forkserver, session, sock, ws, v5=chosen == channels.V5).run()
 
 
 class _Refusal(Exception):

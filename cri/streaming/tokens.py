@@ -27,13 +27,26 @@ class ExecRequest:
     stderr: bool
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PortForwardRequest:
+    """Where a port-forward session connects: the pod's network namespace (None: a pod on the
+    host's network) and the ports the call named."""
+
+    sandbox_id: str
+    netns: str | None
+    ports: tuple[int, ...]
+
+
+Session = ExecRequest | PortForwardRequest
+
+
 class Tokens:
     def __init__(self, ttl: float = TTL) -> None:
         self.ttl = ttl
         self._lock = threading.Lock()
-        self._pending: dict[str, tuple[float, ExecRequest]] = {}
+        self._pending: dict[str, tuple[float, Session]] = {}
 
-    def issue(self, request: ExecRequest) -> str:
+    def issue(self, request: Session) -> str:
         token = secrets.token_urlsafe(32)
         now = time.monotonic()
         with self._lock:
@@ -42,7 +55,7 @@ class Tokens:
             self._pending[token] = (now, request)
         return token
 
-    def take(self, token: str) -> ExecRequest:
+    def take(self, token: str) -> Session:
         with self._lock:
             issued = self._pending.pop(token, None)
         if issued is None or time.monotonic() - issued[0] > self.ttl:

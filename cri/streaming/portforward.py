@@ -1,0 +1,101 @@
+"""A port-forward session on an accepted WebSocket (kubelet `cri/streaming/portforward/
+websocket.go`): for the i-th port, channel 2i carries its data and 2i+1 its errors, and the
+server first sends the port number (2 bytes, little-endian) on both, which is how the client
+learns the pairing. Each port is one TCP connection to 127.0.0.1:port inside the pod's network
+namespace, made when the session starts; the session ends when the client closes it."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from functools import partial
+
+from wsproto import WSConnection
+from wsproto.events import BytesMessage, CloseConnection, Event, Message, Ping
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+from skiff.cri.streaming.tokens import PortForwardRequest
+from skiff.runtime import netns
+
+CONNECT_TIMEOUT = 5.0
+
+
+class PortForwardSession:
+    def __init__(self, request: PortForwardRequest, ports: tuple[int, ...], sock: socket.socket,
+                 ws: WSConnection) -> None:
+        self.request = request
+        self.ports = ports
+        self.sock = sock
+        self.ws = ws
+        self._send_lock = threading.Lock()
+        self._pods: dict[int, socket.socket] = {}   # data channel -> the connection in the pod
+
+    def _send(self, event: Event) -> None:
+        with self._send_lock, contextlib.suppress(OSError, LocalProtocolError):
+            self.sock.sendall(self.ws.send(event))
+
+    def run(self) -> None:
+        readers = []
+        try:
+            for i, port in enumerate(self.ports):
+                data, errors = 2 * i, 2 * i + 1
+                for channel in (data, errors):
+                    self._send(Message(data=bytes([channel]) + port.to_bytes(2, "little")))
+                try:
+                    self._pods[data] = self._connect(port)
+                except OSError as e:
+                    self._send(Message(data=bytes([errors]) + (
+                        f"an error occurred forwarding {port} -> {port}: dial tcp 127.0.0.1:{port} in pod "
+                        f"{self.request.sandbox_id}: {(e.strerror or str(e)).lower()}").encode()))
+                    continue
+                reader = threading.Thread(target=self._from_pod, args=(data,), name=f"skiff-forward-{port}",
+                                          daemon=True)
+                reader.start()
+                readers.append(reader)
+            self._from_client()
+        finally:
+            for pod in self._pods.values():
+                with contextlib.suppress(OSError):
+                    pod.shutdown(socket.SHUT_RDWR)
+            for reader in readers:
+                reader.join()
+            for pod in self._pods.values():
+                pod.close()
+            self._send(CloseConnection(code=1000))
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RDWR)
+
+    def _connect(self, port: int) -> socket.socket:
+        dial = partial(socket.create_connection, ("127.0.0.1", port), CONNECT_TIMEOUT)
+        pod = netns.call_in(self.request.netns, dial) if self.request.netns else dial()
+        pod.settimeout(None)
+        return pod
+
+    def _from_pod(self, channel: int) -> None:
+        pod = self._pods[channel]
+        with contextlib.suppress(OSError):
+            while data := pod.recv(65536):
+                self._send(Message(data=bytes([channel]) + data))
+
+    def _from_client(self) -> None:
+        pending = bytearray()
+        with contextlib.suppress(OSError, RemoteProtocolError):
+            while data := self.sock.recv(65536):
+                self.ws.receive_data(data)
+                for event in self.ws.events():
+                    if isinstance(event, BytesMessage):
+                        pending += event.data
+                        if event.message_finished:
+                            self._to_pod(bytes(pending))
+                            pending.clear()
+                    elif isinstance(event, Ping):
+                        self._send(event.response())
+                    elif isinstance(event, CloseConnection):
+                        return
+
+    def _to_pod(self, message: bytes) -> None:
+        if len(message) < 2 or message[0] not in self._pods:
+            return   # an error channel, or a port that did not connect
+        with contextlib.suppress(OSError):
+            self._pods[message[0]].sendall(message[1:])
