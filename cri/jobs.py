@@ -11,35 +11,64 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import socket
+import tempfile
+from typing import Any
 
 from skiff.cri import monitor, pod_namespaces
 from skiff.oci import parse_process
+from skiff.runtime import console
 from skiff.runtime.forkserver import ForkServer, Worker
 
 
 def exec_process(worker: Worker) -> None:
-    """Job "exec": args runtime_root, container_id, process (an OCI process object), stdin
-    (bool); fds: the process's stdin if `stdin` (else it gets /dev/null), stdout and stderr.
-    Replies {"pid"} once the process runs, then {"exit_code"} (128+signal when killed) when
-    it ends."""
+    """Job "exec": args runtime_root, container_id, process (an OCI process object), stdin,
+    tty (bools); fds: the process's stdin if `stdin` (else it gets /dev/null), stdout and
+    stderr; none with `tty`, where the reply carries the pty master instead. Replies {"pid"}
+    once the process runs, then {"exit_code"} (128+signal when killed) when it ends."""
     from skiff.runtime.container import Runtime
 
     a = worker.args
     devnull = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    streams = worker.fds if a.get("stdin") else [devnull, *worker.fds]
-    for target, fd in enumerate(streams):
-        os.dup2(fd, target)
-    for fd in worker.fds:
-        os.close(fd)
+    if not a.get("tty"):
+        streams = worker.fds if a.get("stdin") else [devnull, *worker.fds]
+        for target, fd in enumerate(streams):
+            os.dup2(fd, target)
+        for fd in worker.fds:
+            os.close(fd)
     runtime = Runtime(a["runtime_root"], cgroup_parent=a.get("cgroup_parent"))
-    pid = runtime.exec(a["container_id"], parse_process(a["process"]), detach=True)
+    process = parse_process(a["process"])
+    if a.get("tty"):
+        pid, master = _exec_with_terminal(runtime, a["container_id"], process)
+    else:
+        pid, master = runtime.exec(a["container_id"], process, detach=True), None
     for target in (0, 1, 2):  # our copies must not keep the caller's pipes open
         os.dup2(devnull, target)
-    worker.reply({"pid": pid})
+    worker.reply({"pid": pid}, fds=[master] if master is not None else [])
+    if master is not None:
+        os.close(master)
     _, status = os.waitpid(pid, 0)
     code = os.waitstatus_to_exitcode(status)
     with contextlib.suppress(OSError):
         worker.reply({"exit_code": 128 - code if code < 0 else code})
+
+
+def _exec_with_terminal(runtime: Any, container_id: str, process: Any) -> tuple[int, int]:
+    """The process on a new pty; its master comes back through a console socket of this
+    worker's own (runc's protocol: runtime/console.py), for the caller to hold."""
+    directory = tempfile.mkdtemp(prefix="skiff-exec-")
+    path = os.path.join(directory, "console.sock")
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+            listener.bind(path)
+            listener.listen(1)
+            pid = runtime.exec(container_id, process, console_socket=path, detach=True)
+            connection, _ = listener.accept()
+            with connection:
+                return pid, console.receive_master(connection)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 JOBS = {"monitor": monitor.serve, "exec": exec_process, **pod_namespaces.JOBS}

@@ -2,7 +2,8 @@
 remotecommand WebSocket protocol as the documents describe it (channel byte first; v5's close
 message; the exit Status on the error channel; port-forward's channel pair per port, each
 opened by the port number): output and exit codes, stdin and its end, a port in the pod's
-network namespace, and the refusals (a token used twice, no protocol of ours, a TTY)."""
+network namespace, a terminal and its size, and the refusals (a token used twice, no protocol
+of ours, no stream asked for)."""
 
 from __future__ import annotations
 
@@ -132,8 +133,8 @@ def test_refusals(cri: Cri, container: str) -> None:
     foreign = Client(exec_url(cri, container, "true"), ["channel.k8s.io"])
     assert foreign.refused is not None and foreign.refused[0] == 400 and b"v5.channel.k8s.io" in foreign.refused[1]
     with pytest.raises(grpc.RpcError) as refused:
-        exec_url(cri, container, "sh", tty=True)
-    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "tty" in (refused.value.details() or "")
+        cri.runtime.Exec(pb.ExecRequest(container_id=container, cmd=["true"]))   # no stream at all
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_port_forward_reaches_a_port_in_the_pods_network(cri: Cri) -> None:
@@ -167,3 +168,15 @@ def test_port_forward_reaches_a_port_in_the_pods_network(cri: Cri) -> None:
         assert client.received(0).startswith(opened[0] + b"HTTP/1.") and b"forwarded" in client.received(0)
     finally:
         cri.remove_all()
+
+
+def test_a_terminal_with_resize_and_an_exit_code(cri: Cri, container: str) -> None:
+    client = Client(exec_url(cri, container, "sh", "-c", "read x; stty size; echo got $x; exit 7", stdin=True,
+                             tty=True), ["v5.channel.k8s.io"])
+    client.send(4, json.dumps({"Width": 100, "Height": 30}).encode())
+    client.send(0, b"hello\r")
+    out, status = client.finish()
+    assert set(out) == {1}                      # one stream: the terminal's
+    lines = out[1].decode().replace("\r\n", "\n").splitlines()
+    assert lines == ["hello", "30 100", "got hello"]   # what was typed echoes, as on a terminal
+    assert status["details"]["causes"] == [{"reason": "ExitCode", "message": "7"}]

@@ -36,22 +36,23 @@ def exec_process_json(ctx: ServiceContext, container_id: str, cmd: list[str]) ->
 
 def exec_streaming(ctx: ServiceContext, request: pb.ExecRequest) -> pb.ExecResponse:
     """Exec: the URL on the streaming server where the command runs once a client connects
-    (streaming/); no TTY yet."""
+    (streaming/), with a terminal if `tty`."""
     from skiff.cri.streaming.tokens import ExecRequest
 
     record = lookup(ctx, request.container_id)
     if not request.cmd:
         raise InvalidArgument("cmd: must not be empty")
-    if request.tty:
-        raise InvalidArgument("tty: a terminal for exec is not supported yet (stdin, stdout and stderr are)")
     if not (request.stdin or request.stdout or request.stderr):
         raise InvalidArgument("one of stdin, stdout or stderr must be true")
     if record.state is not ContainerState.RUNNING:
         raise FailedPrecondition(f"container {record.id} is {record.state.name.lower()}, not running")
+    process = exec_process_json(ctx, record.id, list(request.cmd))
+    process["terminal"] = request.tty
     job = {"runtime_root": ctx.runtime_root, "cgroup_parent": ctx.config.cgroup_parent,
-           "container_id": record.runtime_id, "process": exec_process_json(ctx, record.id, list(request.cmd))}
+           "container_id": record.runtime_id, "process": process, "tty": request.tty}
     return pb.ExecResponse(url=ctx.streaming.exec_url(ExecRequest(
-        container_id=record.id, job_args=job, stdin=request.stdin, stdout=request.stdout, stderr=request.stderr)))
+        container_id=record.id, job_args=job, stdin=request.stdin, stdout=request.stdout, stderr=request.stderr,
+        tty=request.tty)))
 
 
 def port_forward(ctx: ServiceContext, request: pb.PortForwardRequest) -> pb.PortForwardResponse:

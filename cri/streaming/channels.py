@@ -12,11 +12,26 @@ NonZeroExitCode and the code in details.causes, which kubectl turns into its own
 
 from __future__ import annotations
 
+import fcntl
 import json
+import struct
+import termios
 
 STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
 V5, V4 = "v5.channel.k8s.io", "v4.channel.k8s.io"
 PROTOCOLS = (V5, V4)   # the first the client offers that is here wins, in the client's order
+
+
+def resize(terminal: int, message: bytes) -> None:
+    """A resize message ({"Width": columns, "Height": rows}) applied to the pty; a malformed
+    one is ignored, as kubelet does."""
+    try:
+        size = json.loads(message)
+        columns, rows = int(size["Width"]), int(size["Height"])
+    except (ValueError, KeyError, TypeError):
+        return
+    if 0 < columns < 65536 and 0 < rows < 65536:
+        fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
 
 
 def status(exit_code: int) -> bytes:

@@ -40,7 +40,8 @@ class ExecSession:
         self.ws = ws
         self.v5 = v5
         self._send_lock = threading.Lock()
-        self._stdin: int | None = None          # our end of the process's stdin
+        self._stdin: int | None = None          # our end of the process's stdin (no TTY)
+        self._terminal: int | None = None       # the pty master (TTY)
         self._stdin_lock = threading.Lock()
         self._client_gone = threading.Event()
 
@@ -61,16 +62,19 @@ class ExecSession:
 
     def _run(self) -> None:
         r = self.request
-        stdin_r, self._stdin = os.pipe() if r.stdin else (None, None)
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        fds = ([stdin_r] if stdin_r is not None else []) + [out_w, err_w]
+        outputs: dict[int, int] = {}   # our read end -> its channel
+        fds: list[int] = []            # what the job gets: stdin (if asked), stdout, stderr
+        if not r.tty:
+            stdin_r, self._stdin = os.pipe() if r.stdin else (None, None)
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            outputs = {out_r: channels.STDOUT, err_r: channels.STDERR}
+            fds = ([stdin_r] if stdin_r is not None else []) + [out_w, err_w]
         try:
-            worker = self.forkserver.call("exec", {**r.job_args, "stdin": stdin_r is not None}, fds=fds)
+            worker = self.forkserver.call("exec", {**r.job_args, "stdin": r.stdin and not r.tty}, fds=fds)
         except SkiffError as e:
-            for fd in (out_r, err_r, self._stdin):
-                if fd is not None:
-                    os.close(fd)
+            for fd in [*outputs, *([self._stdin] if self._stdin is not None else [])]:
+                os.close(fd)
             self._out(channels.ERROR, channels.error(f"exec in container {r.container_id}: {e}"))
             return
         finally:
@@ -79,24 +83,31 @@ class ExecSession:
         reader = threading.Thread(target=self._read_client, name="skiff-exec-stdin", daemon=True)
         with worker:
             try:
-                pid = int(worker.receive(30.0)[0]["pid"])
+                reply, received = worker.receive(30.0)
+                pid = int(reply["pid"])
+                if r.tty:   # the pty master: the process's stdin, stdout and stderr all at once
+                    self._terminal = received[0]
+                    outputs = {self._terminal: channels.STDOUT}
                 reader.start()
-                if not self._pump(out_r, err_r, worker.sock, pid):
+                if not self._pump(outputs, worker.sock, pid):
                     return   # the client went: its command went too
                 exit_code = int(worker.receive(None)[0]["exit_code"])
             except SkiffError as e:
                 self._out(channels.ERROR, channels.error(f"exec in container {r.container_id}: {e}"))
                 return
             finally:
-                os.close(out_r)
-                os.close(err_r)
                 self._close_stdin()
+                with self._stdin_lock:
+                    for fd in outputs:
+                        os.close(fd)
+                    self._terminal = None
         self._out(channels.ERROR, channels.status(exit_code))
 
-    def _pump(self, out_r: int, err_r: int, exit_reply: socket.socket, pid: int) -> bool:
-        """stdout and stderr to the client until both end (a short grace once the process has
-        exited); False when the client went first (the process is killed then)."""
-        wanted = {out_r: (channels.STDOUT, self.request.stdout), err_r: (channels.STDERR, self.request.stderr)}
+    def _pump(self, outputs: dict[int, int], exit_reply: socket.socket, pid: int) -> bool:
+        """The output to the client until it ends (a short grace once the process has exited);
+        False when the client went first (the process is killed then)."""
+        asked = {channels.STDOUT: self.request.stdout, channels.STDERR: self.request.stderr}
+        wanted = {fd: (channel, asked[channel]) for fd, channel in outputs.items()}
         ended: float | None = None
         with selectors.DefaultSelector() as sel:
             for fd in wanted:
@@ -115,7 +126,10 @@ class ExecSession:
                         sel.unregister(key.fileobj)
                         ended = time.monotonic() + EXIT_GRACE
                         continue
-                    data = os.read(key.fd, 65536)
+                    try:
+                        data = os.read(key.fd, 65536)
+                    except OSError:   # a pty master reads EIO once no process holds the terminal
+                        data = b""
                     if not data:
                         sel.unregister(key.fd)
                         continue
@@ -156,13 +170,18 @@ class ExecSession:
         channel, data = message[0], message[1:]
         if channel == channels.STDIN:
             with self._stdin_lock:
-                if self._stdin is not None and data:
+                into = self._terminal if self._terminal is not None else self._stdin
+                if into is not None and data:
                     try:
-                        os.write(self._stdin, data)
-                    except BrokenPipeError:   # the command stopped reading
+                        os.write(into, data)
+                    except OSError:   # the command stopped reading, or its terminal is gone
                         pass
+        elif channel == channels.RESIZE:
+            with self._stdin_lock:
+                if self._terminal is not None:
+                    channels.resize(self._terminal, data)
         elif channel == channels.CLOSE and self.v5 and data[:1] == bytes([channels.STDIN]):
-            self._close_stdin()
+            self._close_stdin()   # a terminal stays: its end is the process's to make (^D)
 
     def _close_stdin(self) -> None:
         with self._stdin_lock:

@@ -25,6 +25,7 @@ class ExecRequest:
     stdin: bool
     stdout: bool
     stderr: bool
+    tty: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
