@@ -621,8 +621,8 @@ def _orchestrator_parsers(command: Callable[[str, str], argparse.ArgumentParser]
     c.add_argument("pod")
     c.add_argument("cmd", nargs="*", metavar="CMD", help="the command and its arguments, after --")
     c.add_argument("-c", "--container", help="which container (needed when the pod has several)")
-    c.add_argument("-i", "--stdin", action="store_true", help="refused: interactive exec is not supported yet")
-    c.add_argument("-t", "--tty", action="store_true", help="refused: interactive exec is not supported yet")
+    c.add_argument("-i", "--stdin", action="store_true", help="pass stdin to the command")
+    c.add_argument("-t", "--tty", action="store_true", help="a terminal for the command (with -i: this one, in raw mode)")
     c.add_argument("--timeout", type=int, default=0, metavar="S", help="stop it after S seconds (default: never)")
     c = client_flags(command("node-agent", "run the pods the cluster binds to this node, through its CRI service"))
     c.add_argument("--name", default=os.uname().nodename, help="the node's name (default: the host name)")
@@ -740,11 +740,14 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_exec(args: argparse.Namespace) -> int:
     """Exits with the command's code, as kubectl exec does; skiff's own failures exit 1."""
-    from skiff.orchestrator.cli import exec_in
+    from skiff.orchestrator.cli import exec_in, exec_url
 
     if args.stdin or args.tty:
-        raise InvalidArgument("exec -i/-t: interactive exec is not supported yet; without them the command runs "
-                              "with no input and its output is printed when it ends")
+        from skiff.cri.streaming.client import run_exec
+
+        url = exec_url(_api(args).client, args.pod, args.cmd, namespace=args.namespace, container=args.container,
+                       stdin=args.stdin, tty=args.tty)
+        return run_exec(url, stdin=sys.stdin.buffer if args.stdin else None, tty=args.tty)
     stdout, stderr, code = exec_in(_api(args).client, args.pod, args.cmd, namespace=args.namespace,
                                    container=args.container, timeout=args.timeout)
     for stream, data in ((sys.stdout, stdout), (sys.stderr, stderr)):

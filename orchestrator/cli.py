@@ -372,6 +372,20 @@ def exec_in(client: ApiClient, pod: str, command: list[str], *, namespace: str |
             str(reply.get("stderr", "")).encode(errors="surrogateescape"), int(reply.get("exitCode", 0)))
 
 
+def exec_url(client: ApiClient, pod: str, command: list[str], *, namespace: str | None, container: str | None,
+             stdin: bool, tty: bool) -> str:
+    """Where an interactive `command` in `pod` runs: the URL of its node's CRI streaming server,
+    which the client connects to itself (the API server does not carry the stream)."""
+    from skiff.orchestrator.client import path
+
+    if not command:
+        raise InvalidArgument("exec: name the command to run after --, e.g. skiff exec -it POD -- sh")
+    body: dict[str, Any] = {"command": command, "stream": True, "stdin": stdin, "tty": tty,
+                            **({"container": container} if container else {})}
+    reply = client.request("POST", f"{path(BY_KIND['Pod'], namespace or 'default', pod)}/exec", body)
+    return str(reply["url"])
+
+
 # -- the control plane -----------------------------------------------------------------------
 
 def control_plane(store_url: str, listen: str, *, tcp: tuple[str, int] | None = None,

@@ -305,6 +305,7 @@ def _cri_config(cluster: Cluster, node: Node) -> str:
         f'state_root = "{root / "cri"}"',
         f'log_root = "{cluster.data / node.name / "pods"}"',
         f'netns = "{node.netns_path}"',
+        f'stream_address = "{node.address}:0"',   # exec -it and port-forward reach it from the host
         "[network]",
         'mode = "bridge"',
         f'pod_cidr = "{node.pod_cidr}"',

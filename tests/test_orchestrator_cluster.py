@@ -279,3 +279,5 @@ spec:
     eventually(lambda: (c.pods("app=pulled") or [{}])[0].get("status", {}).get("phase") == "Running", timeout=60)
     assert c.pods("app=pulled")[0]["spec"]["nodeName"] == "node2"
     assert exec_in(c, c.pods("app=pulled")[0], "echo", "pulled").strip() == "pulled"
+    # interactive exec: the node's CRI streaming server listens on the node's address
+    assert c.skiff("exec", "-i", "pulled", "--", "cat", stdin="from the host\n") == "from the host\n"

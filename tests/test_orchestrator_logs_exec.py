@@ -150,8 +150,11 @@ def test_exec(cluster: Cluster) -> None:
     done = cluster.skiff("exec", "web", "--server", cluster.api_socket, "-c", "main", "--", "sh", "-c",
                          "echo $0 $1; exit 7", "a", "--b")
     assert (done.returncode, done.stdout) == (7, "a --b\n")
-    refused = cluster.skiff("exec", "-it", "web", "--server", cluster.api_socket, "--", "sh")
-    assert refused.returncode == 1 and "interactive exec is not supported yet" in refused.stderr
+    # -i: stdin through the node's CRI streaming server, the exit code back
+    piped = subprocess.run([SKIFF, "exec", "-i", "web", "--server", cluster.api_socket, "--", "sh", "-c",
+                            "tr a-z A-Z; exit 4"], input="through the stream\n", capture_output=True, text=True,
+                           timeout=60)
+    assert (piped.returncode, piped.stdout) == (4, "THROUGH THE STREAM\n"), piped.stderr
 
     cluster.run("done", "true", phase="Succeeded")
     with pytest.raises(InvalidArgument, match='container "main" in pod "done" is not running'):

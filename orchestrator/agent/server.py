@@ -4,6 +4,7 @@ here (orchestrator/subresources.py).
 
     GET  /containerLogs/{ns}/{pod}/{container}?follow=&tailLines=&previous=   the log's text, chunked
     POST /exec/{ns}/{pod}/{container}   {"command": [...], "timeout": S}  ->  {"stdout", "stderr", "exitCode"}
+                                        {"command", "stream": true, "stdin", "tty"}  ->  {"url"}
 
 kubelet's /exec upgrades the connection to a stream (SPDY or WebSocket); skiff's is CRI
 ExecSync's one request and one reply, so a command cannot be interactive. The output is text
@@ -195,6 +196,11 @@ class _Handler(JsonHandler):
         if found.state != pb.CONTAINER_RUNNING:
             state = pb.ContainerState.Name(found.state).removeprefix("CONTAINER_").lower()
             raise InvalidArgument(f'container "{container}" in pod "{pod}" is not running (it is {state})')
+        if body.get("stream"):   # interactive: the CRI streaming server's URL, for the client to connect to
+            stdin, tty = bool(body.get("stdin")), bool(body.get("tty"))
+            url = self.server.cri().runtime.Exec(pb.ExecRequest(
+                container_id=found.id, cmd=command, stdin=stdin, tty=tty, stdout=True, stderr=not tty)).url
+            return {"url": url}
         reply = self.server.cri().exec_sync(found.id, command, timeout)
         return {"stdout": reply.stdout.decode(errors="surrogateescape"),
                 "stderr": reply.stderr.decode(errors="surrogateescape"), "exitCode": reply.exit_code}

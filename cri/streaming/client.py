@@ -1,0 +1,146 @@
+"""The client side of an exec stream (`skiff exec -it`, `skiff cri exec -it`): this process's
+stdin to the command, its output to this process's stdout and stderr, the terminal's size
+(now and on each SIGWINCH) when there is a terminal, and the command's exit code at the end.
+On a terminal, the local one is put in raw mode meanwhile, so that keys (^C, ^D) reach the
+command rather than this process."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import sys
+import termios
+import threading
+import tty as ttymode
+import urllib.parse
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
+
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Message, RejectConnection, RejectData, Request
+
+from skiff.cri.streaming import channels
+from skiff.errors import FailedPrecondition, Unavailable
+
+
+def run_exec(url: str, *, stdin: BinaryIO | None, tty: bool) -> int:
+    """The command's exit code; skiff's own failure (no connection, a refusal) raises."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=30)
+    except OSError as e:
+        raise Unavailable(f"streaming server {parts.netloc}: {(e.strerror or str(e)).lower()}") from None
+    ws = WSConnection(ConnectionType.CLIENT)
+    send_lock = threading.Lock()
+
+    def send(channel: int, data: bytes) -> None:
+        with send_lock, contextlib.suppress(OSError):
+            sock.sendall(ws.send(Message(data=bytes([channel]) + data)))
+
+    with sock:
+        sock.sendall(ws.send(Request(host=parts.netloc, target=parts.path, subprotocols=list(channels.PROTOCOLS))))
+        frames = _Frames(sock, ws)
+        accepted = frames.accept()
+        sock.settimeout(None)
+        v5 = accepted == channels.V5
+        saved = termios.tcgetattr(0) if tty and stdin is not None and os.isatty(0) else None
+        if saved is not None:
+            ttymode.setraw(0)
+            _resize(send)
+            signal.signal(signal.SIGWINCH, lambda *_: _resize(send))
+        try:
+            if stdin is not None:
+                threading.Thread(target=_forward_stdin, args=(stdin, send, v5), daemon=True).start()
+            status: dict[str, Any] = {}
+            for channel, data in frames:
+                if channel in (channels.STDOUT, channels.STDERR):
+                    out = sys.stdout.buffer if channel == channels.STDOUT else sys.stderr.buffer
+                    out.write(data)
+                    out.flush()
+                elif channel == channels.ERROR:
+                    status = json.loads(data or b"{}")
+        finally:
+            if saved is not None:
+                termios.tcsetattr(0, termios.TCSADRAIN, saved)
+    return _exit_code(status)
+
+
+def _exit_code(status: dict[str, Any]) -> int:
+    if status.get("status") == "Success":
+        return 0
+    causes = (status.get("details") or {}).get("causes") or []
+    code = next((c.get("message") for c in causes if c.get("reason") == "ExitCode"), None)
+    if status.get("reason") == "NonZeroExitCode" and code is not None:
+        return int(code)
+    raise FailedPrecondition(f"exec: {status.get('message') or 'the stream ended without an exit status'}")
+
+
+Send = Callable[[int, bytes], None]
+
+
+def _forward_stdin(stdin: BinaryIO, send: Send, v5: bool) -> None:
+    """stdin to channel 0 until it ends; then v5's close of channel 0."""
+    fd = stdin.fileno()
+    while data := os.read(fd, 65536):
+        send(channels.STDIN, data)
+    if v5:
+        send(channels.CLOSE, bytes([channels.STDIN]))
+
+
+def _resize(send: Send) -> None:
+    with contextlib.suppress(OSError):
+        columns, rows = os.get_terminal_size(0)
+        send(channels.RESIZE, json.dumps({"Width": columns, "Height": rows}).encode())
+
+
+class _Frames:
+    """The server's messages as (channel, data), until it closes."""
+
+    def __init__(self, sock: socket.socket, ws: WSConnection) -> None:
+        self.sock = sock
+        self.ws = ws
+        self._events: list[object] = []
+
+    def _more(self) -> bool:
+        data = self.sock.recv(65536)
+        if not data:
+            return False
+        self.ws.receive_data(data)
+        self._events.extend(self.ws.events())
+        return True
+
+    def accept(self) -> str:
+        """The subprotocol the server chose; its refusal raises, with the reason it gave."""
+        refused: tuple[int, bytes] | None = None
+        while True:
+            while self._events:
+                event = self._events.pop(0)
+                if isinstance(event, AcceptConnection):
+                    return event.subprotocol or ""
+                if isinstance(event, RejectConnection):
+                    refused = (event.status_code, b"")
+                elif isinstance(event, RejectData) and refused is not None:
+                    refused = (refused[0], refused[1] + event.data)
+            if not self._more():
+                why = refused[1].decode(errors="replace") if refused else "the connection closed"
+                raise FailedPrecondition(f"exec: the streaming server refused ({refused[0] if refused else '-'}): {why}")
+
+    def __iter__(self) -> Iterator[tuple[int, bytes]]:
+        pending = b""
+        while True:
+            while self._events:
+                event = self._events.pop(0)
+                if isinstance(event, BytesMessage):
+                    pending += event.data
+                    if event.message_finished and pending:
+                        yield pending[0], pending[1:]
+                        pending = b""
+                elif isinstance(event, CloseConnection):
+                    return
+            with contextlib.suppress(OSError):
+                if self._more():
+                    continue
+            return
