@@ -624,6 +624,10 @@ def _orchestrator_parsers(command: Callable[[str, str], argparse.ArgumentParser]
     c.add_argument("-i", "--stdin", action="store_true", help="pass stdin to the command")
     c.add_argument("-t", "--tty", action="store_true", help="a terminal for the command (with -i: this one, in raw mode)")
     c.add_argument("--timeout", type=int, default=0, metavar="S", help="stop it after S seconds (default: never)")
+    c = client_flags(command("port-forward", "a local port carried to a port of a pod, as kubectl port-forward"))
+    c.add_argument("pod")
+    c.add_argument("ports", metavar="[LOCAL:]REMOTE", help="LOCAL 0: any free port")
+    c.add_argument("--address", default="127.0.0.1", help="where to listen (default %(default)s)")
     c = client_flags(command("node-agent", "run the pods the cluster binds to this node, through its CRI service"))
     c.add_argument("--name", default=os.uname().nodename, help="the node's name (default: the host name)")
     c.add_argument("--cri-socket", default="/run/skiff/skiff.sock", help="the CRI service (default %(default)s)")
@@ -755,6 +759,24 @@ def cmd_exec(args: argparse.Namespace) -> int:
         stream.buffer.write(data)
         stream.buffer.flush()
     return code
+
+
+def cmd_port_forward(args: argparse.Namespace) -> int:
+    """Until ^C, as kubectl port-forward."""
+    from skiff.cri.streaming.client import run_port_forward
+    from skiff.orchestrator.cli import port_forward_url
+
+    local, _, remote = args.ports.rpartition(":")
+    if not remote.isdigit() or (local and not local.isdigit()):
+        raise InvalidArgument(f"port-forward {args.ports!r}: want [LOCAL:]REMOTE, e.g. 8080:80")
+    client = _api(args).client
+    remote_port = int(remote)
+
+    def ready(port: int) -> None:
+        print(f"Forwarding from {args.address}:{port} -> {remote_port}", flush=True)
+    run_port_forward(lambda: port_forward_url(client, args.pod, remote_port, namespace=args.namespace),
+                     int(local or remote), remote_port, address=args.address, ready=ready)
+    return 0
 
 
 def cmd_node_agent(args: argparse.Namespace) -> int:

@@ -12,6 +12,7 @@ without a valid token gets 401 and nothing else.
     /apis/apps/v1/..., /apis/batch/v1/...                 the same for the grouped kinds
     GET    /api/v1/namespaces/{ns}/pods/{name}/log        a pod's log, from its node's agent
     POST   /api/v1/namespaces/{ns}/pods/{name}/exec       a command in it (subresources.py)
+    POST   /api/v1/namespaces/{ns}/pods/{name}/portforward  where its ports are reached
 
 Errors are Kubernetes Status objects with the HTTP code kubectl expects: 400 Invalid, 404
 NotFound, 409 AlreadyExists or Conflict, 410 Gone (a watch from a compacted revision), 401.
@@ -172,12 +173,17 @@ class _Handler(JsonHandler):
                               "and none for POST)")
 
     def _subresource(self, method: str, namespace: str, name: str, what: str, query: dict[str, str]) -> None:
-        """A pod's log or exec, answered by the agent of the pod's node; an error before the log's
-        first byte is a Status, after it the log just ends."""
-        if (method, what) not in (("GET", "log"), ("POST", "exec")):
-            raise InvalidArgument(f"{method} {self.path}: not supported (GET a pod's log, POST its exec)")
-        if what == "exec":
+        """A pod's log, exec or port-forward, answered by the agent of the pod's node; an error
+        before the log's first byte is a Status, after it the log just ends."""
+        if (method, what) not in (("GET", "log"), ("POST", "exec"), ("POST", "portforward")):
+            raise InvalidArgument(f"{method} {self.path}: not supported (GET a pod's log, POST its exec or "
+                                  "portforward)")
+        if what in ("exec", "portforward"):
             body = self.read_json()
+            if what == "portforward":
+                t = subresources.target(self.server.registry, namespace, name, None)
+                self.reply_json(HTTPStatus.OK, subresources.port_forward(t, body))
+                return
             t = subresources.target(self.server.registry, namespace, name, str(body.get("container") or ""))
             self.reply_json(HTTPStatus.OK, subresources.exec_in(t, body))
             return

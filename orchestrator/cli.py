@@ -386,6 +386,15 @@ def exec_url(client: ApiClient, pod: str, command: list[str], *, namespace: str 
     return str(reply["url"])
 
 
+def port_forward_url(client: ApiClient, pod: str, port: int, *, namespace: str | None) -> str:
+    """A new URL (each is good once) of the CRI streaming server of `pod`'s node for `port`."""
+    from skiff.orchestrator.client import path
+
+    reply = client.request("POST", f"{path(BY_KIND['Pod'], namespace or 'default', pod)}/portforward",
+                           {"ports": [port]})
+    return str(reply["url"])
+
+
 # -- the control plane -----------------------------------------------------------------------
 
 def control_plane(store_url: str, listen: str, *, tcp: tuple[str, int] | None = None,

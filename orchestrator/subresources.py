@@ -33,11 +33,12 @@ from skiff.orchestrator.client import ApiClient, Streamed
 PODS, NODES = BY_KIND["Pod"], BY_KIND["Node"]
 CALL = 30.0          # seconds for an agent's answer
 IDLE = 4 * 3600.0    # seconds a followed log or an exec may be quiet: kubelet's streamingConnectionIdleTimeout
-_PATH = re.compile(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)/(log|exec)/?")
+_PATH = re.compile(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)/(log|exec|portforward)/?")
 
 
 def match(path: str) -> tuple[str, str, str] | None:
-    """(namespace, pod, "log" or "exec") when `path` names one of the subresources."""
+    """(namespace, pod, "log", "exec" or "portforward") when `path` names one of the
+    subresources."""
     m = _PATH.fullmatch(path)
     if m is None:
         return None
@@ -57,10 +58,13 @@ class Target:
         return "/" + "/".join(urllib.parse.quote(p, safe="") for p in (what, self.namespace, self.pod, self.container))
 
 
-def target(api: Api, namespace: str, name: str, container: str) -> Target:
+def target(api: Api, namespace: str, name: str, container: str | None) -> Target:
+    """None for `container`: the pod's, not one of its containers' (port-forward)."""
     pod = api.get(PODS, namespace, name)  # NotFound: 404, as for the pod itself
     names = [c["name"] for c in pod["spec"].get("containers") or []]
-    if not container:
+    if container is None:
+        container = ""
+    elif not container:
         if len(names) != 1:  # kubectl's words
             raise InvalidArgument(f"a container name must be specified for pod {name}, choose one of: "
                                   f"[{' '.join(names)}]")
@@ -86,6 +90,12 @@ def logs(t: Target, query: dict[str, str]) -> Streamed:
     params: dict[str, str] = {k: query[k] for k in ("follow", "tailLines", "previous") if k in query}
     return t.agent.stream(t.path("containerLogs") + ("?" + urllib.parse.urlencode(params) if params else ""),
                           timeout=IDLE)
+
+
+def port_forward(t: Target, body: dict[str, Any]) -> dict[str, Any]:
+    """{"ports": [...]} -> {"url"} of the node's CRI streaming server."""
+    return t.agent.request("POST", "/" + "/".join(urllib.parse.quote(p, safe="") for p in
+                                                 ("portForward", t.namespace, t.pod)), body)
 
 
 def exec_in(t: Target, body: dict[str, Any]) -> dict[str, Any]:

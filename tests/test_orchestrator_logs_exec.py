@@ -9,6 +9,7 @@ import io
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -194,3 +195,29 @@ def test_errors(cluster: Cluster) -> None:
         "nodeName": "gone", "containers": [{"name": "main", "image": IMAGE}]}})
     with pytest.raises(Unavailable, match="the agent of node gone at .*agent.sock.gone: .*No such file"):
         cluster.logs("far")
+
+
+def test_port_forward(cluster: Cluster) -> None:
+    cluster.run("www", "sh", "-c", "mkdir -p /www && echo served > /www/index.html && exec httpd -f -p 8080 -h /www")
+    forward = subprocess.Popen([SKIFF, "port-forward", "www", "0:8080", "--server", cluster.api_socket],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert forward.stdout is not None
+        line = forward.stdout.readline()
+        assert line.startswith("Forwarding from 127.0.0.1:") and line.rstrip().endswith("-> 8080"), line
+        local = int(line.split(":")[1].split()[0])
+        answer = b""
+        for _ in range(50):   # httpd may not listen yet
+            with socket.create_connection(("127.0.0.1", local), timeout=10) as s:
+                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                answer = b"".join(iter(lambda: s.recv(4096), b""))
+            if b"served" in answer:
+                break
+            time.sleep(0.1)
+        assert answer.startswith(b"HTTP/1.") and b"served" in answer
+    finally:
+        forward.terminate()
+        forward.wait(10)
+        for stream in (forward.stdout, forward.stderr):
+            if stream is not None:
+                stream.close()

@@ -1,8 +1,12 @@
-"""The client side of an exec stream (`skiff exec -it`, `skiff cri exec -it`): this process's
-stdin to the command, its output to this process's stdout and stderr, the terminal's size
-(now and on each SIGWINCH) when there is a terminal, and the command's exit code at the end.
-On a terminal, the local one is put in raw mode meanwhile, so that keys (^C, ^D) reach the
-command rather than this process."""
+"""The client side of the streaming server's sessions.
+
+`run_exec` (`skiff exec -it`): this process's stdin to the command, its output to this
+process's stdout and stderr, the terminal's size (now and on each SIGWINCH) when there is a
+terminal, and the command's exit code at the end. On a terminal, the local one is put in raw
+mode meanwhile, so that keys (^C, ^D) reach the command rather than this process.
+
+`run_port_forward` (`skiff port-forward`): a local port, each of its connections carried to a
+port in the pod."""
 
 from __future__ import annotations
 
@@ -144,3 +148,66 @@ class _Frames:
                 if self._more():
                     continue
             return
+
+
+def run_port_forward(new_url: Callable[[], str], local: int, remote: int, *, address: str = "127.0.0.1",
+                     ready: Callable[[int], None] | None = None, stop: threading.Event | None = None) -> None:
+    """Connections to address:local, each carried to `remote` in the pod over a session of its
+    own (a URL is good once: `new_url` asks for one per connection), until `stop` is set or
+    this process is interrupted. `ready` is told the local port (0 asks the kernel for one)."""
+    with socket.create_server((address, local)) as listener:
+        listener.settimeout(0.5)
+        if ready is not None:
+            ready(listener.getsockname()[1])
+        while stop is None or not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            conn.settimeout(None)
+            threading.Thread(target=_forward_connection, args=(conn, new_url, remote), daemon=True).start()
+
+
+def _forward_connection(conn: socket.socket, new_url: Callable[[], str], remote: int) -> None:
+    """One local connection over one port-forward session: channel 0 its data, channel 1 the
+    errors, each first carrying the port (port-forward's opening, skipped here)."""
+    with conn:
+        try:
+            url = new_url()
+            parts = urllib.parse.urlsplit(url)
+            sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=30)
+        except Exception as e:   # this connection fails; the others go on
+            print(f"skiff port-forward: {e}", file=sys.stderr)
+            return
+        with sock:
+            ws = WSConnection(ConnectionType.CLIENT)
+            sock.sendall(ws.send(Request(host=parts.netloc, target=parts.path, subprotocols=[channels.V4])))
+            frames = _Frames(sock, ws)
+            try:
+                frames.accept()
+            except FailedPrecondition as e:
+                print(f"skiff port-forward: {e}", file=sys.stderr)
+                return
+            sock.settimeout(None)
+            lock = threading.Lock()
+
+            def upstream() -> None:
+                with contextlib.suppress(OSError):
+                    while data := conn.recv(65536):
+                        with lock:
+                            sock.sendall(ws.send(Message(data=bytes([0]) + data)))
+                with lock, contextlib.suppress(OSError):
+                    sock.sendall(ws.send(CloseConnection(code=1000)))
+            threading.Thread(target=upstream, daemon=True).start()
+            opened = {0: False, 1: False}
+            for channel, data in frames:
+                if channel in opened and not opened[channel]:
+                    opened[channel], data = True, data[2:]   # the port number opens each channel
+                if channel == 0 and data:
+                    with contextlib.suppress(OSError):
+                        conn.sendall(data)
+                elif channel == 1 and data:
+                    print(f"skiff port-forward: {data.decode(errors='replace')}", file=sys.stderr)
+                    break
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)

@@ -2,7 +2,9 @@
 websocket.go`): for the i-th port, channel 2i carries its data and 2i+1 its errors, and the
 server first sends the port number (2 bytes, little-endian) on both, which is how the client
 learns the pairing. Each port is one TCP connection to 127.0.0.1:port inside the pod's network
-namespace, made when the session starts; the session ends when the client closes it."""
+namespace, made when the session starts; the session ends when the client closes it, or when
+the pod has closed every one of them (a client opens a session per connection, as kubectl's
+WebSocket port-forward does)."""
 
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ class PortForwardSession:
         self.ws = ws
         self._send_lock = threading.Lock()
         self._pods: dict[int, socket.socket] = {}   # data channel -> the connection in the pod
+        self._ended = 0                             # of those, how many the pod has closed
 
     def _send(self, event: Event) -> None:
         with self._send_lock, contextlib.suppress(OSError, LocalProtocolError):
@@ -73,10 +76,18 @@ class PortForwardSession:
         return pod
 
     def _from_pod(self, channel: int) -> None:
+        """The pod's data to the client; when every connection in the pod has ended, so does
+        the session (the client's reading side sees it close)."""
         pod = self._pods[channel]
         with contextlib.suppress(OSError):
             while data := pod.recv(65536):
                 self._send(Message(data=bytes([channel]) + data))
+        with self._send_lock:
+            self._ended += 1
+            last = self._ended == len(self._pods)
+        if last:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_RD)   # ends _from_client's wait
 
     def _from_client(self) -> None:
         pending = bytearray()

@@ -5,6 +5,7 @@ here (orchestrator/subresources.py).
     GET  /containerLogs/{ns}/{pod}/{container}?follow=&tailLines=&previous=   the log's text, chunked
     POST /exec/{ns}/{pod}/{container}   {"command": [...], "timeout": S}  ->  {"stdout", "stderr", "exitCode"}
                                         {"command", "stream": true, "stdin", "tty"}  ->  {"url"}
+    POST /portForward/{ns}/{pod}        {"ports": [...]}  ->  {"url"}
 
 kubelet's /exec upgrades the connection to a stream (SPDY or WebSocket); skiff's is CRI
 ExecSync's one request and one reply, so a command cannot be interactive. The output is text
@@ -122,10 +123,13 @@ class _Handler(JsonHandler):
                 if method == "POST" and len(parts) == 4 and parts[0] == "exec":
                     self.reply_json(HTTPStatus.OK, self._exec(parts[1], parts[2], parts[3]))
                     return
+                if method == "POST" and len(parts) == 3 and parts[0] == "portForward":
+                    self.reply_json(HTTPStatus.OK, self._port_forward(parts[1], parts[2]))
+                    return
             except grpc.RpcError as e:
                 raise _ERRORS.get(e.code(), Unavailable)(f"CRI: {e.details()}") from None
             raise NotFound(f"{method} {url.path}: not served here (GET /containerLogs/NS/POD/CONTAINER, "
-                           "POST /exec/NS/POD/CONTAINER)")
+                           "POST /exec/NS/POD/CONTAINER, POST /portForward/NS/POD)")
         except SkiffError as e:
             self.reply_json(*status_for(e))
 
@@ -184,6 +188,17 @@ class _Handler(JsonHandler):
                 body.close()
             except OSError:
                 pass  # the connection is gone: what was buffered has nowhere to go
+
+    def _port_forward(self, namespace: str, pod: str) -> dict[str, Any]:
+        """{"ports": [...]} -> {"url"}: the CRI streaming server's, for the pod's ready sandbox."""
+        ports = self.read_json().get("ports")
+        if not isinstance(ports, list) or not ports or not all(isinstance(p, int) and 0 < p < 65536 for p in ports):
+            raise InvalidArgument(f"ports: {ports!r}: want a non-empty list of ports (1-65535)")
+        ready = self.server.cri().pods(state="ready", labels={POD_NAMESPACE: namespace, POD_NAME: pod})
+        if not ready:
+            raise InvalidArgument(f'pod "{pod}" has no running sandbox on this node')
+        return {"url": self.server.cri().runtime.PortForward(pb.PortForwardRequest(
+            pod_sandbox_id=ready[0].id, port=ports)).url}
 
     def _exec(self, namespace: str, pod: str, container: str) -> dict[str, Any]:
         body = self.read_json()
