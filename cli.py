@@ -321,6 +321,15 @@ def _cri_logs(cri: Cri, args: argparse.Namespace) -> int:
 def _cri_exec(cri: Cri, args: argparse.Namespace) -> int:
     if not args.command:
         raise InvalidArgument("exec: name the command to run after the container id")
+    if args.interactive or args.tty:   # crictl's way: Exec's URL, then the stream
+        from cri_api.v1 import api_pb2 as pb
+
+        from skiff.cri.streaming.client import run_exec
+
+        url = cri.runtime.Exec(pb.ExecRequest(container_id=cri.container_id(args.id), cmd=args.command,
+                                              stdin=args.interactive, tty=args.tty, stdout=True,
+                                              stderr=not args.tty)).url
+        return run_exec(url, stdin=sys.stdin.buffer if args.interactive else None, tty=args.tty)
     response = cri.exec_sync(cri.container_id(args.id), args.command, args.timeout)
     for stream, data in ((sys.stdout, response.stdout), (sys.stderr, response.stderr)):
         stream.flush()
@@ -535,8 +544,10 @@ def _cri_parser(cri: argparse.ArgumentParser) -> None:
     c.add_argument("--tail", type=int, metavar="N", help="start with the last N lines")
     c.add_argument("--timestamps", "-t", action="store_true", help="begin each line with its time")
     c.add_argument("id")
-    c = command("exec", "run a command in a running container (ExecSync), exit with its code")
+    c = command("exec", "run a command in a running container (ExecSync; Exec with -i or -t), exit with its code")
     c.add_argument("--timeout", type=int, default=0, metavar="S", help="stop it after S seconds (default: never)")
+    c.add_argument("-i", "--interactive", action="store_true", help="pass stdin to the command (streaming)")
+    c.add_argument("-t", "--tty", action="store_true", help="a terminal for the command (streaming)")
     c.add_argument("id")
     c.add_argument("command", nargs=argparse.REMAINDER)
     command("runp", "run a pod sandbox from a JSON PodSandboxConfig; print its id").add_argument("pod_config")

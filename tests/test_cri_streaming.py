@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 import time
 import urllib.parse
 from typing import Any
@@ -180,3 +182,11 @@ def test_a_terminal_with_resize_and_an_exit_code(cri: Cri, container: str) -> No
     lines = out[1].decode().replace("\r\n", "\n").splitlines()
     assert lines == ["hello", "30 100", "got hello"]   # what was typed echoes, as on a terminal
     assert status["details"]["causes"] == [{"reason": "ExitCode", "message": "7"}]
+
+
+def test_skiff_cri_exec_interactive(cri: Cri, container: str) -> None:
+    """crictl's `exec -i`: Exec's URL, then the stream, from the command line."""
+    done = subprocess.run([sys.executable, "-m", "skiff.cli", "cri", "exec", "-i", "--socket", cri.config.socket,
+                           container, "sh", "-c", "tr a-z A-Z; exit 5"], input=b"loud\n", capture_output=True,
+                          timeout=60)
+    assert (done.returncode, done.stdout) == (5, b"LOUD\n"), done.stderr
