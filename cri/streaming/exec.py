@@ -10,7 +10,6 @@ goes also gets its command killed, as kubelet does, rather than left running uns
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import selectors
 import signal
@@ -18,47 +17,31 @@ import socket
 import threading
 import time
 
-from wsproto import WSConnection
-from wsproto.events import BytesMessage, CloseConnection, Event, Message, Ping
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
-
 from skiff.cri.streaming import channels
 from skiff.cri.streaming.tokens import ExecRequest
+from skiff.cri.streaming.websocket import Peer
 from skiff.errors import SkiffError
 from skiff.runtime.forkserver import ForkServer
 
-log = logging.getLogger("skiff.cri")
 EXIT_GRACE = 1.0   # seconds for the pipes' EOF after the process ended (a background child may hold them)
 
 
 class ExecSession:
-    def __init__(self, forkserver: ForkServer, request: ExecRequest, sock: socket.socket, ws: WSConnection,
-                 *, v5: bool) -> None:
+    def __init__(self, forkserver: ForkServer, request: ExecRequest, peer: Peer, *, v5: bool) -> None:
         self.forkserver = forkserver
         self.request = request
-        self.sock = sock
-        self.ws = ws
+        self.peer = peer
         self.v5 = v5
-        self._send_lock = threading.Lock()
         self._stdin: int | None = None          # our end of the process's stdin (no TTY)
         self._terminal: int | None = None       # the pty master (TTY)
         self._stdin_lock = threading.Lock()
         self._client_gone = threading.Event()
 
-    def _send(self, event: Event) -> None:
-        with self._send_lock, contextlib.suppress(OSError, LocalProtocolError):
-            self.sock.sendall(self.ws.send(event))
-
-    def _out(self, channel: int, data: bytes) -> None:
-        self._send(Message(data=bytes([channel]) + data))   # binary: the channel protocol's frames
-
     def run(self) -> None:
         try:
             self._run()
         finally:
-            self._send(CloseConnection(code=1000))
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_RDWR)
+            self.peer.close()
 
     def _run(self) -> None:
         r = self.request
@@ -75,7 +58,7 @@ class ExecSession:
         except SkiffError as e:
             for fd in [*outputs, *([self._stdin] if self._stdin is not None else [])]:
                 os.close(fd)
-            self._out(channels.ERROR, channels.error(f"exec in container {r.container_id}: {e}"))
+            self.peer.frame(channels.ERROR, channels.error(f"exec in container {r.container_id}: {e}"))
             return
         finally:
             for fd in fds:
@@ -93,7 +76,7 @@ class ExecSession:
                     return   # the client went: its command went too
                 exit_code = int(worker.receive(None)[0]["exit_code"])
             except SkiffError as e:
-                self._out(channels.ERROR, channels.error(f"exec in container {r.container_id}: {e}"))
+                self.peer.frame(channels.ERROR, channels.error(f"exec in container {r.container_id}: {e}"))
                 return
             finally:
                 self._close_stdin()
@@ -101,7 +84,7 @@ class ExecSession:
                     for fd in outputs:
                         os.close(fd)
                     self._terminal = None
-        self._out(channels.ERROR, channels.status(exit_code))
+        self.peer.frame(channels.ERROR, channels.status(exit_code))
 
     def _pump(self, outputs: dict[int, int], exit_reply: socket.socket, pid: int) -> bool:
         """The output to the client until it ends (a short grace once the process has exited);
@@ -135,33 +118,16 @@ class ExecSession:
                         continue
                     channel, sent = wanted[key.fd]
                     if sent:
-                        self._out(channel, data)
+                        self.peer.frame(channel, data)
         return True
 
     def _read_client(self) -> None:
-        """What the client sends: stdin's data and end, pings, the close."""
-        pending = bytearray()
+        """What the client sends: stdin's data and end, resizes; its going ends the session."""
         try:
-            while True:
-                data = self.sock.recv(65536)
-                self.ws.receive_data(data or None)
-                for event in self.ws.events():
-                    if isinstance(event, BytesMessage):
-                        pending += event.data
-                        if event.message_finished:
-                            self._message(bytes(pending))
-                            pending.clear()
-                    elif isinstance(event, Ping):
-                        self._send(event.response())
-                    elif isinstance(event, CloseConnection):
-                        self._client_gone.set()
-                        return
-                if not data:
-                    self._client_gone.set()
-                    return
-        except (OSError, RemoteProtocolError):
-            self._client_gone.set()
+            for message in self.peer.messages():
+                self._message(message)
         finally:
+            self._client_gone.set()
             self._close_stdin()
 
     def _message(self, message: bytes) -> None:

@@ -13,30 +13,21 @@ import socket
 import threading
 from functools import partial
 
-from wsproto import WSConnection
-from wsproto.events import BytesMessage, CloseConnection, Event, Message, Ping
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
-
 from skiff.cri.streaming.tokens import PortForwardRequest
+from skiff.cri.streaming.websocket import Peer
 from skiff.runtime import netns
 
 CONNECT_TIMEOUT = 5.0
 
 
 class PortForwardSession:
-    def __init__(self, request: PortForwardRequest, ports: tuple[int, ...], sock: socket.socket,
-                 ws: WSConnection) -> None:
+    def __init__(self, request: PortForwardRequest, ports: tuple[int, ...], peer: Peer) -> None:
         self.request = request
         self.ports = ports
-        self.sock = sock
-        self.ws = ws
-        self._send_lock = threading.Lock()
+        self.peer = peer
+        self._lock = threading.Lock()
         self._pods: dict[int, socket.socket] = {}   # data channel -> the connection in the pod
         self._ended = 0                             # of those, how many the pod has closed
-
-    def _send(self, event: Event) -> None:
-        with self._send_lock, contextlib.suppress(OSError, LocalProtocolError):
-            self.sock.sendall(self.ws.send(event))
 
     def run(self) -> None:
         readers = []
@@ -44,19 +35,20 @@ class PortForwardSession:
             for i, port in enumerate(self.ports):
                 data, errors = 2 * i, 2 * i + 1
                 for channel in (data, errors):
-                    self._send(Message(data=bytes([channel]) + port.to_bytes(2, "little")))
+                    self.peer.frame(channel, port.to_bytes(2, "little"))
                 try:
                     self._pods[data] = self._connect(port)
                 except OSError as e:
-                    self._send(Message(data=bytes([errors]) + (
+                    self.peer.frame(errors, (
                         f"an error occurred forwarding {port} -> {port}: dial tcp 127.0.0.1:{port} in pod "
-                        f"{self.request.sandbox_id}: {(e.strerror or str(e)).lower()}").encode()))
+                        f"{self.request.sandbox_id}: {(e.strerror or str(e)).lower()}").encode())
                     continue
                 reader = threading.Thread(target=self._from_pod, args=(data,), name=f"skiff-forward-{port}",
                                           daemon=True)
                 reader.start()
                 readers.append(reader)
-            self._from_client()
+            for message in self.peer.messages():
+                self._to_pod(message)
         finally:
             for pod in self._pods.values():
                 with contextlib.suppress(OSError):
@@ -65,9 +57,7 @@ class PortForwardSession:
                 reader.join()
             for pod in self._pods.values():
                 pod.close()
-            self._send(CloseConnection(code=1000))
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_RDWR)
+            self.peer.close()
 
     def _connect(self, port: int) -> socket.socket:
         dial = partial(socket.create_connection, ("127.0.0.1", port), CONNECT_TIMEOUT)
@@ -81,29 +71,13 @@ class PortForwardSession:
         pod = self._pods[channel]
         with contextlib.suppress(OSError):
             while data := pod.recv(65536):
-                self._send(Message(data=bytes([channel]) + data))
-        with self._send_lock:
+                self.peer.frame(channel, data)
+        with self._lock:
             self._ended += 1
             last = self._ended == len(self._pods)
         if last:
             with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_RD)   # ends _from_client's wait
-
-    def _from_client(self) -> None:
-        pending = bytearray()
-        with contextlib.suppress(OSError, RemoteProtocolError):
-            while data := self.sock.recv(65536):
-                self.ws.receive_data(data)
-                for event in self.ws.events():
-                    if isinstance(event, BytesMessage):
-                        pending += event.data
-                        if event.message_finished:
-                            self._to_pod(bytes(pending))
-                            pending.clear()
-                    elif isinstance(event, Ping):
-                        self._send(event.response())
-                    elif isinstance(event, CloseConnection):
-                        return
+                self.peer.sock.shutdown(socket.SHUT_RD)   # ends the wait for the client's messages
 
     def _to_pod(self, message: bytes) -> None:
         if len(message) < 2 or message[0] not in self._pods:

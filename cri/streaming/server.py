@@ -23,6 +23,7 @@ from skiff.cri.streaming import channels
 from skiff.cri.streaming.exec import ExecSession
 from skiff.cri.streaming.portforward import PortForwardSession
 from skiff.cri.streaming.tokens import ExecRequest, PortForwardRequest, Tokens
+from skiff.cri.streaming.websocket import Peer
 from skiff.errors import SkiffError
 from skiff.runtime.forkserver import ForkServer
 
@@ -106,11 +107,12 @@ class _Handler(socketserver.BaseRequestHandler):
             return
         sock.sendall(ws.send(AcceptConnection(subprotocol=chosen)))
         sock.settimeout(None)
+        peer = Peer(sock, ws)
         if isinstance(session, PortForwardRequest):
             # the ports the client asks for (kubectl's ?port=), else those of the call
-            PortForwardSession(session, ports or session.ports, sock, ws).run()
+            PortForwardSession(session, ports or session.ports, peer).run()
         else:
-            ExecSession(self.server.owner.forkserver, session, sock, ws, v5=chosen == channels.V5).run()
+            ExecSession(self.server.owner.forkserver, session, peer, v5=chosen == channels.V5).run()
 
 
 class _Refusal(Exception):

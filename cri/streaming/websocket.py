@@ -1,0 +1,51 @@
+"""One accepted WebSocket, as the sessions use it: channel frames out (from any thread, one
+at a time), the client's complete binary messages in (pings answered on the way), and the
+close."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+from collections.abc import Iterator
+
+from wsproto import WSConnection
+from wsproto.events import BytesMessage, CloseConnection, Event, Message, Ping
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+
+
+class Peer:
+    def __init__(self, sock: socket.socket, ws: WSConnection) -> None:
+        self.sock = sock
+        self.ws = ws
+        self._lock = threading.Lock()
+
+    def send(self, event: Event) -> None:
+        """A client that is gone gets nothing; the session notices it on its reading side."""
+        with self._lock, contextlib.suppress(OSError, LocalProtocolError):
+            self.sock.sendall(self.ws.send(event))
+
+    def frame(self, channel: int, data: bytes) -> None:
+        self.send(Message(data=bytes([channel]) + data))   # binary: the channel protocol's frames
+
+    def messages(self) -> Iterator[bytes]:
+        """The client's binary messages, until it closes the connection or goes."""
+        pending = bytearray()
+        with contextlib.suppress(OSError, RemoteProtocolError):
+            while data := self.sock.recv(65536):
+                self.ws.receive_data(data)
+                for event in self.ws.events():
+                    if isinstance(event, BytesMessage):
+                        pending += event.data
+                        if event.message_finished:
+                            yield bytes(pending)
+                            pending.clear()
+                    elif isinstance(event, Ping):
+                        self.send(event.response())
+                    elif isinstance(event, CloseConnection):
+                        return
+
+    def close(self) -> None:
+        self.send(CloseConnection(code=1000))
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
