@@ -190,3 +190,54 @@ def test_skiff_cri_exec_interactive(cri: Cri, container: str) -> None:
                            container, "sh", "-c", "tr a-z A-Z; exit 5"], input=b"loud\n", capture_output=True,
                           timeout=60)
     assert (done.returncode, done.stdout) == (5, b"LOUD\n"), done.stderr
+
+
+def test_exec_over_spdy(cri: Cri, container: str) -> None:
+    """kubectl's and crictl's older transport: an HTTP upgrade to SPDY/3.1, then a SPDY stream
+    per standard stream, named by its streamtype header; stdin ends with its stream's FIN."""
+    from skiff.cri.streaming import spdy
+
+    url = urllib.parse.urlparse(exec_url(cri, container, "sh", "-c", "cat; echo err >&2; exit 2", stdin=True))
+    assert url.hostname is not None and url.port is not None
+    with socket.create_connection((url.hostname, url.port), timeout=20) as sock:
+        sock.sendall(f"POST {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+                     "X-Stream-Protocol-Version: v4.channel.k8s.io\r\nX-Stream-Protocol-Version: channel.k8s.io\r\n"
+                     "Content-Length: 0\r\n\r\n".encode())
+        received = b""
+        while b"\r\n\r\n" not in received:
+            received += sock.recv(65536)
+        head, _, rest = received.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101") and b"x-stream-protocol-version: v4.channel.k8s.io" in head.lower()
+        pending = bytearray(rest)
+
+        def read(n: int) -> bytes:
+            while len(pending) < n:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                pending.extend(data)
+            out = bytes(pending[:n])
+            del pending[:n]
+            return out
+        conn = spdy.Connection(read, sock.sendall)
+        streams = {"error": 1, "stdin": 3, "stdout": 5, "stderr": 7}
+        for kind, stream in streams.items():
+            conn.syn_stream(stream, {"streamtype": kind})
+        conn.data(streams["stdin"], b"spdy\n", fin=True)
+        replied: set[int] = set()
+        out: dict[int, bytes] = {}
+        while True:
+            try:
+                frame = conn.read()
+            except EOFError:
+                break
+            if frame.kind == spdy.SYN_REPLY:
+                replied.add(frame.stream_id)
+            elif frame.kind == 0:
+                out[frame.stream_id] = out.get(frame.stream_id, b"") + frame.data
+            elif frame.kind == spdy.GOAWAY:
+                break
+    assert replied == set(streams.values())
+    assert out.get(5) == b"spdy\n" and out.get(7) == b"err\n"
+    status = json.loads(out[1])
+    assert status["reason"] == "NonZeroExitCode" and status["details"]["causes"][0]["message"] == "2"

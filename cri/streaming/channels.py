@@ -16,10 +16,21 @@ import fcntl
 import json
 import struct
 import termios
+from collections.abc import Iterator
+from typing import Protocol
 
 STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
 V5, V4 = "v5.channel.k8s.io", "v4.channel.k8s.io"
 PROTOCOLS = (V5, V4)   # the first the client offers that is here wins, in the client's order
+
+
+class Peer(Protocol):
+    """A session's connection, as channels: a WebSocket's (websocket.py) or SPDY streams
+    (spdy_peer.py)."""
+
+    def frame(self, channel: int, data: bytes) -> None: ...
+    def messages(self) -> Iterator[bytes]: ...
+    def close(self) -> None: ...
 
 
 def resize(terminal: int, message: bytes) -> None:

@@ -19,7 +19,6 @@ import time
 
 from skiff.cri.streaming import channels
 from skiff.cri.streaming.tokens import ExecRequest
-from skiff.cri.streaming.websocket import Peer
 from skiff.errors import SkiffError
 from skiff.runtime.forkserver import ForkServer
 
@@ -27,11 +26,13 @@ EXIT_GRACE = 1.0   # seconds for the pipes' EOF after the process ended (a backg
 
 
 class ExecSession:
-    def __init__(self, forkserver: ForkServer, request: ExecRequest, peer: Peer, *, v5: bool) -> None:
+    def __init__(self, forkserver: ForkServer, request: ExecRequest, peer: channels.Peer, *,
+                 stdin_closes: bool) -> None:
+        """`stdin_closes`: the client can end stdin and go on (WebSocket v5, SPDY)."""
         self.forkserver = forkserver
         self.request = request
         self.peer = peer
-        self.v5 = v5
+        self.stdin_closes = stdin_closes
         self._stdin: int | None = None          # our end of the process's stdin (no TTY)
         self._terminal: int | None = None       # the pty master (TTY)
         self._stdin_lock = threading.Lock()
@@ -146,7 +147,7 @@ class ExecSession:
             with self._stdin_lock:
                 if self._terminal is not None:
                     channels.resize(self._terminal, data)
-        elif channel == channels.CLOSE and self.v5 and data[:1] == bytes([channels.STDIN]):
+        elif channel == channels.CLOSE and self.stdin_closes and data[:1] == bytes([channels.STDIN]):
             self._close_stdin()   # a terminal stays: its end is the process's to make (^D)
 
     def _close_stdin(self) -> None:

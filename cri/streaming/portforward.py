@@ -14,14 +14,14 @@ import threading
 from functools import partial
 
 from skiff.cri.streaming.tokens import PortForwardRequest
-from skiff.cri.streaming.websocket import Peer
+from skiff.cri.streaming.websocket import WebSocketPeer
 from skiff.runtime import netns
 
 CONNECT_TIMEOUT = 5.0
 
 
 class PortForwardSession:
-    def __init__(self, request: PortForwardRequest, ports: tuple[int, ...], peer: Peer) -> None:
+    def __init__(self, request: PortForwardRequest, ports: tuple[int, ...], peer: WebSocketPeer) -> None:
         self.request = request
         self.ports = ports
         self.peer = peer

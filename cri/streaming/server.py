@@ -15,6 +15,7 @@ import threading
 import urllib.parse
 from typing import Any
 
+import h11
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
@@ -23,12 +24,15 @@ from skiff.cri.streaming import channels
 from skiff.cri.streaming.exec import ExecSession
 from skiff.cri.streaming.portforward import PortForwardSession
 from skiff.cri.streaming.tokens import ExecRequest, PortForwardRequest, Tokens
-from skiff.cri.streaming.websocket import Peer
+from skiff.cri.streaming import spdy
+from skiff.cri.streaming.spdy_peer import SpdyPeer
+from skiff.cri.streaming.websocket import WebSocketPeer
 from skiff.errors import SkiffError
 from skiff.runtime.forkserver import ForkServer
 
 log = logging.getLogger("skiff.cri")
 HANDSHAKE_TIMEOUT = 10.0
+MAX_HEAD = 64 * 1024
 
 
 class StreamServer:
@@ -70,10 +74,18 @@ class _Handler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         sock = self.request
-        ws = WSConnection(ConnectionType.SERVER)
         sock.settimeout(HANDSHAKE_TIMEOUT)
         try:
-            request = _read_request(sock, ws)
+            head = _read_head(sock)
+        except OSError as e:
+            log.debug("streaming: a connection that sent no request: %s", e)
+            return
+        if head is not None and _upgrade(head) == b"spdy/3.1":
+            self._spdy(sock, head)
+            return
+        ws = WSConnection(ConnectionType.SERVER)
+        try:
+            request = _read_request(sock, ws, head or b"")
         except RemoteProtocolError as e:   # HTTP, but no WebSocket upgrade: 400 and why
             with contextlib.suppress(OSError, LocalProtocolError):
                 sock.sendall(ws.send(e.event_hint or RejectConnection(status_code=400)))
@@ -107,12 +119,62 @@ class _Handler(socketserver.BaseRequestHandler):
             return
         sock.sendall(ws.send(AcceptConnection(subprotocol=chosen)))
         sock.settimeout(None)
-        peer = Peer(sock, ws)
+        peer = WebSocketPeer(sock, ws)
         if isinstance(session, PortForwardRequest):
             # the ports the client asks for (kubectl's ?port=), else those of the call
             PortForwardSession(session, ports or session.ports, peer).run()
         else:
-            ExecSession(self.server.owner.forkserver, session, peer, v5=chosen == channels.V5).run()
+            ExecSession(self.server.owner.forkserver, session, peer, stdin_closes=chosen == channels.V5).run()
+
+    def _spdy(self, sock: socket.socket, head: bytes) -> None:
+        """An exec over SPDY/3.1: the upgrade answered by h11, then the streams (spdy_peer.py)."""
+        http = h11.Connection(h11.SERVER)
+        http.receive_data(head)
+        request = http.next_event()
+        assert isinstance(request, h11.Request)
+        url = urllib.parse.urlsplit(request.target.decode(errors="replace"))
+        kind, _, token = url.path.lstrip("/").partition("/")
+        offered = [v.strip() for name, value in request.headers if name == b"x-stream-protocol-version"
+                   for v in value.decode(errors="replace").split(",")]
+        try:
+            if kind != "exec":
+                raise _Refusal(404, f"{url.path}: not served over SPDY here (exec only; port-forward over WebSocket)")
+            if channels.V4 not in offered:
+                raise _Refusal(400, f"X-Stream-Protocol-Version {offered}: want {channels.V4}")
+            session = self.server.owner.tokens.take(token)
+            if not isinstance(session, ExecRequest):
+                raise _Refusal(404, f"{url.path}: the token is not for exec")
+        except (_Refusal, SkiffError) as e:
+            body = str(e).encode()
+            with contextlib.suppress(OSError, h11.LocalProtocolError):
+                sock.sendall(http.send(h11.Response(status_code=e.code if isinstance(e, _Refusal) else 404, headers=[
+                    (b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())])))
+                sock.sendall(http.send(h11.Data(data=body)) + http.send(h11.EndOfMessage()))
+            return
+        sock.sendall(http.send(h11.InformationalResponse(status_code=101, headers=[
+            (b"connection", b"Upgrade"), (b"upgrade", b"SPDY/3.1"),
+            (b"x-stream-protocol-version", channels.V4.encode())])))
+        pending = bytearray(http.trailing_data[0])
+
+        def read(n: int) -> bytes:
+            while len(pending) < n:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                pending.extend(data)
+            out = bytes(pending[:n])
+            del pending[:n]
+            return out
+        wanted = {channels.ERROR} | {c for c, asked in ((channels.STDIN, session.stdin),
+                                                         (channels.STDOUT, session.stdout),
+                                                         (channels.STDERR, session.stderr and not session.tty),
+                                                         (channels.RESIZE, session.tty)) if asked}
+        try:
+            peer = SpdyPeer(sock, spdy.Connection(read, sock.sendall), wanted)
+        except (OSError, EOFError, spdy.ProtocolError) as e:
+            log.debug("streaming: a SPDY session that did not open its streams: %s", e)
+            return
+        ExecSession(self.server.owner.forkserver, session, peer, stdin_closes=True).run()
 
 
 class _Refusal(Exception):
@@ -121,13 +183,39 @@ class _Refusal(Exception):
         self.code = code
 
 
-def _read_request(sock: socket.socket, ws: WSConnection) -> Any:
-    """The WebSocket upgrade request, or None if the client went before sending one."""
-    while True:
+def _read_head(sock: socket.socket) -> bytes | None:
+    """The HTTP request's head (and whatever came after it in the same reads); None if the
+    client went first."""
+    head = b""
+    while b"\r\n\r\n" not in head:
         data = sock.recv(65536)
+        if not data:
+            return None
+        head += data
+        if len(head) > MAX_HEAD:
+            raise OSError(f"a request head of more than {MAX_HEAD} bytes")
+    return head
+
+
+def _upgrade(head: bytes) -> bytes:
+    """The Upgrade header's value, lowercased (b"" when none)."""
+    for line in head.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"upgrade":
+            return value.strip().lower()
+    return b""
+
+
+def _read_request(sock: socket.socket, ws: WSConnection, head: bytes) -> Any:
+    """The WebSocket upgrade request, or None if the client went before sending one."""
+    data = head
+    while True:
+        if not data:
+            data = sock.recv(65536)
         ws.receive_data(data or None)
         for event in ws.events():
             if isinstance(event, Request):
                 return event
         if not data:
             return None
+        data = b""

@@ -14,7 +14,7 @@ from wsproto.events import BytesMessage, CloseConnection, Event, Message, Ping
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 
-class Peer:
+class WebSocketPeer:
     def __init__(self, sock: socket.socket, ws: WSConnection) -> None:
         self.sock = sock
         self.ws = ws
