@@ -192,52 +192,96 @@ def test_skiff_cri_exec_interactive(cri: Cri, container: str) -> None:
     assert (done.returncode, done.stdout) == (5, b"LOUD\n"), done.stderr
 
 
+def spdy_upgrade(sock: socket.socket, url: urllib.parse.ParseResult, *protocols: str) -> Any:
+    """The HTTP upgrade to SPDY/3.1 as kubectl sends it; the SPDY connection on the socket."""
+    from skiff.cri.streaming import spdy
+
+    offered = "".join(f"X-Stream-Protocol-Version: {p}\r\n" for p in protocols)
+    sock.sendall(f"POST {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+                 f"{offered}Content-Length: 0\r\n\r\n".encode())
+    received = b""
+    while b"\r\n\r\n" not in received:
+        received += sock.recv(65536)
+    head, _, rest = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101") and f"x-stream-protocol-version: {protocols[0]}".encode() in head.lower()
+    pending = bytearray(rest)
+
+    def read(n: int) -> bytes:
+        while len(pending) < n:
+            data = sock.recv(65536)
+            if not data:
+                break
+            pending.extend(data)
+        out = bytes(pending[:n])
+        del pending[:n]
+        return out
+    return spdy.Connection(read, sock.sendall)
+
+
+def spdy_frames(conn: Any, until_fin: int | None = None) -> tuple[set[int], dict[int, bytes]]:
+    """The streams replied to and the data by stream, until GOAWAY, the end, or `until_fin`'s FIN."""
+    from skiff.cri.streaming import spdy
+
+    replied: set[int] = set()
+    out: dict[int, bytes] = {}
+    while True:
+        try:
+            frame = conn.read()
+        except EOFError:
+            break
+        if frame.kind == spdy.SYN_REPLY:
+            replied.add(frame.stream_id)
+        elif frame.kind == 0:
+            out[frame.stream_id] = out.get(frame.stream_id, b"") + frame.data
+            if frame.fin and frame.stream_id == until_fin:
+                break
+        elif frame.kind == spdy.GOAWAY:
+            break
+    return replied, out
+
+
 def test_exec_over_spdy(cri: Cri, container: str) -> None:
     """kubectl's and crictl's older transport: an HTTP upgrade to SPDY/3.1, then a SPDY stream
     per standard stream, named by its streamtype header; stdin ends with its stream's FIN."""
-    from skiff.cri.streaming import spdy
-
     url = urllib.parse.urlparse(exec_url(cri, container, "sh", "-c", "cat; echo err >&2; exit 2", stdin=True))
     assert url.hostname is not None and url.port is not None
     with socket.create_connection((url.hostname, url.port), timeout=20) as sock:
-        sock.sendall(f"POST {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
-                     "X-Stream-Protocol-Version: v4.channel.k8s.io\r\nX-Stream-Protocol-Version: channel.k8s.io\r\n"
-                     "Content-Length: 0\r\n\r\n".encode())
-        received = b""
-        while b"\r\n\r\n" not in received:
-            received += sock.recv(65536)
-        head, _, rest = received.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 101") and b"x-stream-protocol-version: v4.channel.k8s.io" in head.lower()
-        pending = bytearray(rest)
-
-        def read(n: int) -> bytes:
-            while len(pending) < n:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                pending.extend(data)
-            out = bytes(pending[:n])
-            del pending[:n]
-            return out
-        conn = spdy.Connection(read, sock.sendall)
+        conn = spdy_upgrade(sock, url, "v4.channel.k8s.io", "channel.k8s.io")
         streams = {"error": 1, "stdin": 3, "stdout": 5, "stderr": 7}
         for kind, stream in streams.items():
             conn.syn_stream(stream, {"streamtype": kind})
         conn.data(streams["stdin"], b"spdy\n", fin=True)
-        replied: set[int] = set()
-        out: dict[int, bytes] = {}
-        while True:
-            try:
-                frame = conn.read()
-            except EOFError:
-                break
-            if frame.kind == spdy.SYN_REPLY:
-                replied.add(frame.stream_id)
-            elif frame.kind == 0:
-                out[frame.stream_id] = out.get(frame.stream_id, b"") + frame.data
-            elif frame.kind == spdy.GOAWAY:
-                break
+        replied, out = spdy_frames(conn)
     assert replied == set(streams.values())
     assert out.get(5) == b"spdy\n" and out.get(7) == b"err\n"
     status = json.loads(out[1])
     assert status["reason"] == "NonZeroExitCode" and status["details"]["causes"][0]["message"] == "2"
+
+
+def test_port_forward_over_spdy(cri: Cri) -> None:
+    """portforward.k8s.io: an error and a data stream per forwarded connection, paired by
+    their requestid; the pod's end of the connection is the data stream's FIN."""
+    pod_id, pod = cri.run_pod("spdy-forwarded")
+    cri.start(pod_id, pod, "web", "sh", "-c", "mkdir -p /www && echo over-spdy > /www/index.html && "
+              "exec httpd -f -p 8080 -h /www")
+    try:
+        for _ in range(50):   # httpd may not listen yet
+            url = urllib.parse.urlparse(str(cri.runtime.PortForward(
+                pb.PortForwardRequest(pod_sandbox_id=pod_id, port=[8080])).url))
+            assert url.hostname is not None and url.port is not None
+            with socket.create_connection((url.hostname, url.port), timeout=20) as sock:
+                conn = spdy_upgrade(sock, url, "portforward.k8s.io")
+                conn.syn_stream(1, {"streamtype": "error", "port": "8080", "requestid": "0"})
+                conn.syn_stream(3, {"streamtype": "data", "port": "8080", "requestid": "0"})
+                conn.data(3, b"GET / HTTP/1.0\r\n\r\n")
+                replied, out = spdy_frames(conn, until_fin=3)
+                conn.syn_stream(5, {"streamtype": "error", "port": "9", "requestid": "1"})   # nothing listens
+                conn.syn_stream(7, {"streamtype": "data", "port": "9", "requestid": "1"})
+                _, failed = spdy_frames(conn, until_fin=5)
+            if b"over-spdy" in out.get(3, b""):
+                break
+            time.sleep(0.1)
+        assert replied == {1, 3} and out[3].startswith(b"HTTP/1.") and b"over-spdy" in out[3]
+        assert b"dial tcp 127.0.0.1:9" in failed.get(5, b"")
+    finally:
+        cri.remove_all()

@@ -22,6 +22,7 @@ from typing import Protocol
 STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
 V5, V4 = "v5.channel.k8s.io", "v4.channel.k8s.io"
 PROTOCOLS = (V5, V4)   # the first the client offers that is here wins, in the client's order
+PORT_FORWARD = "portforward.k8s.io"   # over SPDY (over WebSocket, port-forward speaks V4's framing)
 
 
 class Peer(Protocol):

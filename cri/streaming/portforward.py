@@ -20,6 +20,20 @@ from skiff.runtime import netns
 CONNECT_TIMEOUT = 5.0
 
 
+def dial(request: PortForwardRequest, port: int) -> socket.socket:
+    """A connection to 127.0.0.1:port in the pod's network namespace (the socket stays there)."""
+    connect = partial(socket.create_connection, ("127.0.0.1", port), CONNECT_TIMEOUT)
+    pod = netns.call_in(request.netns, connect) if request.netns else connect()
+    pod.settimeout(None)
+    return pod
+
+
+def dial_error(request: PortForwardRequest, port: int, e: OSError) -> bytes:
+    """kubelet's words for a port that did not connect."""
+    return (f"an error occurred forwarding {port} -> {port}: dial tcp 127.0.0.1:{port} in pod {request.sandbox_id}: "
+            f"{(e.strerror or str(e)).lower()}").encode()
+
+
 class PortForwardSession:
     def __init__(self, request: PortForwardRequest, ports: tuple[int, ...], peer: WebSocketPeer) -> None:
         self.request = request
@@ -37,11 +51,9 @@ class PortForwardSession:
                 for channel in (data, errors):
                     self.peer.frame(channel, port.to_bytes(2, "little"))
                 try:
-                    self._pods[data] = self._connect(port)
+                    self._pods[data] = dial(self.request, port)
                 except OSError as e:
-                    self.peer.frame(errors, (
-                        f"an error occurred forwarding {port} -> {port}: dial tcp 127.0.0.1:{port} in pod "
-                        f"{self.request.sandbox_id}: {(e.strerror or str(e)).lower()}").encode())
+                    self.peer.frame(errors, dial_error(self.request, port, e))
                     continue
                 reader = threading.Thread(target=self._from_pod, args=(data,), name=f"skiff-forward-{port}",
                                           daemon=True)
@@ -58,12 +70,6 @@ class PortForwardSession:
             for pod in self._pods.values():
                 pod.close()
             self.peer.close()
-
-    def _connect(self, port: int) -> socket.socket:
-        dial = partial(socket.create_connection, ("127.0.0.1", port), CONNECT_TIMEOUT)
-        pod = netns.call_in(self.request.netns, dial) if self.request.netns else dial()
-        pod.settimeout(None)
-        return pod
 
     def _from_pod(self, channel: int) -> None:
         """The pod's data to the client; when every connection in the pod has ended, so does

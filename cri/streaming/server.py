@@ -26,6 +26,7 @@ from skiff.cri.streaming.portforward import PortForwardSession
 from skiff.cri.streaming.tokens import ExecRequest, PortForwardRequest, Tokens
 from skiff.cri.streaming import spdy
 from skiff.cri.streaming.spdy_peer import SpdyPeer
+from skiff.cri.streaming.spdy_portforward import SpdyPortForward
 from skiff.cri.streaming.websocket import WebSocketPeer
 from skiff.errors import SkiffError
 from skiff.runtime.forkserver import ForkServer
@@ -127,7 +128,8 @@ class _Handler(socketserver.BaseRequestHandler):
             ExecSession(self.server.owner.forkserver, session, peer, stdin_closes=chosen == channels.V5).run()
 
     def _spdy(self, sock: socket.socket, head: bytes) -> None:
-        """An exec over SPDY/3.1: the upgrade answered by h11, then the streams (spdy_peer.py)."""
+        """An exec or a port-forward over SPDY/3.1: the upgrade answered by h11, then the
+        streams (spdy_peer.py, spdy_portforward.py)."""
         http = h11.Connection(h11.SERVER)
         http.receive_data(head)
         request = http.next_event()
@@ -136,14 +138,15 @@ class _Handler(socketserver.BaseRequestHandler):
         kind, _, token = url.path.lstrip("/").partition("/")
         offered = [v.strip() for name, value in request.headers if name == b"x-stream-protocol-version"
                    for v in value.decode(errors="replace").split(",")]
+        protocol = {"exec": channels.V4, "portforward": channels.PORT_FORWARD}.get(kind, "")
         try:
-            if kind != "exec":
-                raise _Refusal(404, f"{url.path}: not served over SPDY here (exec only; port-forward over WebSocket)")
-            if channels.V4 not in offered:
-                raise _Refusal(400, f"X-Stream-Protocol-Version {offered}: want {channels.V4}")
+            if not protocol:
+                raise _Refusal(404, f"{url.path}: not served here (/exec/<token>, /portforward/<token>)")
+            if protocol not in offered:
+                raise _Refusal(400, f"X-Stream-Protocol-Version {offered}: want {protocol}")
             session = self.server.owner.tokens.take(token)
-            if not isinstance(session, ExecRequest):
-                raise _Refusal(404, f"{url.path}: the token is not for exec")
+            if isinstance(session, PortForwardRequest) != (kind == "portforward"):
+                raise _Refusal(404, f"{url.path}: the token is not for {kind}")
         except (_Refusal, SkiffError) as e:
             body = str(e).encode()
             with contextlib.suppress(OSError, h11.LocalProtocolError):
@@ -153,7 +156,7 @@ class _Handler(socketserver.BaseRequestHandler):
             return
         sock.sendall(http.send(h11.InformationalResponse(status_code=101, headers=[
             (b"connection", b"Upgrade"), (b"upgrade", b"SPDY/3.1"),
-            (b"x-stream-protocol-version", channels.V4.encode())])))
+            (b"x-stream-protocol-version", protocol.encode())])))
         pending = bytearray(http.trailing_data[0])
 
         def read(n: int) -> bytes:
@@ -165,12 +168,17 @@ class _Handler(socketserver.BaseRequestHandler):
             out = bytes(pending[:n])
             del pending[:n]
             return out
+        sock.settimeout(None)
+        conn = spdy.Connection(read, sock.sendall)
+        if isinstance(session, PortForwardRequest):
+            SpdyPortForward(session, sock, conn).run()
+            return
         wanted = {channels.ERROR} | {c for c, asked in ((channels.STDIN, session.stdin),
                                                          (channels.STDOUT, session.stdout),
                                                          (channels.STDERR, session.stderr and not session.tty),
                                                          (channels.RESIZE, session.tty)) if asked}
         try:
-            peer = SpdyPeer(sock, spdy.Connection(read, sock.sendall), wanted)
+            peer = SpdyPeer(sock, conn, wanted)
         except (OSError, EOFError, spdy.ProtocolError) as e:
             log.debug("streaming: a SPDY session that did not open its streams: %s", e)
             return
