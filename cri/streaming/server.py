@@ -1,9 +1,10 @@
 """The streaming server: a TCP listener (127.0.0.1 and a port of the kernel's choosing unless
 configured, as containerd's), a thread per connection. A connection is an HTTP request to
-`/exec/<token>` asking for a WebSocket with one of the channel subprotocols; wsproto does the
-handshake and the framing (and h11 the HTTP under it); the session then runs on that socket.
-A request that is not one (an unknown token, no WebSocket, no protocol of ours) gets an HTTP
-error that says what was wrong."""
+`/exec/<token>` or `/portforward/<token>` that upgrades to a WebSocket with one of the channel
+subprotocols (wsproto does the handshake and the framing) or to SPDY/3.1 (h11 answers the
+upgrade, spdy.py frames the streams); the session then runs on that socket. A request that is
+not one (an unknown token, no upgrade, no protocol of ours) gets an HTTP error that says what
+was wrong."""
 
 from __future__ import annotations
 
@@ -13,20 +14,18 @@ import socket
 import socketserver
 import threading
 import urllib.parse
-from typing import Any
 
 import h11
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
 from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
-from skiff.cri.streaming import channels
+from skiff.cri.streaming import channels, spdy
 from skiff.cri.streaming.exec import ExecSession
 from skiff.cri.streaming.portforward import PortForwardSession
-from skiff.cri.streaming.tokens import ExecRequest, PortForwardRequest, Tokens
-from skiff.cri.streaming import spdy
 from skiff.cri.streaming.spdy_peer import SpdyPeer
 from skiff.cri.streaming.spdy_portforward import SpdyPortForward
+from skiff.cri.streaming.tokens import ExecRequest, PortForwardRequest, Tokens
 from skiff.cri.streaming.websocket import WebSocketPeer
 from skiff.errors import SkiffError
 from skiff.runtime.forkserver import ForkServer
@@ -81,12 +80,14 @@ class _Handler(socketserver.BaseRequestHandler):
         except OSError as e:
             log.debug("streaming: a connection that sent no request: %s", e)
             return
-        if head is not None and _upgrade(head) == b"spdy/3.1":
+        if head is None:
+            return
+        if _upgrade(head) == b"spdy/3.1":
             self._spdy(sock, head)
             return
         ws = WSConnection(ConnectionType.SERVER)
         try:
-            request = _read_request(sock, ws, head or b"")
+            request = _websocket_request(ws, head)
         except RemoteProtocolError as e:   # HTTP, but no WebSocket upgrade: 400 and why
             with contextlib.suppress(OSError, LocalProtocolError):
                 sock.sendall(ws.send(e.event_hint or RejectConnection(status_code=400)))
@@ -214,16 +215,7 @@ def _upgrade(head: bytes) -> bytes:
     return b""
 
 
-def _read_request(sock: socket.socket, ws: WSConnection, head: bytes) -> Any:
-    """The WebSocket upgrade request, or None if the client went before sending one."""
-    data = head
-    while True:
-        if not data:
-            data = sock.recv(65536)
-        ws.receive_data(data or None)
-        for event in ws.events():
-            if isinstance(event, Request):
-                return event
-        if not data:
-            return None
-        data = b""
+def _websocket_request(ws: WSConnection, head: bytes) -> Request | None:
+    """The WebSocket upgrade request in the request's head (wsproto raises if it is none)."""
+    ws.receive_data(head)
+    return next((e for e in ws.events() if isinstance(e, Request)), None)
