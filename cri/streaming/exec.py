@@ -1,11 +1,13 @@
-"""An exec session on an accepted WebSocket: the command runs through the fork server's exec
-job (as ExecSync's does) with pipes for the streams the client asked for; this thread sends
-its stdout and stderr as they come, a reader thread writes what the client sends on stdin.
-When the command has exited and its output is drained, its exit Status goes on the error
-channel and the connection is closed.
+"""An exec session on an accepted connection (WebSocket or SPDY, as a channels.Peer): the
+command runs through the fork server's exec job (as ExecSync's does) with pipes for the
+streams the client asked for, or on a pty with a terminal; this thread sends its output as it
+comes, a reader thread writes what the client sends on stdin and applies resizes. When the
+command has exited and its output is drained, its exit Status goes on the error channel and
+the connection is closed.
 
-stdin ends when the client says so (v5's close message for channel 0) or goes; a client that
-goes also gets its command killed, as kubelet does, rather than left running unseen."""
+stdin ends when the client says so (v5's close message for channel 0, SPDY's FIN) or goes; a
+client that goes also gets its command killed, as kubelet does, rather than left running
+unseen."""
 
 from __future__ import annotations
 
