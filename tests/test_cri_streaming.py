@@ -204,18 +204,7 @@ def spdy_upgrade(sock: socket.socket, url: urllib.parse.ParseResult, *protocols:
         received += sock.recv(65536)
     head, _, rest = received.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 101") and f"x-stream-protocol-version: {protocols[0]}".encode() in head.lower()
-    pending = bytearray(rest)
-
-    def read(n: int) -> bytes:
-        while len(pending) < n:
-            data = sock.recv(65536)
-            if not data:
-                break
-            pending.extend(data)
-        out = bytes(pending[:n])
-        del pending[:n]
-        return out
-    return spdy.Connection(read, sock.sendall)
+    return spdy.Connection.over(sock, rest)
 
 
 def spdy_frames(conn: Any, until_fin: int | None = None) -> tuple[set[int], dict[int, bytes]]:

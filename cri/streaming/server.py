@@ -158,19 +158,8 @@ class _Handler(socketserver.BaseRequestHandler):
         sock.sendall(http.send(h11.InformationalResponse(status_code=101, headers=[
             (b"connection", b"Upgrade"), (b"upgrade", b"SPDY/3.1"),
             (b"x-stream-protocol-version", protocol.encode())])))
-        pending = bytearray(http.trailing_data[0])
-
-        def read(n: int) -> bytes:
-            while len(pending) < n:
-                data = sock.recv(65536)
-                if not data:
-                    break
-                pending.extend(data)
-            out = bytes(pending[:n])
-            del pending[:n]
-            return out
         sock.settimeout(None)
-        conn = spdy.Connection(read, sock.sendall)
+        conn = spdy.Connection.over(sock, http.trailing_data[0])
         if isinstance(session, PortForwardRequest):
             SpdyPortForward(session, sock, conn).run()
             return

@@ -14,6 +14,7 @@ opened again as data is read; the peer's window is not enforced, as spdystream d
 
 from __future__ import annotations
 
+import socket
 import struct
 import threading
 import zlib
@@ -74,6 +75,22 @@ class Connection:
         self._lock = threading.Lock()
         self._compress = zlib.compressobj(9, zlib.DEFLATED, 15, 8, zlib.Z_DEFAULT_STRATEGY, DICTIONARY)
         self._decompress = zlib.decompressobj(zdict=DICTIONARY)
+
+    @classmethod
+    def over(cls, sock: socket.socket, received: bytes = b"") -> Connection:
+        """On a connected socket; `received`: what was read past the HTTP upgrade already."""
+        pending = bytearray(received)
+
+        def read(n: int) -> bytes:
+            while len(pending) < n:
+                data = sock.recv(65536)
+                if not data:
+                    break
+                pending.extend(data)
+            out = bytes(pending[:n])
+            del pending[:n]
+            return out
+        return cls(read, sock.sendall)
 
     # -- reading ---------------------------------------------------------------------------
 
