@@ -145,6 +145,7 @@ class _Container:
     log: ContainerLog
     exit_file: str
     releases: list[tuple[socket.socket, float]] = field(default_factory=list)  # (reply to, deadline)
+    stdin: int = -1  # the write end of its stdin, for Attach (a container created with stdin)
 
     @property
     def done(self) -> bool:
@@ -241,6 +242,16 @@ class _Monitor:
                 else:
                     container.releases.append((conn, time.monotonic() + float(message.get("timeout", 5.0))))
                     self.releasing[container.id] = container
+            elif op == "attach":   # a copy of the container's stdin, for an Attach session to write
+                if container is None or container.stdin < 0:
+                    self._reply(conn, {"stdin": False})
+                else:
+                    self._reply(conn, {"stdin": True}, fds=[container.stdin])
+            elif op == "close_stdin":   # stdin_once: the first attach has ended
+                if container is not None and container.stdin >= 0:
+                    os.close(container.stdin)
+                    container.stdin = -1
+                self._reply(conn, {"ok": True})
             elif op == "detach":
                 self.detached = True
                 self._reply(conn, {"containers": len(self.containers) + self.creating})
@@ -249,9 +260,9 @@ class _Monitor:
         except Exception as e:  # the caller gets it; the monitor goes on for the others
             self._reply(conn, error_message(e))
 
-    def _reply(self, conn: socket.socket, message: dict[str, Any]) -> None:
+    def _reply(self, conn: socket.socket, message: dict[str, Any], fds: list[int] | None = None) -> None:
         try:
-            send_message(conn, message)
+            send_message(conn, message, fds or [])
         except Exception as e:  # noqa: BLE001 - the caller is gone, or the reply too big
             _note(f"reply {message!r:.200}: {e}")
         conn.close()
@@ -285,25 +296,33 @@ class _Monitor:
         os.write(self.wake_w, b"\0")
 
     def _create_container(self, a: dict[str, Any]) -> _Container:
+        """args as `_create`'s, and stdin (bool): the container reads a pipe whose write end
+        this monitor keeps for Attach (kept open, so that its reads wait rather than end)."""
         container_id, bundle, log_path, exit_file = (str(a[k]) for k in ("container_id", "bundle", "log_path",
                                                                           "exit_file"))
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
+        in_r, in_w = os.pipe2(os.O_CLOEXEC) if a.get("stdin") else (self.devnull, -1)
         log = ContainerLog(log_path, {out_r: Stream.STDOUT, err_r: Stream.STDERR})
         try:
-            state = self.runtime.create(container_id, bundle, stdio=(self.devnull, out_w, err_w))
+            state = self.runtime.create(container_id, bundle, stdio=(in_r, out_w, err_w))
             try:
                 pidfd = os.pidfd_open(state.pid)
             except BaseException:
                 self.runtime.delete(container_id, force=True)
                 raise
-            return _Container(id=container_id, init=state.pid, pidfd=pidfd, log=log, exit_file=exit_file)
+            return _Container(id=container_id, init=state.pid, pidfd=pidfd, log=log, exit_file=exit_file,
+                              stdin=in_w)
         except BaseException:
             log.close()
+            if in_w >= 0:
+                os.close(in_w)
             raise
         finally:
             os.close(out_w)  # the init has its copies: EOF comes when it and its children are gone
             os.close(err_w)
+            if in_r != self.devnull:
+                os.close(in_r)
 
     def _finish_creates(self) -> None:
         with contextlib.suppress(BlockingIOError):
@@ -334,6 +353,9 @@ class _Monitor:
         self.unwatch(container.pidfd)
         os.close(container.pidfd)
         container.pidfd = -1
+        if container.stdin >= 0:   # nobody is left to read it
+            os.close(container.stdin)
+            container.stdin = -1
         _, status = os.waitpid(container.init, 0)
         try:
             write_exit_file(container.exit_file, status, time.time_ns())

@@ -83,6 +83,22 @@ class Monitors:
     def reopen(self, pid: int, container_id: str) -> bool:
         return bool(self.request(pid, {"op": "reopen", "id": container_id}, timeout=10).get("ok"))
 
+    def attach_stdin(self, pid: int, container_id: str) -> int | None:
+        """A copy of the write end of the container's stdin (the caller closes it); None when
+        the container was created without stdin or has exited."""
+        with self._send(pid, {"op": "attach", "id": container_id}) as call:
+            reply, fds = call.receive(10)
+        if not reply.get("stdin"):
+            for fd in fds:
+                os.close(fd)
+            return None
+        return fds[0]
+
+    def close_stdin(self, pid: int, container_id: str) -> None:
+        """The container's stdin ends (its monitor closes the write end it keeps)."""
+        with contextlib.suppress(Unavailable, ConnectionError):
+            self.request(pid, {"op": "close_stdin", "id": container_id}, timeout=10)
+
     def release(self, pid: int, container_id: str, timeout: float = 5.0) -> None:
         """Wait until monitor `pid` is done with the container: its init reaped, its output
         copied (or, past `timeout`, given up on). A monitor that is gone is done."""

@@ -1,8 +1,7 @@
 """runtime.v1 RuntimeService: each RPC is one function in cri/service/ (containerd names
 them object-verb, `internal/cri/server/sandbox_run.go`); this class only routes to them.
-Errors become gRPC codes in grpc_errors.py. Exec and PortForward answer with a URL of the
-streaming server (streaming/); Attach is not served yet: the generated base class answers
-UNIMPLEMENTED."""
+Errors become gRPC codes in grpc_errors.py. Exec, Attach and PortForward answer with a URL
+of the streaming server (streaming/)."""
 
 from __future__ import annotations
 
@@ -105,6 +104,7 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
     ExecSync = _route(container_exec.exec_sync)
     Exec = _route(container_exec.exec_streaming)
     PortForward = _route(container_exec.port_forward)
+    Attach = _route(container_exec.attach)
     ContainerStats = _route(stats.container_stats)
     ListContainerStats = _route(stats.list_container_stats)
     PodSandboxStats = _route(stats.pod_sandbox_stats)

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 import pytest
 from cri_api.v1 import api_pb2 as pb
-from cri_fixture import Cri
+from cri_fixture import IMAGE, Cri
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (AcceptConnection, BytesMessage, CloseConnection, Message, RejectConnection, RejectData,
                             Request)
@@ -272,5 +272,44 @@ def test_port_forward_over_spdy(cri: Cri) -> None:
             time.sleep(0.1)
         assert replied == {1, 3} and out[3].startswith(b"HTTP/1.") and b"over-spdy" in out[3]
         assert b"dial tcp 127.0.0.1:9" in failed.get(5, b"")
+    finally:
+        cri.remove_all()
+
+
+def test_attach_to_a_container_started_with_stdin(cri: Cri) -> None:
+    """Its stdin through its monitor, its output as it is logged; with stdin_once, its stdin
+    ends with the first attach."""
+    pod_id, pod = cri.run_pod("attached")
+
+    def container(name: str, *, once: bool) -> str:
+        config = pb.ContainerConfig(metadata=pb.ContainerMetadata(name=name), image=pb.ImageSpec(image=IMAGE),
+                                    command=["sh", "-c", "while read x; do echo got $x; done; echo bye >&2"],
+                                    log_path=f"{name}/0.log", stdin=True, stdin_once=once)
+        cid = str(cri.runtime.CreateContainer(pb.CreateContainerRequest(
+            pod_sandbox_id=pod_id, config=config, sandbox_config=pod)).container_id)
+        cri.runtime.StartContainer(pb.StartContainerRequest(container_id=cid))
+        return cid
+
+    def attach(cid: str) -> Client:
+        return Client(str(cri.runtime.Attach(pb.AttachRequest(container_id=cid, stdin=True, stdout=True,
+                                                                stderr=True)).url), ["v5.channel.k8s.io"])
+    try:
+        kept = container("kept", once=False)
+        for word in (b"one", b"two"):   # two sessions in a row: stdin stays open between them
+            client = attach(kept)
+            client.send(0, word + b"\n")
+            client.until(lambda: b"got " + word in client.received(1))
+            client.close()
+        assert cri.status(kept).state == pb.CONTAINER_RUNNING
+
+        once = container("once", once=True)
+        client = attach(once)
+        client.send(0, b"last\n")
+        client.until(lambda: b"got last" in client.received(1))
+        client.close()                                      # stdin ends: the loop reads EOF
+        assert cri.wait_exited(once).state == pb.CONTAINER_EXITED
+        with pytest.raises(grpc.RpcError) as refused:
+            cri.runtime.Attach(pb.AttachRequest(container_id=once, stdout=True))
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     finally:
         cri.remove_all()

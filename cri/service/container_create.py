@@ -131,7 +131,8 @@ def _create(ctx: ServiceContext, record: ContainerRecord, config: pb.ContainerCo
     if record.log_path:
         os.makedirs(os.path.dirname(log_path), mode=0o755, exist_ok=True)
     preparing.wait()
+    config = pb.ContainerConfig.FromString(record.config)
     reply = ctx.monitors.create({"container_id": record.runtime_id, "bundle": bundle, "log_path": log_path,
-                                 "exit_file": ctx.exit_file(record.id)})
+                                 "exit_file": ctx.exit_file(record.id), "stdin": config.stdin and not config.tty})
     stop_signal = resolved.image.config.stop_signal if resolved.image.config else None
     return int(reply["pid"]), int(reply["monitor_pid"]), stop_signal or ""

@@ -55,6 +55,28 @@ def exec_streaming(ctx: ServiceContext, request: pb.ExecRequest) -> pb.ExecRespo
         tty=request.tty)))
 
 
+def attach(ctx: ServiceContext, request: pb.AttachRequest) -> pb.AttachResponse:
+    """Attach: the URL on the streaming server of a running container's own streams (its
+    stdin if it was created with stdin; its output as it is logged)."""
+    from skiff.cri.streaming.tokens import AttachRequest
+
+    record = lookup(ctx, request.container_id)
+    if record.state is not ContainerState.RUNNING:
+        raise FailedPrecondition(f"container {record.id} is {record.state.name.lower()}, not running")
+    config = pb.ContainerConfig.FromString(record.config)
+    if request.tty or config.tty:
+        raise InvalidArgument("tty: attach to a container's terminal is not supported yet (its stdin, stdout "
+                              "and stderr are)")
+    if request.stdin and not config.stdin:
+        raise InvalidArgument(f"stdin: container {record.id} was not created with stdin")
+    if not (request.stdin or request.stdout or request.stderr):
+        raise InvalidArgument("one of stdin, stdout or stderr must be true")
+    return pb.AttachResponse(url=ctx.streaming.attach_url(AttachRequest(
+        container_id=record.id, runtime_id=record.runtime_id, monitor_pid=record.monitor_pid,
+        log_path=record.log_path or os.devnull, exit_file=ctx.exit_file(record.id), stdin=request.stdin,
+        stdout=request.stdout, stderr=request.stderr, stdin_once=config.stdin_once)))
+
+
 def port_forward(ctx: ServiceContext, request: pb.PortForwardRequest) -> pb.PortForwardResponse:
     """PortForward: the URL on the streaming server that connects to the pod's ports."""
     from skiff.cri.service.sandbox_run import require

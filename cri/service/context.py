@@ -119,7 +119,7 @@ def open_context(config: CriConfig, forkserver: ForkServer, *, images: Images | 
         forkserver=forkserver,
         monitors=monitors,
         network=networking_for(config.network, Path(state) / "network"),
-        streaming=StreamServer(forkserver, config.stream_address),
+        streaming=StreamServer(forkserver, monitors, config.stream_address),
     )
     ctx.containers.on_change = ctx.events.changed
     try:

@@ -25,7 +25,9 @@ from skiff.cri.streaming.exec import ExecSession
 from skiff.cri.streaming.portforward import PortForwardSession
 from skiff.cri.streaming.spdy_peer import SpdyPeer
 from skiff.cri.streaming.spdy_portforward import SpdyPortForward
-from skiff.cri.streaming.tokens import ExecRequest, PortForwardRequest, Tokens
+from skiff.cri.monitor_client import Monitors
+from skiff.cri.streaming.attach import AttachSession
+from skiff.cri.streaming.tokens import AttachRequest, ExecRequest, PortForwardRequest, Tokens
 from skiff.cri.streaming.websocket import WebSocketPeer
 from skiff.errors import SkiffError
 from skiff.runtime.forkserver import ForkServer
@@ -36,9 +38,10 @@ MAX_HEAD = 64 * 1024
 
 
 class StreamServer:
-    def __init__(self, forkserver: ForkServer, address: str = "127.0.0.1:0") -> None:
+    def __init__(self, forkserver: ForkServer, monitors: Monitors, address: str = "127.0.0.1:0") -> None:
         host, _, port = address.rpartition(":")
         self.forkserver = forkserver
+        self.monitors = monitors
         self.tokens = Tokens()
         self._server = _Server((host or "127.0.0.1", int(port or 0)), _Handler)
         self._server.owner = self
@@ -52,6 +55,9 @@ class StreamServer:
 
     def exec_url(self, request: ExecRequest) -> str:
         return f"{self.base_url}/exec/{self.tokens.issue(request)}"
+
+    def attach_url(self, request: AttachRequest) -> str:
+        return f"{self.base_url}/attach/{self.tokens.issue(request)}"
 
     def port_forward_url(self, request: PortForwardRequest) -> str:
         return f"{self.base_url}/portforward/{self.tokens.issue(request)}"
@@ -100,16 +106,16 @@ class _Handler(socketserver.BaseRequestHandler):
         url = urllib.parse.urlsplit(request.target)
         kind, _, token = url.path.lstrip("/").partition("/")
         # port-forward speaks v4's framing only: v5 adds nothing to it
-        offered = channels.PROTOCOLS if kind == "exec" else (channels.V4,)
+        offered = channels.PROTOCOLS if kind in ("exec", "attach") else (channels.V4,)
         chosen = next((p for p in request.subprotocols if p in offered), None)
         try:
-            if kind not in ("exec", "portforward"):
-                raise _Refusal(404, f"{url.path}: not served here (/exec/<token>, /portforward/<token>)")
+            if kind not in ("exec", "attach", "portforward"):
+                raise _Refusal(404, f"{url.path}: not served here (/exec/, /attach/, /portforward/<token>)")
             if chosen is None:
                 raise _Refusal(400, f"subprotocols {request.subprotocols}: none of {', '.join(offered)}")
             session = self.server.owner.tokens.take(token)
             ports = tuple(int(p) for p in urllib.parse.parse_qs(url.query).get("port", []) if p.isdigit())
-            if isinstance(session, PortForwardRequest) != (kind == "portforward"):
+            if _KINDS[type(session)] != kind:
                 raise _Refusal(404, f"{url.path}: the token is not for {kind}")
         except (_Refusal, SkiffError) as e:
             code = e.code if isinstance(e, _Refusal) else 404
@@ -125,6 +131,8 @@ class _Handler(socketserver.BaseRequestHandler):
         if isinstance(session, PortForwardRequest):
             # the ports the client asks for (kubectl's ?port=), else those of the call
             PortForwardSession(session, ports or session.ports, peer).run()
+        elif isinstance(session, AttachRequest):
+            AttachSession(self.server.owner.monitors, session, peer).run()
         else:
             ExecSession(self.server.owner.forkserver, session, peer, stdin_closes=chosen == channels.V5).run()
 
@@ -146,8 +154,8 @@ class _Handler(socketserver.BaseRequestHandler):
             if protocol not in offered:
                 raise _Refusal(400, f"X-Stream-Protocol-Version {offered}: want {protocol}")
             session = self.server.owner.tokens.take(token)
-            if isinstance(session, PortForwardRequest) != (kind == "portforward"):
-                raise _Refusal(404, f"{url.path}: the token is not for {kind}")
+            if _KINDS[type(session)] != kind or isinstance(session, AttachRequest):
+                raise _Refusal(404, f"{url.path}: the token is not for {kind} over SPDY (attach: WebSocket only)")
         except (_Refusal, SkiffError) as e:
             body = str(e).encode()
             with contextlib.suppress(OSError, h11.LocalProtocolError):
@@ -173,6 +181,9 @@ class _Handler(socketserver.BaseRequestHandler):
             log.debug("streaming: a SPDY session that did not open its streams: %s", e)
             return
         ExecSession(self.server.owner.forkserver, session, peer, stdin_closes=True).run()
+
+
+_KINDS = {ExecRequest: "exec", AttachRequest: "attach", PortForwardRequest: "portforward"}
 
 
 class _Refusal(Exception):

@@ -38,7 +38,22 @@ class PortForwardRequest:
     ports: tuple[int, ...]
 
 
-Session = ExecRequest | PortForwardRequest
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AttachRequest:
+    """A running container's streams: its stdin through its monitor, its output from its log."""
+
+    container_id: str
+    runtime_id: str
+    monitor_pid: int
+    log_path: str
+    exit_file: str
+    stdin: bool
+    stdout: bool
+    stderr: bool
+    stdin_once: bool
+
+
+Session = ExecRequest | PortForwardRequest | AttachRequest
 
 
 class Tokens:

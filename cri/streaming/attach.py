@@ -1,0 +1,87 @@
+"""An attach session: a running container's own streams (kubelet `AttachContainer`). Its stdin
+is a pipe whose write end its monitor keeps (a container created with stdin, monitor.py); the
+session gets a copy and writes what the client sends. Its output is what the monitor copies
+into its CRI log file, followed from the file's end as it grows, each line on the channel of
+its stream. The session ends when the container has exited and the log is drained, or when the
+client goes. With stdin_once, the container's stdin ends with the first session."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+
+from skiff.cri.logs import LogFormatError, Stream, parse_line
+from skiff.cri.monitor import read_exit
+from skiff.cri.monitor_client import Monitors
+from skiff.cri.streaming import channels
+from skiff.cri.streaming.tokens import AttachRequest
+
+POLL = 0.05
+
+
+class AttachSession:
+    def __init__(self, monitors: Monitors, request: AttachRequest, peer: channels.Peer) -> None:
+        self.monitors = monitors
+        self.request = request
+        self.peer = peer
+        self._stdin: int | None = None
+        self._lock = threading.Lock()
+        self._client_gone = threading.Event()
+
+    def run(self) -> None:
+        r = self.request
+        try:
+            if r.stdin:
+                self._stdin = self.monitors.attach_stdin(r.monitor_pid, r.runtime_id)
+            threading.Thread(target=self._read_client, name="skiff-attach-stdin", daemon=True).start()
+            self._follow()
+        finally:
+            self._close_stdin()
+            if r.stdin and r.stdin_once:
+                self.monitors.close_stdin(r.monitor_pid, r.runtime_id)
+            self.peer.close()
+
+    def _follow(self) -> None:
+        r = self.request
+        with open(r.log_path, "rb") as log:
+            log.seek(0, os.SEEK_END)   # what it writes from now on, as kubelet's attach shows
+            rest = b""
+            while not self._client_gone.is_set():
+                data = log.read(65536)
+                if not data:
+                    if read_exit(r.exit_file) is not None:
+                        data = log.read()   # the last lines written before the exit file
+                        if not data:
+                            return
+                    else:
+                        time.sleep(POLL)
+                        continue
+                *lines, rest = (rest + data).split(b"\n")
+                for line in lines:
+                    with contextlib.suppress(LogFormatError):
+                        entry = parse_line(line)
+                        channel, wanted = ((channels.STDOUT, r.stdout) if entry.stream is Stream.STDOUT
+                                           else (channels.STDERR, r.stderr))
+                        if wanted:
+                            self.peer.frame(channel, entry.text + (b"" if entry.partial else b"\n"))
+
+    def _read_client(self) -> None:
+        try:
+            for message in self.peer.messages():
+                if message[:1] == bytes([channels.STDIN]):
+                    with self._lock:
+                        if self._stdin is not None:
+                            with contextlib.suppress(OSError):
+                                os.write(self._stdin, message[1:])
+                elif message[:2] == bytes([channels.CLOSE, channels.STDIN]):
+                    self._close_stdin()
+        finally:
+            self._client_gone.set()
+
+    def _close_stdin(self) -> None:
+        with self._lock:
+            if self._stdin is not None:
+                os.close(self._stdin)
+                self._stdin = None
