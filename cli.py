@@ -635,6 +635,10 @@ def _orchestrator_parsers(command: Callable[[str, str], argparse.ArgumentParser]
     c.add_argument("-i", "--stdin", action="store_true", help="pass stdin to the command")
     c.add_argument("-t", "--tty", action="store_true", help="a terminal for the command (with -i: this one, in raw mode)")
     c.add_argument("--timeout", type=int, default=0, metavar="S", help="stop it after S seconds (default: never)")
+    c = client_flags(command("attach", "a running container's own output (and stdin with -i), as kubectl attach"))
+    c.add_argument("pod")
+    c.add_argument("-c", "--container", help="which container (needed when the pod has several)")
+    c.add_argument("-i", "--stdin", action="store_true", help="pass stdin to the container (created with stdin)")
     c = client_flags(command("port-forward", "a local port carried to a port of a pod, as kubectl port-forward"))
     c.add_argument("pod")
     c.add_argument("ports", metavar="[LOCAL:]REMOTE", help="LOCAL 0: any free port")
@@ -770,6 +774,16 @@ def cmd_exec(args: argparse.Namespace) -> int:
         stream.buffer.write(data)
         stream.buffer.flush()
     return code
+
+
+def cmd_attach(args: argparse.Namespace) -> int:
+    """A running container's own streams, as kubectl attach, until it exits or ^C."""
+    from skiff.cri.streaming.client import run_exec
+    from skiff.orchestrator.cli import attach_url
+
+    url = attach_url(_api(args).client, args.pod, namespace=args.namespace, container=args.container,
+                     stdin=args.stdin)
+    return run_exec(url, stdin=sys.stdin.buffer if args.stdin else None, tty=False, attach=True)
 
 
 def cmd_port_forward(args: argparse.Namespace) -> int:

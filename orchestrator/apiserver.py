@@ -175,17 +175,17 @@ class _Handler(JsonHandler):
     def _subresource(self, method: str, namespace: str, name: str, what: str, query: dict[str, str]) -> None:
         """A pod's log, exec or port-forward, answered by the agent of the pod's node; an error
         before the log's first byte is a Status, after it the log just ends."""
-        if (method, what) not in (("GET", "log"), ("POST", "exec"), ("POST", "portforward")):
-            raise InvalidArgument(f"{method} {self.path}: not supported (GET a pod's log, POST its exec or "
+        if (method, what) not in (("GET", "log"), ("POST", "exec"), ("POST", "attach"), ("POST", "portforward")):
+            raise InvalidArgument(f"{method} {self.path}: not supported (GET a pod's log, POST its exec, attach or "
                                   "portforward)")
-        if what in ("exec", "portforward"):
+        if what in ("exec", "attach", "portforward"):
             body = self.read_json()
             if what == "portforward":
                 t = subresources.target(self.server.registry, namespace, name, None)
                 self.reply_json(HTTPStatus.OK, subresources.port_forward(t, body))
                 return
             t = subresources.target(self.server.registry, namespace, name, str(body.get("container") or ""))
-            self.reply_json(HTTPStatus.OK, subresources.exec_in(t, body))
+            self.reply_json(HTTPStatus.OK, (subresources.attach if what == "attach" else subresources.exec_in)(t, body))
             return
         t = subresources.target(self.server.registry, namespace, name, query.get("container", ""))
         with subresources.logs(t, query) as stream:

@@ -386,6 +386,15 @@ def exec_url(client: ApiClient, pod: str, command: list[str], *, namespace: str 
     return str(reply["url"])
 
 
+def attach_url(client: ApiClient, pod: str, *, namespace: str | None, container: str | None, stdin: bool) -> str:
+    """Where a container's own streams are: its node's CRI streaming server."""
+    from skiff.orchestrator.client import path
+
+    body: dict[str, Any] = {"stdin": stdin, **({"container": container} if container else {})}
+    reply = client.request("POST", f"{path(BY_KIND['Pod'], namespace or 'default', pod)}/attach", body)
+    return str(reply["url"])
+
+
 def port_forward_url(client: ApiClient, pod: str, port: int, *, namespace: str | None) -> str:
     """A new URL (each is good once) of the CRI streaming server of `pod`'s node for `port`."""
     from skiff.orchestrator.client import path

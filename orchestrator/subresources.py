@@ -33,11 +33,11 @@ from skiff.orchestrator.client import ApiClient, Streamed
 PODS, NODES = BY_KIND["Pod"], BY_KIND["Node"]
 CALL = 30.0          # seconds for an agent's answer
 IDLE = 4 * 3600.0    # seconds a followed log or an exec may be quiet: kubelet's streamingConnectionIdleTimeout
-_PATH = re.compile(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)/(log|exec|portforward)/?")
+_PATH = re.compile(r"/api/v1/namespaces/([^/]+)/pods/([^/]+)/(log|exec|attach|portforward)/?")
 
 
 def match(path: str) -> tuple[str, str, str] | None:
-    """(namespace, pod, "log", "exec" or "portforward") when `path` names one of the
+    """(namespace, pod, "log", "exec", "attach" or "portforward") when `path` names one of the
     subresources."""
     m = _PATH.fullmatch(path)
     if m is None:
@@ -90,6 +90,11 @@ def logs(t: Target, query: dict[str, str]) -> Streamed:
     params: dict[str, str] = {k: query[k] for k in ("follow", "tailLines", "previous") if k in query}
     return t.agent.stream(t.path("containerLogs") + ("?" + urllib.parse.urlencode(params) if params else ""),
                           timeout=IDLE)
+
+
+def attach(t: Target, body: dict[str, Any]) -> dict[str, Any]:
+    """{"stdin"} -> {"url"} of the node's CRI streaming server."""
+    return t.agent.request("POST", t.path("attach"), {"stdin": bool(body.get("stdin"))})
 
 
 def port_forward(t: Target, body: dict[str, Any]) -> dict[str, Any]:

@@ -221,3 +221,12 @@ def test_port_forward(cluster: Cluster) -> None:
         for stream in (forward.stdout, forward.stderr):
             if stream is not None:
                 stream.close()
+
+
+def test_attach(cluster: Cluster) -> None:
+    """`skiff attach -i`: the container's own stdin (its spec's stdin: true) and output."""
+    cluster.run("reader", containers=[{"name": "main", "image": IMAGE, "stdin": True, "stdinOnce": True,
+                                       "command": ["sh", "-c", "read x; echo heard $x"]}])
+    done = subprocess.run([SKIFF, "attach", "-i", "reader", "--server", cluster.api_socket], input="you\n",
+                          capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "heard you\n"), done.stderr

@@ -11,10 +11,11 @@ there and the command's stdin, stdout, stderr and exit status travel over that c
     exec.py      an exec session: the process through the fork server, its pipes pumped
     portforward.py  a port-forward session over WebSocket: connections to ports in the pod
     spdy_portforward.py  the same over SPDY: a pair of streams per connection
+    attach.py    an attach session: the container's stdin through its monitor, its log followed
     client.py    the client side, for `skiff exec -it`, `skiff port-forward`, `skiff cri exec -it`
 
 Served: exec (stdin and its end, a terminal and its size, the exit Status) over WebSocket
 with the v5.channel.k8s.io and v4.channel.k8s.io subprotocols and over SPDY/3.1 with
 v4.channel.k8s.io; port-forward over WebSocket (v4.channel.k8s.io) and SPDY/3.1
-(portforward.k8s.io). Not yet: attach.
+(portforward.k8s.io); attach over WebSocket, without a TTY (attach.py).
 """

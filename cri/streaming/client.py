@@ -30,8 +30,9 @@ from skiff.cri.streaming import channels
 from skiff.errors import FailedPrecondition, Unavailable
 
 
-def run_exec(url: str, *, stdin: BinaryIO | None, tty: bool) -> int:
-    """The command's exit code; skiff's own failure (no connection, a refusal) raises."""
+def run_exec(url: str, *, stdin: BinaryIO | None, tty: bool, attach: bool = False) -> int:
+    """The command's exit code; skiff's own failure (no connection, a refusal) raises. An
+    attach session has no exit code of its own: 0 when it ends."""
     parts = urllib.parse.urlsplit(url)
     try:
         sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=30)
@@ -69,7 +70,7 @@ def run_exec(url: str, *, stdin: BinaryIO | None, tty: bool) -> int:
         finally:
             if saved is not None:
                 termios.tcsetattr(0, termios.TCSADRAIN, saved)
-    return _exit_code(status)
+    return 0 if attach and not status else _exit_code(status)
 
 
 def _exit_code(status: dict[str, Any]) -> int:

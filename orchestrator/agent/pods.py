@@ -199,6 +199,7 @@ class PodAgent(Controller):
             labels={CONTAINER_NAME: spec["name"], POD_UID: pod["metadata"]["uid"],
                     POD_NAME: pod["metadata"]["name"], POD_NAMESPACE: pod["metadata"]["namespace"]},
             log_path=f"{spec['name']}/{attempt}.log",
+            stdin=bool(spec.get("stdin")), stdin_once=bool(spec.get("stdinOnce")), tty=bool(spec.get("tty")),
             mounts=[pb.Mount(host_path=host, container_path=inside, readonly=readonly)
                     for host, inside, readonly in volumes.mounts(spec, paths)])
         resources = spec.get("resources") or {}

@@ -5,6 +5,7 @@ here (orchestrator/subresources.py).
     GET  /containerLogs/{ns}/{pod}/{container}?follow=&tailLines=&previous=   the log's text, chunked
     POST /exec/{ns}/{pod}/{container}   {"command": [...], "timeout": S}  ->  {"stdout", "stderr", "exitCode"}
                                         {"command", "stream": true, "stdin", "tty"}  ->  {"url"}
+    POST /attach/{ns}/{pod}/{container}  {"stdin"}  ->  {"url"}
     POST /portForward/{ns}/{pod}        {"ports": [...]}  ->  {"url"}
 
 kubelet's /exec upgrades the connection to a stream (SPDY or WebSocket); skiff's is CRI
@@ -123,6 +124,9 @@ class _Handler(JsonHandler):
                 if method == "POST" and len(parts) == 4 and parts[0] == "exec":
                     self.reply_json(HTTPStatus.OK, self._exec(parts[1], parts[2], parts[3]))
                     return
+                if method == "POST" and len(parts) == 4 and parts[0] == "attach":
+                    self.reply_json(HTTPStatus.OK, self._attach(parts[1], parts[2], parts[3]))
+                    return
                 if method == "POST" and len(parts) == 3 and parts[0] == "portForward":
                     self.reply_json(HTTPStatus.OK, self._port_forward(parts[1], parts[2]))
                     return
@@ -188,6 +192,13 @@ class _Handler(JsonHandler):
                 body.close()
             except OSError:
                 pass  # the connection is gone: what was buffered has nowhere to go
+
+    def _attach(self, namespace: str, pod: str, container: str) -> dict[str, Any]:
+        """{"stdin"} -> {"url"}: the CRI streaming server's, for the container's own streams."""
+        stdin = bool(self.read_json().get("stdin"))
+        found = self._container(namespace, pod, container, previous=False)
+        return {"url": self.server.cri().runtime.Attach(pb.AttachRequest(
+            container_id=found.id, stdin=stdin, stdout=True, stderr=True)).url}
 
     def _port_forward(self, namespace: str, pod: str) -> dict[str, Any]:
         """{"ports": [...]} -> {"url"}: the CRI streaming server's, for the pod's ready sandbox."""
