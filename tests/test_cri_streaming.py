@@ -297,16 +297,20 @@ def test_attach_to_a_container_started_with_stdin(cri: Cri) -> None:
         kept = container("kept", once=False)
         for word in (b"one", b"two"):   # two sessions in a row: stdin stays open between them
             client = attach(kept)
-            client.send(0, word + b"\n")
-            client.until(lambda: b"got " + word in client.received(1))
-            client.close()
+            try:
+                client.send(0, word + b"\n")
+                client.until(lambda: b"got " + word in client.received(1))
+            finally:
+                client.close()
         assert cri.status(kept).state == pb.CONTAINER_RUNNING
 
         once = container("once", once=True)
         client = attach(once)
-        client.send(0, b"last\n")
-        client.until(lambda: b"got last" in client.received(1))
-        client.close()                                      # stdin ends: the loop reads EOF
+        try:
+            client.send(0, b"last\n")
+            client.until(lambda: b"got last" in client.received(1))
+        finally:
+            client.close()                                  # stdin ends: the loop reads EOF
         assert cri.wait_exited(once).state == pb.CONTAINER_EXITED
         with pytest.raises(grpc.RpcError) as refused:
             cri.runtime.Attach(pb.AttachRequest(container_id=once, stdout=True))

@@ -11,6 +11,7 @@ import contextlib
 import os
 import threading
 import time
+from typing import BinaryIO
 
 from skiff.cri.logs import LogFormatError, Stream, parse_line
 from skiff.cri.monitor import read_exit
@@ -33,39 +34,42 @@ class AttachSession:
     def run(self) -> None:
         r = self.request
         try:
-            if r.stdin:
-                self._stdin = self.monitors.attach_stdin(r.monitor_pid, r.runtime_id)
-            threading.Thread(target=self._read_client, name="skiff-attach-stdin", daemon=True).start()
-            self._follow()
+            with open(r.log_path, "rb") as log:
+                # From its end as it is now, before any stdin reaches the container: what the
+                # container answers to it is written after this point.
+                log.seek(0, os.SEEK_END)
+                if r.stdin:
+                    self._stdin = self.monitors.attach_stdin(r.monitor_pid, r.runtime_id)
+                threading.Thread(target=self._read_client, name="skiff-attach-stdin", daemon=True).start()
+                self._follow(log)
         finally:
             self._close_stdin()
             if r.stdin and r.stdin_once:
                 self.monitors.close_stdin(r.monitor_pid, r.runtime_id)
             self.peer.close()
 
-    def _follow(self) -> None:
+    def _follow(self, log: BinaryIO) -> None:
+        """What the container writes from now on, as kubelet's attach shows it."""
         r = self.request
-        with open(r.log_path, "rb") as log:
-            log.seek(0, os.SEEK_END)   # what it writes from now on, as kubelet's attach shows
-            rest = b""
-            while not self._client_gone.is_set():
-                data = log.read(65536)
-                if not data:
-                    if read_exit(r.exit_file) is not None:
-                        data = log.read()   # the last lines written before the exit file
-                        if not data:
-                            return
-                    else:
-                        time.sleep(POLL)
-                        continue
-                *lines, rest = (rest + data).split(b"\n")
-                for line in lines:
-                    with contextlib.suppress(LogFormatError):
-                        entry = parse_line(line)
-                        channel, wanted = ((channels.STDOUT, r.stdout) if entry.stream is Stream.STDOUT
-                                           else (channels.STDERR, r.stderr))
-                        if wanted:
-                            self.peer.frame(channel, entry.text + (b"" if entry.partial else b"\n"))
+        rest = b""
+        while not self._client_gone.is_set():
+            data = log.read(65536)
+            if not data:
+                if read_exit(r.exit_file) is not None:
+                    data = log.read()   # the last lines written before the exit file
+                    if not data:
+                        return
+                else:
+                    time.sleep(POLL)
+                    continue
+            *lines, rest = (rest + data).split(b"\n")
+            for line in lines:
+                with contextlib.suppress(LogFormatError):
+                    entry = parse_line(line)
+                    channel, wanted = ((channels.STDOUT, r.stdout) if entry.stream is Stream.STDOUT
+                                       else (channels.STDERR, r.stderr))
+                    if wanted:
+                        self.peer.frame(channel, entry.text + (b"" if entry.partial else b"\n"))
 
     def _read_client(self) -> None:
         try:
