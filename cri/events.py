@@ -30,7 +30,7 @@ _TYPES = {ContainerState.CREATED: pb.CONTAINER_CREATED_EVENT, ContainerState.RUN
 class ContainerEvents:
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._subscribers: list[queue.Queue[pb.ContainerEventResponse]] = []
+        self._subscribers: list[Subscription] = []
 
     def changed(self, old: ContainerRecord | None, new: ContainerRecord | None) -> None:
         """A record was added, changed or deleted (old None: added; new None: deleted)."""
@@ -47,24 +47,38 @@ class ContainerEvents:
                                           pod_sandbox_status=pb.PodSandboxStatus(id=record.sandbox_id))
         with self._lock:
             subscribers = list(self._subscribers)
-        for q in subscribers:
-            while True:
-                try:
-                    q.put_nowait(event)
-                    break
-                except queue.Full:
-                    try:
-                        q.get_nowait()   # the oldest goes
-                    except queue.Empty:
-                        pass
+        for subscriber in subscribers:
+            subscriber.put(event)
 
     @contextmanager
-    def subscribe(self) -> Iterator[queue.Queue[pb.ContainerEventResponse]]:
-        q: queue.Queue[pb.ContainerEventResponse] = queue.Queue(BACKLOG)
+    def subscribe(self) -> Iterator[Subscription]:
+        subscription = Subscription()
         with self._lock:
-            self._subscribers.append(q)
+            self._subscribers.append(subscription)
         try:
-            yield q
+            yield subscription
         finally:
             with self._lock:
-                self._subscribers.remove(q)
+                self._subscribers.remove(subscription)
+
+
+class Subscription:
+    """One stream's events; `end` (the client went, the server stops) wakes its reader at once."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[pb.ContainerEventResponse | None] = queue.SimpleQueue()
+
+    def put(self, event: pb.ContainerEventResponse) -> None:
+        if self._queue.qsize() >= BACKLOG:
+            try:
+                self._queue.get_nowait()   # the oldest goes
+            except queue.Empty:
+                pass
+        self._queue.put(event)
+
+    def end(self) -> None:
+        self._queue.put(None)
+
+    def get(self, timeout: float) -> pb.ContainerEventResponse | None:
+        """The next event; None once ended. Raises queue.Empty after `timeout` seconds."""
+        return self._queue.get(timeout=timeout)

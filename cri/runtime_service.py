@@ -79,14 +79,21 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
 
     def GetContainerEvents(self, request: pb.GetEventsRequest,
                            context: grpc.ServicerContext) -> Iterator[pb.ContainerEventResponse]:
-        """Until the client goes; while it waits, the live containers are read once a second,
-        which records the exits of those that ended (events.py)."""
+        """Until the client goes (or the server stops); while it waits, the live containers are
+        read once a second, which records the exits of those that ended (events.py)."""
         with self.ctx.events.subscribe() as events:
+            # the stream ends the moment the RPC does, not at the next poll: a handler left
+            # polling would read the containers of a service that is closing
+            context.add_callback(events.end)
             while context.is_active():
                 try:
-                    yield events.get(timeout=1.0)
+                    event = events.get(timeout=1.0)
                 except queue.Empty:
                     container_status.refresh_live(self.ctx)
+                    continue
+                if event is None:
+                    return
+                yield event
 
     RunPodSandbox = _route(sandbox_run.run_pod_sandbox)
     StopPodSandbox = _route(sandbox_stop.stop_pod_sandbox)
