@@ -639,6 +639,8 @@ def _orchestrator_parsers(command: Callable[[str, str], argparse.ArgumentParser]
     c.add_argument("pod")
     c.add_argument("-c", "--container", help="which container (needed when the pod has several)")
     c.add_argument("-i", "--stdin", action="store_true", help="pass stdin to the container (created with stdin)")
+    c.add_argument("-t", "--tty", action="store_true",
+                   help="this terminal in raw mode, its size passed on (a container created with tty)")
     c = client_flags(command("port-forward", "a local port carried to a port of a pod, as kubectl port-forward"))
     c.add_argument("pod")
     c.add_argument("ports", metavar="[LOCAL:]REMOTE", help="LOCAL 0: any free port")
@@ -783,7 +785,7 @@ def cmd_attach(args: argparse.Namespace) -> int:
 
     url = attach_url(_api(args).client, args.pod, namespace=args.namespace, container=args.container,
                      stdin=args.stdin)
-    return run_exec(url, stdin=sys.stdin.buffer if args.stdin else None, tty=False, attach=True)
+    return run_exec(url, stdin=sys.stdin.buffer if args.stdin else None, tty=args.tty, attach=True)
 
 
 def cmd_port_forward(args: argparse.Namespace) -> int:

@@ -19,6 +19,7 @@ Splitting at `MAX_LINE_SIZE` and the P/F choice follow containerd's `redirectLog
 
 from __future__ import annotations
 
+import errno
 import enum
 import os
 import time
@@ -79,6 +80,10 @@ class LogWriter:
         del pending[:start]
 
     def close(self, stream: Stream) -> None:
+        self.flush(stream)
+
+    def flush(self, stream: Stream) -> None:
+        """The unfinished line goes out as P now."""
         pending = self._pending[stream]
         if pending:
             self._emit_line(stream, bytes(pending), full=False)
@@ -176,9 +181,13 @@ def write_exit_file(path: str, status: int, finished_at: int) -> None:
 class ContainerLog:
     """A container's stdout and stderr pipes, copied into its log file until both reach EOF."""
 
-    def __init__(self, log_path: str, streams: dict[int, Stream], *, max_line: int = MAX_LINE_SIZE) -> None:
+    def __init__(self, log_path: str, streams: dict[int, Stream], *, max_line: int = MAX_LINE_SIZE,
+                 flush_partial: bool = False) -> None:
+        """`flush_partial`: what a read ends with is written at once, as a P line, rather than
+        kept until its newline (a terminal's prompt)."""
         self.file = _LogFile(log_path)
         self._writer = LogWriter(self.file.write, max_line=max_line)
+        self._flush_partial = flush_partial
         self.streams = dict(streams)  # the pipes not at EOF yet
 
     def copy(self, fd: int) -> None:
@@ -187,8 +196,14 @@ class ContainerLog:
             data = os.read(fd, _READ_SIZE)
         except BlockingIOError:
             return
+        except OSError as e:
+            if e.errno != errno.EIO:
+                raise
+            data = b""   # a pty master once no process holds its terminal
         if data:
             self._writer.write(self.streams[fd], data)
+            if self._flush_partial:
+                self._writer.flush(self.streams[fd])
         else:
             self._writer.close(self.streams.pop(fd))
             os.close(fd)

@@ -18,6 +18,10 @@ daemon: it is a fork-server job that runs in a session of its own and listens on
     {"op": "release", "id", "timeout"} RemoveContainer: the reply comes once the container's
                                       init is reaped and its pipes are at EOF, or at the
                                       timeout, when what is left unread is dropped
+    {"op": "attach", "id"}            a copy of the container's stdin (a pipe's write end, or its
+                                      pty master) for an Attach session → {"stdin", "terminal"}
+    {"op": "close_stdin", "id"}       stdin_once: the first Attach ended; a pipe is closed, a
+                                      terminal gets ^D → {"ok"}
     {"op": "detach"}                  the daemon is stopping → {"containers": N}
 
 Why one monitor for all the containers, not one per container (CRI-O) or per pod
@@ -145,7 +149,8 @@ class _Container:
     log: ContainerLog
     exit_file: str
     releases: list[tuple[socket.socket, float]] = field(default_factory=list)  # (reply to, deadline)
-    stdin: int = -1  # the write end of its stdin, for Attach (a container created with stdin)
+    stdin: int = -1  # the write end of its stdin, for Attach: a pipe's, or its terminal's master
+    terminal: bool = False  # it runs on a pty (CRI tty) whose master this monitor holds
 
     @property
     def done(self) -> bool:
@@ -246,11 +251,14 @@ class _Monitor:
                 if container is None or container.stdin < 0:
                     self._reply(conn, {"stdin": False})
                 else:
-                    self._reply(conn, {"stdin": True}, fds=[container.stdin])
+                    self._reply(conn, {"stdin": True, "terminal": container.terminal}, fds=[container.stdin])
             elif op == "close_stdin":   # stdin_once: the first attach has ended
                 if container is not None and container.stdin >= 0:
-                    os.close(container.stdin)
-                    container.stdin = -1
+                    if container.terminal:   # a terminal is not closed: its reader gets its EOF (^D)
+                        os.write(container.stdin, b"\x04")
+                    else:
+                        os.close(container.stdin)
+                        container.stdin = -1
                 self._reply(conn, {"ok": True})
             elif op == "detach":
                 self.detached = True
@@ -297,7 +305,11 @@ class _Monitor:
 
     def _create_container(self, a: dict[str, Any]) -> _Container:
         """args as `_create`'s, and stdin (bool): the container reads a pipe whose write end
-        this monitor keeps for Attach (kept open, so that its reads wait rather than end)."""
+        this monitor keeps for Attach (kept open, so that its reads wait rather than end); or
+        terminal (bool): the container's init makes a pty (its spec says process.terminal)
+        and sends the master here, which its output is read from and Attach writes to."""
+        if a.get("terminal"):
+            return self._create_on_terminal(a)
         container_id, bundle, log_path, exit_file = (str(a[k]) for k in ("container_id", "bundle", "log_path",
                                                                           "exit_file"))
         out_r, out_w = os.pipe()
@@ -305,14 +317,8 @@ class _Monitor:
         in_r, in_w = os.pipe2(os.O_CLOEXEC) if a.get("stdin") else (self.devnull, -1)
         log = ContainerLog(log_path, {out_r: Stream.STDOUT, err_r: Stream.STDERR})
         try:
-            state = self.runtime.create(container_id, bundle, stdio=(in_r, out_w, err_w))
-            try:
-                pidfd = os.pidfd_open(state.pid)
-            except BaseException:
-                self.runtime.delete(container_id, force=True)
-                raise
-            return _Container(id=container_id, init=state.pid, pidfd=pidfd, log=log, exit_file=exit_file,
-                              stdin=in_w)
+            init, pidfd = self._create_init(container_id, bundle, stdio=(in_r, out_w, err_w))
+            return _Container(id=container_id, init=init, pidfd=pidfd, log=log, exit_file=exit_file, stdin=in_w)
         except BaseException:
             log.close()
             if in_w >= 0:
@@ -323,6 +329,37 @@ class _Monitor:
             os.close(err_w)
             if in_r != self.devnull:
                 os.close(in_r)
+
+    def _create_on_terminal(self, a: dict[str, Any]) -> _Container:
+        from skiff.runtime import console
+
+        container_id, bundle, log_path, exit_file = (str(a[k]) for k in ("container_id", "bundle", "log_path",
+                                                                          "exit_file"))
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        with ours, theirs:
+            init, pidfd = self._create_init(container_id, bundle, stdio=(self.devnull,) * 3,
+                                            console_fd=theirs.fileno())
+            try:
+                master = console.receive_master(ours)
+            except BaseException:
+                os.close(pidfd)
+                self.runtime.delete(container_id, force=True)
+                raise
+        # a pty's output is copied as it comes, not by the line: an attached client sees a
+        # shell's prompt (conmon writes its partial lines the same way)
+        log = ContainerLog(log_path, {master: Stream.STDOUT}, flush_partial=True)
+        return _Container(id=container_id, init=init, pidfd=pidfd, log=log, exit_file=exit_file,
+                          stdin=os.dup(master), terminal=True)
+
+    def _create_init(self, container_id: str, bundle: str, *, stdio: tuple[int, int, int],
+                     console_fd: int | None = None) -> tuple[int, int]:
+        """(the init's pid, its pidfd)"""
+        state = self.runtime.create(container_id, bundle, stdio=stdio, console_fd=console_fd)
+        try:
+            return state.pid, os.pidfd_open(state.pid)
+        except BaseException:
+            self.runtime.delete(container_id, force=True)
+            raise
 
     def _finish_creates(self) -> None:
         with contextlib.suppress(BlockingIOError):

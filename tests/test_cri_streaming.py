@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import urllib.parse
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -315,5 +316,64 @@ def test_attach_to_a_container_started_with_stdin(cri: Cri) -> None:
         with pytest.raises(grpc.RpcError) as refused:
             cri.runtime.Attach(pb.AttachRequest(container_id=once, stdout=True))
         assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    finally:
+        cri.remove_all()
+
+
+def run_interactive(cri: Cri, pod_id: str, pod: pb.PodSandboxConfig, name: str, command: list[str], *,
+                    tty: bool = False, once: bool = False) -> str:
+    """A container created with stdin (and a terminal if `tty`), as `kubectl run -i [-t]` makes one."""
+    config = pb.ContainerConfig(metadata=pb.ContainerMetadata(name=name), image=pb.ImageSpec(image=IMAGE),
+                                command=command, log_path=f"{name}/0.log", stdin=True, stdin_once=once, tty=tty)
+    cid = str(cri.runtime.CreateContainer(pb.CreateContainerRequest(
+        pod_sandbox_id=pod_id, config=config, sandbox_config=pod)).container_id)
+    cri.runtime.StartContainer(pb.StartContainerRequest(container_id=cid))
+    return cid
+
+
+def test_attach_to_a_containers_terminal(cri: Cri) -> None:
+    """A container with a tty runs on a pty whose master its monitor holds: attach types into
+    it, resizes it, and sees the shell's prompt (output with no newline yet); the log has the
+    terminal's output too, and the session ends with the container, with a Success status."""
+    pod_id, pod = cri.run_pod("terminal")
+    try:
+        cid = run_interactive(cri, pod_id, pod, "shell", ["sh"], tty=True)
+        client = Client(str(cri.runtime.Attach(pb.AttachRequest(container_id=cid, stdin=True, stdout=True,
+                                                                tty=True)).url), ["v5.channel.k8s.io"])
+        client.send(4, json.dumps({"Width": 90, "Height": 20}).encode())
+        client.send(0, b"stty size; echo $((6 * 7))\r")
+        # the next prompt, with no newline after it (busybox's line editing then asks where the cursor is)
+        client.until(lambda: b"42\r\n/ # " in client.received(1))
+        client.send(0, b"exit\r")
+        out, status = client.finish()
+        assert set(out) == {1} and b"20 90" in out[1] and status["status"] == "Success"
+        assert cri.wait_exited(cid).state == pb.CONTAINER_EXITED
+        logged = (Path(pod.log_directory) / "shell" / "0.log").read_text()
+        assert " stdout " in logged and "42" in logged and " stderr " not in logged
+    finally:
+        cri.remove_all()
+
+
+def test_attach_over_spdy(cri: Cri) -> None:
+    """kubectl's older transport for attach: a SPDY stream per standard stream; with
+    stdin_once, stdin's FIN ends the container's stdin."""
+    pod_id, pod = cri.run_pod("spdy-attached")
+    try:
+        cid = run_interactive(cri, pod_id, pod, "reader", ["sh", "-c", "while read x; do echo got $x; done; "
+                                                           "echo bye >&2"], once=True)
+        url = urllib.parse.urlparse(str(cri.runtime.Attach(pb.AttachRequest(
+            container_id=cid, stdin=True, stdout=True, stderr=True)).url))
+        assert url.hostname is not None and url.port is not None
+        with socket.create_connection((url.hostname, url.port), timeout=20) as sock:
+            conn = spdy_upgrade(sock, url, "v4.channel.k8s.io")
+            streams = {"error": 1, "stdin": 3, "stdout": 5, "stderr": 7}
+            for kind, stream in streams.items():
+                conn.syn_stream(stream, {"streamtype": kind})
+            conn.data(streams["stdin"], b"spdy\n", fin=True)
+            replied, out = spdy_frames(conn)
+        assert replied == set(streams.values())
+        assert (out.get(5), out.get(7)) == (b"got spdy\n", b"bye\n")
+        assert json.loads(out[1])["status"] == "Success"
+        assert cri.wait_exited(cid).state == pb.CONTAINER_EXITED
     finally:
         cri.remove_all()

@@ -133,6 +133,7 @@ def _create(ctx: ServiceContext, record: ContainerRecord, config: pb.ContainerCo
     preparing.wait()
     config = pb.ContainerConfig.FromString(record.config)
     reply = ctx.monitors.create({"container_id": record.runtime_id, "bundle": bundle, "log_path": log_path,
-                                 "exit_file": ctx.exit_file(record.id), "stdin": config.stdin and not config.tty})
+                                 "exit_file": ctx.exit_file(record.id), "stdin": config.stdin and not config.tty,
+                                 "terminal": config.tty})
     stop_signal = resolved.image.config.stop_signal if resolved.image.config else None
     return int(reply["pid"]), int(reply["monitor_pid"]), stop_signal or ""

@@ -57,16 +57,14 @@ def exec_streaming(ctx: ServiceContext, request: pb.ExecRequest) -> pb.ExecRespo
 
 def attach(ctx: ServiceContext, request: pb.AttachRequest) -> pb.AttachResponse:
     """Attach: the URL on the streaming server of a running container's own streams (its
-    stdin if it was created with stdin; its output as it is logged)."""
+    stdin if it was created with stdin; its output as it is logged). Its terminal is the
+    container's: a tty in the request does not make one (containerd's behaviour)."""
     from skiff.cri.streaming.tokens import AttachRequest
 
     record = lookup(ctx, request.container_id)
     if record.state is not ContainerState.RUNNING:
         raise FailedPrecondition(f"container {record.id} is {record.state.name.lower()}, not running")
     config = pb.ContainerConfig.FromString(record.config)
-    if request.tty or config.tty:
-        raise InvalidArgument("tty: attach to a container's terminal is not supported yet (its stdin, stdout "
-                              "and stderr are)")
     if request.stdin and not config.stdin:
         raise InvalidArgument(f"stdin: container {record.id} was not created with stdin")
     if not (request.stdin or request.stdout or request.stderr):
@@ -74,7 +72,8 @@ def attach(ctx: ServiceContext, request: pb.AttachRequest) -> pb.AttachResponse:
     return pb.AttachResponse(url=ctx.streaming.attach_url(AttachRequest(
         container_id=record.id, runtime_id=record.runtime_id, monitor_pid=record.monitor_pid,
         log_path=record.log_path or os.devnull, exit_file=ctx.exit_file(record.id), stdin=request.stdin,
-        stdout=request.stdout, stderr=request.stderr, stdin_once=config.stdin_once)))
+        stdout=request.stdout, stderr=request.stderr and not config.tty, stdin_once=config.stdin_once,
+        tty=config.tty)))
 
 
 def port_forward(ctx: ServiceContext, request: pb.PortForwardRequest) -> pb.PortForwardResponse:

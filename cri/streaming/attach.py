@@ -2,8 +2,11 @@
 is a pipe whose write end its monitor keeps (a container created with stdin, monitor.py); the
 session gets a copy and writes what the client sends. Its output is what the monitor copies
 into its CRI log file, followed from the file's end as it grows, each line on the channel of
-its stream. The session ends when the container has exited and the log is drained, or when the
-client goes. With stdin_once, the container's stdin ends with the first session."""
+its stream. A container on a terminal (CRI tty) has its pty master kept by the monitor instead:
+the session writes stdin to a copy of it and applies resizes to it, and its output is logged as
+it comes (a prompt has no newline). The session ends when the container has exited and the log
+is drained (a Success status on the error channel then, as kubelet sends), or when the client
+goes. With stdin_once, the container's stdin ends with the first session."""
 
 from __future__ import annotations
 
@@ -38,18 +41,20 @@ class AttachSession:
                 # From its end as it is now, before any stdin reaches the container: what the
                 # container answers to it is written after this point.
                 log.seek(0, os.SEEK_END)
-                if r.stdin:
+                if r.stdin or r.tty:   # a terminal's master takes the resizes too
                     self._stdin = self.monitors.attach_stdin(r.monitor_pid, r.runtime_id)
                 threading.Thread(target=self._read_client, name="skiff-attach-stdin", daemon=True).start()
-                self._follow(log)
+                if self._follow(log):
+                    self.peer.frame(channels.ERROR, channels.status(0))
         finally:
             self._close_stdin()
             if r.stdin and r.stdin_once:
                 self.monitors.close_stdin(r.monitor_pid, r.runtime_id)
             self.peer.close()
 
-    def _follow(self, log: BinaryIO) -> None:
-        """What the container writes from now on, as kubelet's attach shows it."""
+    def _follow(self, log: BinaryIO) -> bool:
+        """What the container writes from now on, as kubelet's attach shows it; False when the
+        client went first."""
         r = self.request
         rest = b""
         while not self._client_gone.is_set():
@@ -58,7 +63,7 @@ class AttachSession:
                 if read_exit(r.exit_file) is not None:
                     data = log.read()   # the last lines written before the exit file
                     if not data:
-                        return
+                        return True
                 else:
                     time.sleep(POLL)
                     continue
@@ -70,17 +75,25 @@ class AttachSession:
                                        else (channels.STDERR, r.stderr))
                     if wanted:
                         self.peer.frame(channel, entry.text + (b"" if entry.partial else b"\n"))
+        return False
 
     def _read_client(self) -> None:
         try:
             for message in self.peer.messages():
                 if message[:1] == bytes([channels.STDIN]):
                     with self._lock:
-                        if self._stdin is not None:
+                        if self._stdin is not None and self.request.stdin:
                             with contextlib.suppress(OSError):
                                 os.write(self._stdin, message[1:])
-                elif message[:2] == bytes([channels.CLOSE, channels.STDIN]):
-                    self._close_stdin()
+                elif message[:1] == bytes([channels.RESIZE]):
+                    with self._lock:
+                        if self._stdin is not None and self.request.tty:
+                            channels.resize(self._stdin, message[1:])
+                elif message[:2] == bytes([channels.CLOSE, channels.STDIN]) and not self.request.tty:
+                    self._close_stdin()   # a terminal stays: its end is ^D's to make
+                    if self.request.stdin_once:   # the container's stdin ends now, as containerd's does
+                        r = self.request
+                        self.monitors.close_stdin(r.monitor_pid, r.runtime_id)
         finally:
             self._client_gone.set()
 

@@ -1,6 +1,6 @@
 """The streaming server: a TCP listener (127.0.0.1 and a port of the kernel's choosing unless
 configured, as containerd's), a thread per connection. A connection is an HTTP request to
-`/exec/<token>` or `/portforward/<token>` that upgrades to a WebSocket with one of the channel
+`/exec/`, `/attach/` or `/portforward/<token>` that upgrades to a WebSocket with one of the channel
 subprotocols (wsproto does the handshake and the framing) or to SPDY/3.1 (h11 answers the
 upgrade, spdy.py frames the streams); the session then runs on that socket. A request that is
 not one (an unknown token, no upgrade, no protocol of ours) gets an HTTP error that says what
@@ -137,8 +137,8 @@ class _Handler(socketserver.BaseRequestHandler):
             ExecSession(self.server.owner.forkserver, session, peer, stdin_closes=chosen == channels.V5).run()
 
     def _spdy(self, sock: socket.socket, head: bytes) -> None:
-        """An exec or a port-forward over SPDY/3.1: the upgrade answered by h11, then the
-        streams (spdy_peer.py, spdy_portforward.py)."""
+        """An exec, an attach or a port-forward over SPDY/3.1: the upgrade answered by h11,
+        then the streams (spdy_peer.py, spdy_portforward.py)."""
         http = h11.Connection(h11.SERVER)
         http.receive_data(head)
         request = http.next_event()
@@ -147,15 +147,15 @@ class _Handler(socketserver.BaseRequestHandler):
         kind, _, token = url.path.lstrip("/").partition("/")
         offered = [v.strip() for name, value in request.headers if name == b"x-stream-protocol-version"
                    for v in value.decode(errors="replace").split(",")]
-        protocol = {"exec": channels.V4, "portforward": channels.PORT_FORWARD}.get(kind, "")
+        protocol = {"exec": channels.V4, "attach": channels.V4, "portforward": channels.PORT_FORWARD}.get(kind, "")
         try:
             if not protocol:
-                raise _Refusal(404, f"{url.path}: not served here (/exec/<token>, /portforward/<token>)")
+                raise _Refusal(404, f"{url.path}: not served here (/exec/, /attach/, /portforward/<token>)")
             if protocol not in offered:
                 raise _Refusal(400, f"X-Stream-Protocol-Version {offered}: want {protocol}")
             session = self.server.owner.tokens.take(token)
-            if _KINDS[type(session)] != kind or isinstance(session, AttachRequest):
-                raise _Refusal(404, f"{url.path}: the token is not for {kind} over SPDY (attach: WebSocket only)")
+            if _KINDS[type(session)] != kind:
+                raise _Refusal(404, f"{url.path}: the token is not for {kind}")
         except (_Refusal, SkiffError) as e:
             body = str(e).encode()
             with contextlib.suppress(OSError, h11.LocalProtocolError):
@@ -180,7 +180,10 @@ class _Handler(socketserver.BaseRequestHandler):
         except (OSError, EOFError, spdy.ProtocolError) as e:
             log.debug("streaming: a SPDY session that did not open its streams: %s", e)
             return
-        ExecSession(self.server.owner.forkserver, session, peer, stdin_closes=True).run()
+        if isinstance(session, AttachRequest):
+            AttachSession(self.server.owner.monitors, session, peer).run()
+        else:
+            ExecSession(self.server.owner.forkserver, session, peer, stdin_closes=True).run()
 
 
 _KINDS = {ExecRequest: "exec", AttachRequest: "attach", PortForwardRequest: "portforward"}

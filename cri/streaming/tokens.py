@@ -51,6 +51,7 @@ class AttachRequest:
     stdout: bool
     stderr: bool
     stdin_once: bool
+    tty: bool   # the container runs on a pty: stdin writes to it, resizes apply to it
 
 
 Session = ExecRequest | PortForwardRequest | AttachRequest
