@@ -8,19 +8,18 @@ from __future__ import annotations
 
 import json
 import os
-import selectors
 import signal
 import socket
 import time
 
 from cri_api.v1 import api_pb2 as pb
 
+from skiff.cri.exec_output import Ended, read_until_exit
 from skiff.cri.service.container_status import lookup
 from skiff.cri.service.context import ServiceContext
 from skiff.cri.store.container import ContainerState
 from skiff.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 
-EXIT_GRACE = 1.0  # seconds for the pipes' EOF after the process ended
 MAX_OUTPUT = 16 << 20  # bytes kept per stream (containerd's maxExecSyncSize is 16 MiB too)
 
 
@@ -133,30 +132,11 @@ def exec_sync(ctx: ServiceContext, request: pb.ExecSyncRequest) -> pb.ExecSyncRe
 
 
 def _read(out_fd: int, err_fd: int, deadline: float | None, exit_reply: socket.socket) -> tuple[bytes, bytes, bool]:
-    """Both pipes until EOF; True as third when the deadline passed before the process
-    ended. Once the worker reports the exit (`exit_reply` readable), EOF gets a short grace:
-    a background child of the command may hold the pipes open for ever."""
+    """Both pipes until EOF, up to MAX_OUTPUT each; True as third when the deadline passed
+    before the process ended."""
     chunks: dict[int, bytearray] = {out_fd: bytearray(), err_fd: bytearray()}
-    ended: float | None = None
-    with selectors.DefaultSelector() as sel:
-        for fd in chunks:
-            sel.register(fd, selectors.EVENT_READ)
-        sel.register(exit_reply, selectors.EVENT_READ)
-        while len(sel.get_map()) > (0 if ended is not None else 1):
-            now = time.monotonic()
-            if ended is not None and now >= ended:
-                break
-            if ended is None and deadline is not None and now >= deadline:
-                return bytes(chunks[out_fd]), bytes(chunks[err_fd]), True
-            limits = [t for t in (ended, deadline) if t is not None]
-            for key, _ in sel.select(min(limits) - now if limits else None):
-                if key.fd not in chunks:
-                    sel.unregister(key.fileobj)
-                    ended = time.monotonic() + EXIT_GRACE
-                    continue
-                data = os.read(key.fd, 65536)
-                if not data:
-                    sel.unregister(key.fd)
-                elif len(chunks[key.fd]) < MAX_OUTPUT:
-                    chunks[key.fd] += data[:MAX_OUTPUT - len(chunks[key.fd])]
-    return bytes(chunks[out_fd]), bytes(chunks[err_fd]), False
+
+    def keep(fd: int, data: bytes) -> None:
+        chunks[fd] += data[:MAX_OUTPUT - len(chunks[fd])]
+    ended = read_until_exit(chunks, exit_reply, keep, deadline=deadline)
+    return bytes(chunks[out_fd]), bytes(chunks[err_fd]), ended is Ended.DEADLINE

@@ -13,18 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import os
-import selectors
 import signal
 import socket
 import threading
-import time
 
+from skiff.cri.exec_output import Ended, read_until_exit
 from skiff.cri.streaming import channels
 from skiff.cri.streaming.tokens import ExecRequest
 from skiff.errors import SkiffError
 from skiff.runtime.forkserver import ForkServer
 
-EXIT_GRACE = 1.0   # seconds for the pipes' EOF after the process ended (a background child may hold them)
 
 
 class ExecSession:
@@ -90,38 +88,17 @@ class ExecSession:
         self.peer.frame(channels.ERROR, channels.status(exit_code))
 
     def _pump(self, outputs: dict[int, int], exit_reply: socket.socket, pid: int) -> bool:
-        """The output to the client until it ends (a short grace once the process has exited);
-        False when the client went first (the process is killed then)."""
+        """The output to the client until it ends; False when the client went first (the
+        process is killed then)."""
         asked = {channels.STDOUT: self.request.stdout, channels.STDERR: self.request.stderr}
-        wanted = {fd: (channel, asked[channel]) for fd, channel in outputs.items()}
-        ended: float | None = None
-        with selectors.DefaultSelector() as sel:
-            for fd in wanted:
-                sel.register(fd, selectors.EVENT_READ)
-            sel.register(exit_reply, selectors.EVENT_READ)
-            while len(sel.get_map()) > (0 if ended is not None else 1):
-                if self._client_gone.is_set() and ended is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
-                    return False
-                now = time.monotonic()
-                if ended is not None and now >= ended:
-                    break
-                for key, _ in sel.select(min(ended - now, 0.2) if ended is not None else 0.2):
-                    if key.fd not in wanted:
-                        sel.unregister(key.fileobj)
-                        ended = time.monotonic() + EXIT_GRACE
-                        continue
-                    try:
-                        data = os.read(key.fd, 65536)
-                    except OSError:   # a pty master reads EIO once no process holds the terminal
-                        data = b""
-                    if not data:
-                        sel.unregister(key.fd)
-                        continue
-                    channel, sent = wanted[key.fd]
-                    if sent:
-                        self.peer.frame(channel, data)
+
+        def send(fd: int, data: bytes) -> None:
+            if asked[outputs[fd]]:
+                self.peer.frame(outputs[fd], data)
+        if read_until_exit(outputs, exit_reply, send, stopped=self._client_gone.is_set) is Ended.STOPPED:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            return False
         return True
 
     def _read_client(self) -> None:
