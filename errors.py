@@ -3,6 +3,7 @@ gRPC codes. Messages are lower case, without a final period, and name what was w
 
 SkiffError              root; raised bare it is a bug         -> INTERNAL
  ├─ InvalidArgument      bad spec, bad request field           -> INVALID_ARGUMENT
+ ├─ Unauthenticated      a registry refused the credentials    -> UNAUTHENTICATED (HTTP 401)
  ├─ NotFound             unknown id, digest, image             -> NOT_FOUND
  ├─ AlreadyExists        reused name or attempt                -> ALREADY_EXISTS
  ├─ FailedPrecondition   wrong state for the call              -> FAILED_PRECONDITION
@@ -22,6 +23,10 @@ class SkiffError(Exception):
 
 
 class InvalidArgument(SkiffError):
+    pass
+
+
+class Unauthenticated(SkiffError):
     pass
 
 

@@ -19,6 +19,7 @@ from skiff.errors import (
     OutOfRange,
     ResourceExhausted,
     SkiffError,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -26,6 +27,7 @@ log = logging.getLogger("skiff.cri")
 
 CODES: tuple[tuple[type[SkiffError], grpc.StatusCode], ...] = (
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
     (NotFound, grpc.StatusCode.NOT_FOUND),
     (AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
     (FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),

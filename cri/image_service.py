@@ -16,6 +16,7 @@ from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc
 
 from skiff.errors import FailedPrecondition, InvalidArgument, SkiffError
+from skiff.images import reference
 from skiff.images.hosts import Credentials
 from skiff.images.service import Images, normalize
 
@@ -27,17 +28,17 @@ log = logging.getLogger("skiff.cri")
 class _Entry:
     id: str                  # config digest
     tags: list[str]
-    digests: list[str]
+    digests: list[str]       # name@digest; a digest a pull asked for (an index's) first
     size: int
     user: str
 
 
 def _credentials(auth: pb.AuthConfig) -> Credentials | None:
-    """kubelet's AuthConfig from an image pull secret: username and password, or `auth`
-    (base64 "user:password", as in a docker config.json)."""
-    if auth.registry_token or auth.identity_token:
-        raise InvalidArgument("auth.registry_token, auth.identity_token: token credentials are not "
-                              "supported; use username and password")
+    """kubelet's AuthConfig from an image pull secret, read as docker reads it: username and
+    password, or `auth` (base64 "user:password", as in a docker config.json); a registry_token
+    (a bearer token, sent as it is; it wins over the rest) or an identity_token (an OAuth2
+    refresh token, traded at the registry's token realm). images/registry.py uses them."""
+    username, password, basic = auth.username, auth.password, bool(auth.username)
     if auth.auth:
         import base64
         import binascii
@@ -48,10 +49,11 @@ def _credentials(auth: pb.AuthConfig) -> Credentials | None:
             raise InvalidArgument(f"auth.auth: not base64 of user:password: {e}") from e
         if not sep:
             raise InvalidArgument("auth.auth: must encode user:password")
-        return Credentials(username=username, password=password)
-    if auth.username:
-        return Credentials(username=auth.username, password=auth.password)
-    return None
+        basic = True
+    if not (basic or auth.registry_token or auth.identity_token):
+        return None
+    return Credentials(username=username if basic else "", password=password if basic else "",
+                       registry_token=auth.registry_token, identity_token=auth.identity_token)
 
 
 class ImageService(api_pb2_grpc.ImageServiceServicer):
@@ -61,8 +63,6 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
     def _entries(self) -> dict[str, _Entry]:
         """By image id. A name goes to repo_tags when it has a tag (domain/path:tag), and every
         name gives a repo digest domain/path@<the digest it points at>, as containerd shows them."""
-        from skiff.images import reference
-
         entries: dict[str, _Entry] = {}
         for record in self.images.store.images():
             try:
@@ -77,13 +77,18 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
                 user = resolved.image.config.user if resolved.image.config and resolved.image.config.user else ""
                 entry = entries[config.digest] = _Entry(id=config.digest, tags=[], digests=[], size=size, user=user)
             ref = reference.parse(record.name)
-            if ref.tag is not None:
+            if ref.tag is not None and ref.digest is None:  # name:tag@digest: the tag is only for show
                 entry.tags.append(f"{ref.name}:{ref.tag}")
             entry.digests.append(f"{ref.name}@{record.digest}")
+            if ref.digest is not None and ref.digest != record.digest:
+                # pulled by an index's digest: the record holds the platform's manifest, but
+                # the digest asked for names the image too (containerd's repo digest is the index)
+                entry.digests.insert(0, f"{ref.name}@{ref.digest}")
         return entries
 
     def find(self, image: str) -> _Entry | None:
-        """By id, unique id prefix (as crictl passes them), or any name."""
+        """By id, unique id prefix (as crictl passes them), or any name; in `name:tag@digest`
+        the digest wins, the tag is not checked (containerd's ParseDockerRef)."""
         if not image:
             raise InvalidArgument("image.image: must name an image")
         entries = self._entries()
@@ -95,15 +100,19 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
             if matches:
                 return matches[0]
         try:
-            name = normalize(image)
+            ref = reference.parse(normalize(image))
         except InvalidArgument:
             if image.startswith("sha256:"):
                 return None
             raise
+        name = str(ref.with_digest(ref.digest)) if ref.digest is not None else str(ref)
         return next((e for e in entries.values() if name in e.tags or name in e.digests), None)
 
     @staticmethod
     def _message(entry: _Entry) -> pb.Image:
+        # `pinned` stays false: containerd pins its sandbox (pause) image against kubelet's image
+        # gc, but skiff runs none (pods' namespaces are held by bind mounts, cri/pause.py is a
+        # script), so no image here is needed by a pod that kubelet does not know of
         uid, username = (int(entry.user.split(":")[0]), "") if entry.user.split(":")[0].isdigit() else (0, entry.user)
         image = pb.Image(id=entry.id, repo_tags=entry.tags, repo_digests=sorted(set(entry.digests)),
                          size=entry.size, username=username, spec=pb.ImageSpec(image=entry.id))

@@ -64,11 +64,19 @@ class RegistryConfigError(InvalidArgument):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Credentials:
-    username: str
-    password: str
+    """What docker's AuthConfig (and the CRI's) can carry: a username and password, shown as
+    Basic to the registry or to its token realm; a `registry_token`, a bearer token got
+    elsewhere and sent as it is; an `identity_token`, an OAuth2 refresh token traded at the
+    token realm for an access token. The config file only gives username and password."""
+    username: str = ""
+    password: str = ""
+    registry_token: str = ""
+    identity_token: str = ""
 
-    def __repr__(self) -> str:  # keep passwords out of logs and tracebacks
-        return f"Credentials(username={self.username!r}, password=***)"
+    def __repr__(self) -> str:  # keep passwords and tokens out of logs and tracebacks
+        return (f"Credentials(username={self.username!r}, password=***, "
+                f"registry_token={'***' if self.registry_token else ''!r}, "
+                f"identity_token={'***' if self.identity_token else ''!r})")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -9,7 +9,9 @@ the content store, push an image back.
               to another host), written through the store's verifying writer; a broken
               download resumes with `Range: bytes=<done>-`; 3-4 at a time
     auth      a 401's WWW-Authenticate: `Bearer realm=,service=,scope=` fetches a token from
-              the realm (with Basic credentials when configured), `Basic` sends credentials
+              the realm (with Basic credentials when configured), `Basic` sends credentials;
+              a registry token is sent as the bearer token as it is, an identity token (an
+              OAuth2 refresh token) is traded by a POST to the realm, grant_type=refresh_token
     retries   connection errors, 429 and 5xx, with exponential backoff
     mirrors   images.hosts: each mirror in order, then the upstream (containerd's hosts.toml)
 
@@ -39,7 +41,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import BinaryIO, Protocol
 
-from skiff.errors import InvalidArgument, NotFound, Unavailable
+from skiff.errors import InvalidArgument, NotFound, Unauthenticated, Unavailable
 from skiff.images import hosts
 from skiff.images.hosts import Endpoint, RegistryConfig
 from skiff.images.reference import Reference, parse
@@ -73,7 +75,7 @@ class PlatformNotFoundError(NotFound):
     pass
 
 
-class RegistryAuthError(InvalidArgument):
+class RegistryAuthError(Unauthenticated):
     """The registry refused the credentials, or wants some and none are configured."""
 
 
@@ -433,8 +435,11 @@ class Client:
                     continue
                 if resp.status == 401:
                     resp.read()
+                    # a registry token is the one secret that reaches here unchecked by a realm
+                    given = (": the registry token was refused"
+                             if ep.credentials is not None and ep.credentials.registry_token else "")
                     raise RegistryAuthError(f"{ep.base}: {method} {path}: unauthorized "
-                                            f"(repository {repository})")
+                                            f"(repository {repository}){given}")
                 if resp.status == 429 or resp.status >= 500:
                     last = f"HTTP {resp.status} {_error_text(resp)}"
                 else:
@@ -448,7 +453,7 @@ class Client:
         challenge = parse_challenge(header)
         creds = ep.credentials
         basic = None
-        if creds is not None:
+        if creds is not None and (creds.username or creds.password):
             raw = f"{creds.username}:{creds.password}".encode()
             basic = "Basic " + base64.b64encode(raw).decode()
         if challenge.scheme == "basic":
@@ -457,7 +462,14 @@ class Client:
                                         f"configured for {ep.registry}")
             self._set_auth(ep, repository, basic)
         elif challenge.scheme == "bearer":
-            self._set_auth(ep, repository, "Bearer " + self._token(ep, challenge, repository, basic))
+            if creds is not None and creds.registry_token:
+                # docker's existingTokenHandler: the caller got the token from the realm
+                # already; asking the realm again would not use it
+                token = creds.registry_token
+            else:
+                token = self._token(ep, challenge, repository, basic,
+                                    creds.identity_token if creds is not None else "")
+            self._set_auth(ep, repository, "Bearer " + token)
         else:
             raise RegistryAuthError(f"{ep.base}: unsupported auth challenge {header!r}")
 
@@ -466,7 +478,10 @@ class Client:
             self._auth[(ep.netloc, repository)] = value
 
     def _token(self, ep: Endpoint, challenge: _Challenge, repository: str,
-               basic: str | None) -> str:
+               basic: str | None, refresh_token: str) -> str:
+        """A bearer token from the challenge's realm: GET with `basic` (or anonymous), or, with
+        a `refresh_token`, docker's OAuth2 POST (grant_type=refresh_token), which is the only
+        way a realm takes one; it does not fall back to GET, as docker does not."""
         realm = challenge.params.get("realm")
         if not realm:
             raise RegistryAuthError(f"{ep.base}: bearer challenge without a realm")
@@ -477,21 +492,34 @@ class Client:
         token_ep = Endpoint(registry=ep.registry, scheme=ep.scheme, netloc=ep.netloc,
                             skip_verify=ep.skip_verify, ca_file=ep.ca_file)
         parts = urllib.parse.urlsplit(url)
-        # Basic credentials never go to a plain-HTTP realm of an HTTPS registry.
-        headers = {"Authorization": basic} if basic and (parts.scheme == "https" or ep.scheme == "http") else {}
+        # Secrets never go to a plain-HTTP realm of an HTTPS registry.
+        safe = parts.scheme == "https" or ep.scheme == "http"
+        headers = {"Authorization": basic} if basic and safe else {}
+        method, payload, what = "GET", None, "token"
+        if refresh_token:
+            if not safe:
+                raise RegistryAuthError(f"{realm}: an identity token is not sent to a plain-HTTP "
+                                        f"realm of {ep.base}")
+            form = {"grant_type": "refresh_token", "refresh_token": refresh_token,
+                    "service": query.get("service", ""), "scope": query["scope"],
+                    "client_id": "skiff"}
+            url, method, payload, what = realm, "POST", urllib.parse.urlencode(form).encode(), "identity token"
+            headers = {"Content-Type": "application/x-www-form-urlencoded"}
         if parts.netloc != ep.netloc:  # another host: the configured CA still counts, skip_verify not
             token_ep = Endpoint(registry=ep.registry, scheme=parts.scheme, netloc=parts.netloc,
                                 ca_file=ep.ca_file)
         for attempt in range(self.retries + 1):
             try:
-                resp = self._once("GET", url, headers, None, token_ep)
+                resp = self._once(method, url, headers, payload, token_ep)
                 data = resp.read(1 << 20)
             except (OSError, http.client.HTTPException) as e:
                 reason = _describe(e)
             else:
-                if resp.status in (401, 403):
-                    raise RegistryAuthError(f"{realm}: token refused for {query['scope']} "
-                                            f"(HTTP {resp.status})")
+                # 400: how an OAuth2 server refuses a grant (RFC 6749 5.2, "invalid_grant")
+                if resp.status in (401, 403) or (refresh_token and resp.status == 400):
+                    detail = _oauth_error(data)
+                    raise RegistryAuthError(f"{realm}: {what} refused for {query['scope']} "
+                                            f"(HTTP {resp.status}{': ' + detail if detail else ''})")
                 if resp.status == 200:
                     try:
                         body = json.loads(data)
@@ -843,6 +871,19 @@ def _error_text(resp: http.client.HTTPResponse) -> str:
                          for e in errors)
     except (ValueError, KeyError, TypeError, AttributeError):
         return raw[:200].decode(errors="replace").strip()
+
+
+def _oauth_error(body: bytes) -> str:
+    """An OAuth2 error answer's `error` (and description), else nothing: bodies of other
+    refusals are not shown, they may be long pages."""
+    try:
+        data = json.loads(body)
+        error, description = data.get("error"), data.get("error_description")
+    except (ValueError, AttributeError):
+        return ""
+    if not isinstance(error, str):
+        return ""
+    return f"{error} ({description})" if isinstance(description, str) and description else error
 
 
 def _describe(e: BaseException) -> str:

@@ -21,6 +21,7 @@ import tarfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -274,6 +275,8 @@ class FakeRegistry:
     redirect_blobs: bool = False                          # blobs via a 307 to /cdn/<digest>
     token: str | None = None                              # Bearer auth with this token
     token_basic: str | None = None                        # /token wants this Basic header
+    refresh_token: str | None = None                      # POST /token trades it for `token`
+    token_forms: list[dict[str, str]] = field(default_factory=list)  # the POST /token forms
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
 
     @property
@@ -309,6 +312,24 @@ def _handler(fake: FakeRegistry) -> type[http.server.BaseHTTPRequestHandler]:
 
         def do_HEAD(self) -> None:
             self.do_GET()
+
+        def do_POST(self) -> None:
+            """Only the OAuth2 refresh-token grant of a token server (docker's
+            fetchTokenWithOAuth): a wrong one is refused as RFC 6749 5.2 says, 400 invalid_grant."""
+            fake.requests.append((self.command, self.path, dict(self.headers.items())))
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            if self.path != "/token":
+                self._send(405)
+                return
+            form = dict(urllib.parse.parse_qsl(body.decode()))
+            fake.token_forms.append(form)
+            if form.get("grant_type") != "refresh_token" or fake.refresh_token is None or \
+                    form.get("refresh_token") != fake.refresh_token:
+                self._send(400, b'{"error":"invalid_grant","error_description":"refresh token unknown"}',
+                           {"Content-Type": "application/json"})
+                return
+            self._send(200, json.dumps({"access_token": fake.token, "expires_in": 300}).encode(),
+                       {"Content-Type": "application/json"})
 
         def do_GET(self) -> None:
             path = self.path.split("?")[0]

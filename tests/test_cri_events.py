@@ -7,8 +7,9 @@ from __future__ import annotations
 import threading
 
 from cri_api.v1 import api_pb2 as pb
-from cri_fixture import Cri
+from cri_fixture import IMAGE, Cri
 from orchestrator_fixture import eventually
+from skiff.images.service import Images
 
 
 def test_a_containers_life_arrives_as_events(cri: Cri) -> None:
@@ -50,11 +51,15 @@ def test_metrics_and_runtime_config_updates_are_answered(cri: Cri) -> None:
 
 
 def test_container_status_tells_the_image_id_and_the_user(cri: Cri) -> None:
+    """image_id is the config digest; image_ref a repo digest, as containerd reports them."""
+    record = Images(cri.config.images_root).store.image(IMAGE)
     pod_id, pod = cri.run_pod("who")
     cid = cri.start(pod_id, pod, "main", "sleep", "60")
     try:
         status = cri.status(cid)
-        assert status.image_id.startswith("sha256:") and status.image_id == status.image_ref
+        listed = cri.images.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=IMAGE))).image
+        assert status.image_id.startswith("sha256:") and status.image_id == listed.id
+        assert status.image_ref == f"skiff.test/busybox@{record.digest}" != status.image_id
         assert (status.user.linux.uid, status.user.linux.gid) == (0, 0)
         assert status.stop_signal == pb.RUNTIME_DEFAULT   # the image has no STOPSIGNAL
     finally:

@@ -3,6 +3,7 @@ uses: Version, Status, and the ImageService on images skiff built."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 from collections.abc import Iterator
@@ -14,7 +15,9 @@ from cri_api.v1 import api_pb2 as pb
 from cri_api.v1 import api_pb2_grpc
 
 from cri_fixture import in_process, service_config
-from registry_fixture import Registry, secure_registry, single_image_layout, skopeo_copy  # noqa: F401
+from registry_fixture import (OCI_INDEX, FakeRegistry, Registry, add_image, fake_registry,  # noqa: F401
+                              multi_platform_layout, secure_registry, single_image_layout, skopeo_copy)
+from skiff.cri.config import CriConfig
 from skiff.demo import make_rootfs
 from skiff.images.service import Images
 
@@ -66,6 +69,23 @@ def test_image_service(cri: tuple[object, object, Images], tmp_path: Path) -> No
     image.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image="box:1")))  # type: ignore[attr-defined]
 
 
+def test_a_name_with_tag_and_digest_is_found_by_its_digest(cri: tuple[object, object, Images], tmp_path: Path) -> None:
+    """`name:tag@digest` names the content by its digest; the tag is not checked (containerd's
+    ParseDockerRef drops it), so kubelet finds an image a pod pins that way."""
+    _, image, images = cri
+    _build(images, tmp_path, "docker.io/library/box:1")
+    digest = images.store.image("docker.io/library/box:1").digest
+    for name in (f"box:1@{digest}", f"box:other@{digest}", f"docker.io/library/box@{digest}"):
+        found = image.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=name)))  # type: ignore[attr-defined]
+        assert found.image.repo_digests == [f"docker.io/library/box@{digest}"], name
+        listed = image.ListImages(pb.ListImagesRequest(filter=pb.ImageFilter(image=pb.ImageSpec(image=name))))  # type: ignore[attr-defined]
+        assert [i.id for i in listed.images] == [found.image.id]
+    other = "sha256:" + "0" * 64
+    missing = image.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=f"box:1@{other}")))  # type: ignore[attr-defined]
+    assert not missing.HasField("image")  # the tag alone does not find it
+    image.RemoveImage(pb.RemoveImageRequest(image=pb.ImageSpec(image="box:1")))  # type: ignore[attr-defined]
+
+
 def test_errors_carry_grpc_codes_and_name_the_field(cri: tuple[object, object, Images]) -> None:
     _, image, _ = cri
     with pytest.raises(grpc.RpcError) as err:
@@ -80,7 +100,6 @@ def test_errors_carry_grpc_codes_and_name_the_field(cri: tuple[object, object, I
 def test_pull_image_with_the_request_credentials(secure_registry: Registry, tmp_path: Path) -> None:
     """kubelet passes an image pull secret's credentials in PullImageRequest.auth."""
     import base64
-    import dataclasses
 
     reg = secure_registry
     single_image_layout(tmp_path / "layout", "v1", {"hello": b"private\n"})
@@ -98,13 +117,81 @@ def test_pull_image_with_the_request_credentials(secure_registry: Registry, tmp_
         with pytest.raises(grpc.RpcError) as err:
             service.images.PullImage(pb.PullImageRequest(image=image, auth=pb.AuthConfig(
                 username=reg.username, password="wrong")))
-        assert "unauthorized" in err.value.details()
+        assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED and "unauthorized" in err.value.details()
         reply = service.images.PullImage(pb.PullImageRequest(image=image, auth=pb.AuthConfig(
             username=reg.username, password=reg.password)))
         assert reply.image_ref.startswith("sha256:")
         encoded = base64.b64encode(f"{reg.username}:{reg.password}".encode()).decode()
         again = service.images.PullImage(pb.PullImageRequest(image=image, auth=pb.AuthConfig(auth=encoded)))
         assert again.image_ref == reply.image_ref
+
+
+def _plain_http(tmp_path: Path, host: str) -> CriConfig:
+    registries = tmp_path / "registries.toml"
+    registries.write_text(f'[registries."{host}"]\ninsecure = true\n')
+    return dataclasses.replace(service_config(tmp_path, str(tmp_path / "images"), mode="none"),
+                               registries=str(registries))
+
+
+def test_pull_image_with_a_registry_token(fake_registry: FakeRegistry, tmp_path: Path) -> None:
+    """auth.registry_token is a bearer token got elsewhere (docker's RegistryToken): it goes to
+    the registry as it is, the token realm is never asked; a wrong one is named in the error."""
+    fake = fake_registry
+    img = add_image(tmp_path / "layout", files={"hello": b"token\n"})
+    fake.add_image("test/app", "v1", img)
+    fake.token = "access-1"
+    image = pb.ImageSpec(image=f"{fake.host}/test/app:v1")
+    with in_process(_plain_http(tmp_path, fake.host)) as service:
         with pytest.raises(grpc.RpcError) as err:
-            service.images.PullImage(pb.PullImageRequest(image=image, auth=pb.AuthConfig(registry_token="t")))
-        assert err.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "registry_token" in err.value.details()
+            service.images.PullImage(pb.PullImageRequest(image=image, auth=pb.AuthConfig(registry_token="wrong")))
+        assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert "unauthorized (repository test/app): the registry token was refused" in err.value.details()
+        reply = service.images.PullImage(pb.PullImageRequest(image=image, auth=pb.AuthConfig(
+            registry_token="access-1")))
+        assert reply.image_ref == img.config_digest
+    assert not [path for _, path, _ in fake.requests if path.startswith("/token")]
+    assert any(headers.get("Authorization") == "Bearer access-1" for _, _, headers in fake.requests)
+
+
+def test_pull_image_with_an_identity_token(fake_registry: FakeRegistry, tmp_path: Path) -> None:
+    """auth.identity_token is an OAuth2 refresh token: traded at the challenge's realm by a
+    POST with grant_type=refresh_token, as docker and containerd do; a refused one says so."""
+    fake = fake_registry
+    img = add_image(tmp_path / "layout", files={"hello": b"identity\n"})
+    fake.add_image("test/app", "v1", img)
+    fake.token, fake.refresh_token = "access-2", "refresh-2"
+    image = pb.ImageSpec(image=f"{fake.host}/test/app:v1")
+    with in_process(_plain_http(tmp_path, fake.host)) as service:
+        with pytest.raises(grpc.RpcError) as err:
+            service.images.PullImage(pb.PullImageRequest(image=image, auth=pb.AuthConfig(identity_token="stale")))
+        assert err.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        assert (f"http://{fake.host}/token: identity token refused for repository:test/app:pull "
+                "(HTTP 400: invalid_grant (refresh token unknown))") in err.value.details()
+        reply = service.images.PullImage(pb.PullImageRequest(image=image, auth=pb.AuthConfig(
+            identity_token="refresh-2")))
+        assert reply.image_ref == img.config_digest
+    assert fake.token_forms[-1] == {"grant_type": "refresh_token", "refresh_token": "refresh-2",
+                                    "service": "fake", "scope": "repository:test/app:pull",
+                                    "client_id": "skiff"}
+    assert not [path for method, path, _ in fake.requests if method == "GET" and path.startswith("/token")]
+
+
+def test_an_image_pulled_by_its_index_digest_is_found_by_it(fake_registry: FakeRegistry, tmp_path: Path) -> None:
+    """A pull by an index's digest records the platform's manifest; the index digest still
+    finds the image (kubelet asks ImageStatus with the pod's image before pulling again) and is
+    one of its repo digests, as containerd shows it."""
+    fake = fake_registry
+    index_digest, built = multi_platform_layout(tmp_path / "layout", "v1")
+    index = (tmp_path / "layout" / "blobs" / "sha256" / index_digest.removeprefix("sha256:")).read_bytes()
+    fake.manifests[("test/app", index_digest)] = (OCI_INDEX, index)
+    for platform, img in built.items():
+        fake.add_image("test/app", platform.replace("/", "-"), img)
+    amd64 = built["linux/amd64"]
+    image = pb.ImageSpec(image=f"{fake.host}/test/app@{index_digest}")
+    with in_process(_plain_http(tmp_path, fake.host)) as service:
+        reply = service.images.PullImage(pb.PullImageRequest(image=image))
+        assert reply.image_ref == amd64.config_digest
+        found = service.images.ImageStatus(pb.ImageStatusRequest(image=image)).image
+        assert found.id == amd64.config_digest and not found.repo_tags
+        assert sorted(found.repo_digests) == sorted([f"{fake.host}/test/app@{index_digest}",
+                                                     f"{fake.host}/test/app@{amd64.manifest_digest}"])

@@ -21,7 +21,7 @@ from registry_fixture import (  # noqa: F401  (fixtures)
     skopeo_copy,
 )
 
-from skiff.errors import InvalidArgument, NotFound, Unavailable
+from skiff.errors import InvalidArgument, NotFound, Unauthenticated, Unavailable
 from skiff.images import hosts, registry as reg_client
 from skiff.images.reference import InvalidReferenceError, parse
 from skiff.images.registry import Client, StderrProgress, pull, push
@@ -239,10 +239,10 @@ def test_tls_basic_auth(secure_registry: Registry, tmp_path: Path) -> None:
     img = single_image_layout(tmp_path / "layout", "v1", {"secret": b"tls\n"})
     skopeo_copy(tmp_path / "layout", "v1", reg, "test/secure:v1", tmp=tmp_path)
     ref = f"{reg.host}/test/secure:v1"
-    with pytest.raises(InvalidArgument, match="no credentials configured"):
+    with pytest.raises(Unauthenticated, match="no credentials configured"):
         pull(ref, _store(tmp_path / "a"), config=_config(
             f'[registries."{reg.host}"]\nca_file = "{reg.ca_file}"\n'))
-    with pytest.raises(InvalidArgument, match="unauthorized"):
+    with pytest.raises(Unauthenticated, match="unauthorized"):
         pull(ref, _store(tmp_path / "b"), config=_config(
             f'[registries."{reg.host}"]\nca_file = "{reg.ca_file}"\nusername = "skiff"\n'
             'password = "wrong"\n'), client=None)
@@ -452,7 +452,7 @@ def test_fake_bearer_with_credentials(fake_app: tuple[FakeRegistry, object], tmp
     fake.token = "tok-456"
     fake.token_basic = "Basic " + base64.b64encode(b"me:pw").decode()
     bad = _config(f'[registries."{fake.host}"]\ninsecure = true\nusername = "me"\npassword = "no"\n')
-    with Client(bad, retries=0) as client, pytest.raises(InvalidArgument, match="token refused"):
+    with Client(bad, retries=0) as client, pytest.raises(Unauthenticated, match="token refused"):
         pull(f"{fake.host}/test/app:v1", _store(tmp_path / "a"), client=client)
     good = _config(f'[registries."{fake.host}"]\ninsecure = true\nusername = "me"\npassword = "pw"\n')
     with Client(good, retries=0) as client:

@@ -14,11 +14,14 @@ from typing import Any
 
 from cri_api.v1 import api_pb2 as pb
 
+from skiff.cri.image_service import ImageService
 from skiff.cri.monitor import read_exit
 from skiff.cri.monitor_client import Monitors
 from skiff.cri.service.context import ServiceContext
 from skiff.cri.store.container import ContainerRecord, ContainerState, ExitReason
 from skiff.errors import NotFound, SkiffError
+from skiff.images import reference
+from skiff.images.service import normalize
 
 _LIVE = (ContainerState.CREATED, ContainerState.RUNNING)
 UNKNOWN_EXIT_CODE = 255
@@ -82,13 +85,30 @@ def _metadata(record: ContainerRecord) -> pb.ContainerMetadata:
     return pb.ContainerMetadata(name=record.name, attempt=record.attempt)
 
 
+def _repo_digest(ctx: ServiceContext, record: ContainerRecord) -> str:
+    """containerd's image_ref: a repo digest of the image (`name@<digest>`, what kubelet shows
+    as the container's imageID and can pull again), looked up now, since names come and go;
+    the image id if it has none left (image_id is always the id). The name the container was
+    created by answers in one read; only a name moved on to another image costs a search."""
+    with contextlib.suppress(SkiffError):  # an id, or an image gone or broken
+        name = normalize(record.image_ref)
+        if ctx.images.resolve(name).manifest.config.digest == record.image_id:
+            ref = reference.parse(name)
+            return f"{ref.name}@{ref.digest or ctx.images.store.image(name).digest}"
+    with contextlib.suppress(SkiffError):
+        entry = ImageService(ctx.images).find(record.image_id)
+        if entry is not None and entry.digests:
+            return entry.digests[0]  # the index's, if a pull named one, as containerd
+    return record.image_id
+
+
 def container_status(ctx: ServiceContext, request: pb.ContainerStatusRequest) -> pb.ContainerStatusResponse:
     record = lookup(ctx, request.container_id)
     config = pb.ContainerConfig.FromString(record.config)
     status = pb.ContainerStatus(
         id=record.id, metadata=_metadata(record), state=pb.ContainerState.ValueType(record.state.value), created_at=record.created_at,
         started_at=record.started_at, finished_at=record.finished_at, exit_code=record.exit_code,
-        image=pb.ImageSpec(image=record.image_ref), image_ref=record.image_id,
+        image=pb.ImageSpec(image=record.image_ref), image_ref=_repo_digest(ctx, record),
         reason=record.reason.value if record.reason else "", message=record.message,
         labels=record.labels, annotations=record.annotations, mounts=list(config.mounts),
         log_path=record.log_path)
