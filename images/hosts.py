@@ -224,8 +224,9 @@ def _opt_str(table: dict[str, Any], key: str, where: str) -> str | None:
 
 
 def _from_auth_file(path: str, registry: str) -> Credentials | None:
-    """A docker-style config.json: `{"auths": {"host": {"auth": base64("user:pass")}}}` or
-    `{"username": ..., "password": ...}`. Credential helpers (`credsStore`) are not run."""
+    """A docker-style config.json: `{"auths": {"host": {"auth": base64("user:pass")}}}`,
+    `{"username": ..., "password": ...}`, or a token `docker login` saved (`identitytoken`,
+    `registrytoken`). Credential helpers (`credsStore`) are not run."""
     try:
         with open(path) as f:
             data = json.load(f)
@@ -245,6 +246,10 @@ def _from_auth_file(path: str, registry: str) -> Credentials | None:
 
 
 def _entry_credentials(entry: dict[str, Any], path: str, key: str) -> Credentials | None:
+    tokens = {field: entry.get(name) for field, name in (("identity_token", "identitytoken"),
+                                                         ("registry_token", "registrytoken"))}
+    if any(isinstance(t, str) and t for t in tokens.values()):
+        return Credentials(**{field: t for field, t in tokens.items() if isinstance(t, str)})
     if isinstance(entry.get("username"), str) and isinstance(entry.get("password"), str):
         return Credentials(username=entry["username"], password=entry["password"])
     auth = entry.get("auth")

@@ -61,7 +61,8 @@ def test_reference_invalid(text: str) -> None:
 
 def test_config_endpoints(tmp_path: Path) -> None:
     auth = tmp_path / "config.json"
-    auth.write_text(json.dumps({"auths": {"https://index.docker.io/v1/": {"auth": "dTpw"}}}))
+    auth.write_text(json.dumps({"auths": {"https://index.docker.io/v1/": {"auth": "dTpw"},
+                                          "quay.io": {"auth": "dTpw", "identitytoken": "refresh-me"}}}))
     cfg_file = tmp_path / "registries.toml"
     cfg_file.write_text(f"""
 auth_file = "{auth}"
@@ -85,6 +86,8 @@ insecure = true
     assert "pw" not in repr(eps[1])
     assert [e.base for e in cfg.endpoints("docker.io", pull=False)] == ["https://registry-1.docker.io"]
     assert cfg.endpoints("127.0.0.1:5000")[0].base == "http://127.0.0.1:5000"
+    # what `docker login` saves for a registry with an OAuth2 token server: the token, not the password
+    assert cfg.credentials("quay.io") == hosts.Credentials(identity_token="refresh-me")
 
 
 def test_config_env_and_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
