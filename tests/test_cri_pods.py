@@ -441,16 +441,20 @@ def test_a_created_container_holds_only_its_own_pipes(cri: Cri) -> None:
 
 
 def test_create_container_by_image_id(cri: Cri) -> None:
-    """kubelet names images by name; other clients (crictl) also by id or id prefix."""
+    """kubelet names the image by the id PullImage answered and by the pod's name for it
+    (user_specified_image); crictl by id or id prefix. ContainerStatus shows a name of the
+    image either way, and a repo digest as its image_ref, as containerd does."""
     [image] = [i for i in cri.images.ListImages(pb.ListImagesRequest()).images if IMAGE in i.repo_tags]
     pod_id, pod = cri.run_pod("by-id")
-    for ref in (image.id, image.id.removeprefix("sha256:")[:12]):
+    for ref, named in ((image.id, ""), (image.id.removeprefix("sha256:")[:12], ""), (image.id, IMAGE)):
         cid = str(cri.runtime.CreateContainer(pb.CreateContainerRequest(
             pod_sandbox_id=pod_id, sandbox_config=pod, config=pb.ContainerConfig(
-                metadata=pb.ContainerMetadata(name=f"by-id-{len(ref)}"), image=pb.ImageSpec(image=ref),
-                command=["true"]))).container_id)
+                metadata=pb.ContainerMetadata(name=f"by-id-{len(ref)}-{bool(named)}"),
+                image=pb.ImageSpec(image=ref, user_specified_image=named), command=["true"]))).container_id)
         cri.runtime.StartContainer(pb.StartContainerRequest(container_id=cid))
-        assert cri.wait_exited(cid).exit_code == 0
+        status = cri.wait_exited(cid)
+        assert status.exit_code == 0
+        assert (status.image.image, status.image_ref, status.image_id) == (IMAGE, image.repo_digests[0], image.id)
 
 
 def test_the_service_makes_the_mount_points_before_the_container_runs(cri: Cri) -> None:

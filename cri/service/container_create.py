@@ -68,7 +68,7 @@ def _create_in_sandbox(ctx: ServiceContext, config: pb.ContainerConfig, sandbox:
 
 def _create_prepared(ctx: ServiceContext, config: pb.ContainerConfig, sandbox: SandboxRecord, pod: PodContext,
                      container_id: str, preparing: Preparing) -> pb.CreateContainerResponse:
-    image, image_id = _image(ctx, config.image.image)
+    image, image_id, image_name = _image(ctx, config.image)
     name = container_name(name=config.metadata.name, attempt=config.metadata.attempt, sandbox_name=sandbox.name,
                           sandbox_namespace=sandbox.namespace, sandbox_uid=sandbox.uid)
     log_path = os.path.join(sandbox.log_directory, config.log_path) if sandbox.log_directory and config.log_path else ""
@@ -76,7 +76,7 @@ def _create_prepared(ctx: ServiceContext, config: pb.ContainerConfig, sandbox: S
     try:
         record = ContainerRecord(
             id=container_id, sandbox_id=sandbox.id, name=config.metadata.name, attempt=config.metadata.attempt,
-            image_ref=config.image.image, image_id=image_id, labels=dict(config.labels),
+            image_ref=image_name, image_id=image_id, labels=dict(config.labels),
             annotations=dict(config.annotations), created_at=time.time_ns(), state=ContainerState.UNKNOWN,
             log_path=log_path, runtime_id=container_id, config=config.SerializeToString())
         ctx.containers.add(record)
@@ -106,16 +106,22 @@ def _files_dir(ctx: ServiceContext, sandbox_id: str) -> str:
     return files if os.path.isdir(files) else ctx.pod_dir(sandbox_id)  # a pod an older skiff made
 
 
-def _image(ctx: ServiceContext, ref: str) -> tuple[ResolvedImage, str]:
-    """The image the request names, resolved, and its id. A name resolves directly; only an
-    id or id prefix needs the list of every image (kubelet passes names)."""
-    with contextlib.suppress(SkiffError):
-        resolved = ctx.images.resolve(ref)
-        return resolved, resolved.manifest.config.digest
+def _image(ctx: ServiceContext, spec: pb.ImageSpec) -> tuple[ResolvedImage, str, str]:
+    """The image the request names, resolved; its id; and the name it is shown by. kubelet
+    names it by the id PullImage answered, and by the pod's own name for it in
+    user_specified_image: that name resolves in one read (and is what ContainerStatus shows,
+    as containerd shows a tag), where an id or id prefix needs the list of every image."""
+    ref = spec.image
+    for name in dict.fromkeys(n for n in (spec.user_specified_image, ref) if n):
+        with contextlib.suppress(SkiffError):
+            resolved = ctx.images.resolve(name)
+            image_id = resolved.manifest.config.digest
+            if name == ref or image_id.removeprefix("sha256:").startswith(ref.removeprefix("sha256:")):
+                return resolved, image_id, name
     entry = ImageService(ctx.images).find(ref)
     if entry is None:
         raise NotFound(f"config.image.image: image {ref!r} not found: pull it first")
-    return ctx.images.resolve((entry.tags or entry.digests)[0]), entry.id
+    return ctx.images.resolve((entry.tags or entry.digests)[0]), entry.id, ref
 
 
 def _create(ctx: ServiceContext, record: ContainerRecord, config: pb.ContainerConfig, pod: PodContext,

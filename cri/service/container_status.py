@@ -85,30 +85,33 @@ def _metadata(record: ContainerRecord) -> pb.ContainerMetadata:
     return pb.ContainerMetadata(name=record.name, attempt=record.attempt)
 
 
-def _repo_digest(ctx: ServiceContext, record: ContainerRecord) -> str:
-    """containerd's image_ref: a repo digest of the image (`name@<digest>`, what kubelet shows
-    as the container's imageID and can pull again), looked up now, since names come and go;
-    the image id if it has none left (image_id is always the id). The name the container was
-    created by answers in one read; only a name moved on to another image costs a search."""
-    with contextlib.suppress(SkiffError):  # an id, or an image gone or broken
+def _image_names(ctx: ServiceContext, record: ContainerRecord) -> tuple[str, str]:
+    """ContainerStatus's image and image_ref, as containerd answers them: the name the image
+    was asked by (else a tag of it), and a repo digest (`name@<digest>`, what kubelet shows
+    as the container's imageID and can pull again; the image id if it has none left). Looked
+    up now, since names come and go: the name asked by answers in one read; only an id, or a
+    name moved on to another image, costs a search of every image."""
+    with contextlib.suppress(SkiffError):
         name = normalize(record.image_ref)
         if ctx.images.resolve(name).manifest.config.digest == record.image_id:
             ref = reference.parse(name)
-            return f"{ref.name}@{ref.digest or ctx.images.store.image(name).digest}"
+            return record.image_ref, f"{ref.name}@{ref.digest or ctx.images.store.image(name).digest}"
     with contextlib.suppress(SkiffError):
         entry = ImageService(ctx.images).find(record.image_id)
-        if entry is not None and entry.digests:
-            return entry.digests[0]  # the index's, if a pull named one, as containerd
-    return record.image_id
+        if entry is not None:
+            return ((entry.tags or [record.image_ref])[0],
+                    entry.digests[0] if entry.digests else record.image_id)  # the index's, if a pull named one
+    return record.image_ref, record.image_id
 
 
 def container_status(ctx: ServiceContext, request: pb.ContainerStatusRequest) -> pb.ContainerStatusResponse:
     record = lookup(ctx, request.container_id)
     config = pb.ContainerConfig.FromString(record.config)
+    image, image_ref = _image_names(ctx, record)
     status = pb.ContainerStatus(
         id=record.id, metadata=_metadata(record), state=pb.ContainerState.ValueType(record.state.value), created_at=record.created_at,
         started_at=record.started_at, finished_at=record.finished_at, exit_code=record.exit_code,
-        image=pb.ImageSpec(image=record.image_ref), image_ref=_repo_digest(ctx, record),
+        image=pb.ImageSpec(image=image), image_ref=image_ref,
         reason=record.reason.value if record.reason else "", message=record.message,
         labels=record.labels, annotations=record.annotations, mounts=list(config.mounts),
         log_path=record.log_path)

@@ -189,11 +189,13 @@ class PodAgent(Controller):
                          sandbox: pb.PodSandboxConfig, attempt: int, paths: dict[str, tuple[str, bool]]) -> None:
         image = spec["image"]
         present = self.images.ImageStatus(pb.ImageStatusRequest(image=pb.ImageSpec(image=image)), timeout=CALL)
+        image_id = present.image.id
         if spec.get("imagePullPolicy") == "Always" or not present.HasField("image"):
-            self.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image), sandbox_config=sandbox),
-                                  timeout=600)
-        config = pb.ContainerConfig(
-            metadata=pb.ContainerMetadata(name=spec["name"], attempt=attempt), image=pb.ImageSpec(image=image),
+            image_id = self.images.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=image),
+                                                                 sandbox_config=sandbox), timeout=600).image_ref
+        config = pb.ContainerConfig(   # the image by its id, as kubelet names it: a tag moved meanwhile does not count
+            metadata=pb.ContainerMetadata(name=spec["name"], attempt=attempt),
+            image=pb.ImageSpec(image=image_id, user_specified_image=image),
             command=spec.get("command") or [], args=spec.get("args") or [], working_dir=spec.get("workingDir", ""),
             envs=[pb.KeyValue(key=e["name"], value=e.get("value", "")) for e in spec.get("env") or []],
             labels={CONTAINER_NAME: spec["name"], POD_UID: pod["metadata"]["uid"],
