@@ -13,6 +13,9 @@ without a valid token gets 401 and nothing else.
     GET    /api/v1/namespaces/{ns}/pods/{name}/log        a pod's log, from its node's agent
     POST   /api/v1/namespaces/{ns}/pods/{name}/exec       a command in it (subresources.py)
     POST   /api/v1/namespaces/{ns}/pods/{name}/portforward  where its ports are reached
+    GET|POST .../exec, .../attach, .../portforward with Connection: Upgrade (kubectl's SPDY/3.1
+           or WebSocket): carried to the node's CRI streaming server (upgrade_proxy.py)
+    GET    /api, /apis, /api/v1, /apis/{group}/{version}, /version   discovery (api/discovery.py)
 
 Errors are Kubernetes Status objects with the HTTP code kubectl expects: 400 Invalid, 404
 NotFound, 409 AlreadyExists or Conflict, 410 Gone (a watch from a compacted revision), 401.
@@ -31,8 +34,9 @@ from http import HTTPStatus
 from typing import Any
 
 from skiff.errors import (Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, OutOfRange,
-                          SkiffError, Unavailable)
-from skiff.orchestrator import subresources
+                          SkiffError, Unauthenticated, Unavailable)
+from skiff.orchestrator import subresources, upgrade_proxy
+from skiff.orchestrator.api import discovery
 from skiff.orchestrator.api.kinds import KINDS, Kind
 from skiff.orchestrator.api.registry import FieldSelector, Registry
 from skiff.orchestrator.http_server import JsonHandler, ServerThread, UnixServer, quiet_when_the_client_went
@@ -42,6 +46,7 @@ WATCH_TIMEOUT = 300.0  # seconds without an event before a watch ends (kubectl w
 
 _STATUS: list[tuple[type[SkiffError], HTTPStatus, str]] = [
     (InvalidArgument, HTTPStatus.BAD_REQUEST, "Invalid"),
+    (Unauthenticated, HTTPStatus.UNAUTHORIZED, "Unauthorized"),
     (NotFound, HTTPStatus.NOT_FOUND, "NotFound"),
     (AlreadyExists, HTTPStatus.CONFLICT, "AlreadyExists"),
     (Aborted, HTTPStatus.CONFLICT, "Conflict"),
@@ -118,8 +123,15 @@ class _Handler(JsonHandler):
         query = {k: v[-1] for k, v in urllib.parse.parse_qs(url.query).items()}
         try:
             sub = subresources.match(url.path)
+            if sub is not None and sub[2] != "log" and upgrade_proxy.is_upgrade(self.headers.items()):
+                self._upgrade(method, *sub, urllib.parse.parse_qs(url.query))
+                return
             if sub is not None:
                 self._subresource(method, *sub, query)
+                return
+            found = discovery.document(url.path) if method == "GET" else None
+            if found is not None:
+                self.reply_json(HTTPStatus.OK, found)
                 return
             r = route(url.path)
             if method == "GET" and r.name is None and query.get("watch") in ("true", "1"):
@@ -198,6 +210,27 @@ class _Handler(JsonHandler):
                 self._chunk(b"")
             except (BrokenPipeError, ConnectionResetError):
                 self.close_connection = True
+
+    def _upgrade(self, method: str, namespace: str, name: str, what: str, query: dict[str, list[str]]) -> None:
+        """kubectl's exec, attach or port-forward (SPDY/3.1 or WebSocket), carried to the CRI
+        streaming server of the pod's node; an error before that is a Status, as for any request."""
+        url = subresources.stream_url(self.server.registry, namespace, name, what, query)
+        backend = upgrade_proxy.connect(url)
+        try:
+            head = upgrade_proxy.request_head(method, url, self.headers.items())
+            self.close_connection = True   # the connection is the stream's now, to its end
+            upgrade_proxy.pump(self.connection, backend, head + self._read_ahead(), subresources.IDLE)
+        finally:
+            backend.close()
+
+    def _read_ahead(self) -> bytes:
+        """What the client sent past the request's head that rfile's buffer holds (a client may
+        write before it sees the 101), without waiting for more."""
+        self.connection.setblocking(False)
+        try:
+            return self.rfile.read1(65536) or b""
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return b""
 
     def _watch(self, r: Route, query: dict[str, str]) -> None:
         registry = self.server.registry

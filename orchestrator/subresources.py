@@ -10,8 +10,10 @@ LogLocation and ExecLocation).
     POST /api/v1/namespaces/{ns}/pods/{name}/exec   {"container", "command": [...], "timeout": S}
          -> {"stdout", "stderr", "exitCode"}
 
-The exec is skiff's own, not Kubernetes': one JSON request and one reply (CRI ExecSync), where
-Kubernetes upgrades the connection to a stream for stdin, stdout, stderr and resizes."""
+That exec is skiff's own, not Kubernetes': one JSON request and one reply (CRI ExecSync). An
+exec, attach or portforward request that upgrades its connection (kubectl's) is Kubernetes':
+`stream_url` gets the node's CRI streaming URL for it, and the API server carries the
+connection there (upgrade_proxy.py)."""
 
 from __future__ import annotations
 
@@ -93,8 +95,9 @@ def logs(t: Target, query: dict[str, str]) -> Streamed:
 
 
 def attach(t: Target, body: dict[str, Any]) -> dict[str, Any]:
-    """{"stdin"} -> {"url"} of the node's CRI streaming server."""
-    return t.agent.request("POST", t.path("attach"), {"stdin": bool(body.get("stdin"))})
+    """{"stdin", "stdout", "stderr", "tty"} -> {"url"} of the node's CRI streaming server."""
+    return t.agent.request("POST", t.path("attach"), {k: bool(body[k]) for k in ("stdin", "stdout", "stderr", "tty")
+                                                      if k in body})
 
 
 def port_forward(t: Target, body: dict[str, Any]) -> dict[str, Any]:
@@ -107,6 +110,26 @@ def exec_in(t: Target, body: dict[str, Any]) -> dict[str, Any]:
     timeout = body.get("timeout") or 0
     wait = (timeout if isinstance(timeout, int) and timeout > 0 else IDLE) + CALL
     return t.agent.request("POST", t.path("exec"), {k: v for k, v in body.items() if k != "container"}, timeout=wait)
+
+
+def stream_url(api: Api, namespace: str, name: str, what: str, query: dict[str, list[str]]) -> str:
+    """The node's CRI streaming server's URL for an upgraded exec, attach or portforward, from
+    kubectl's query (kubelet `pkg/kubelet/server/server.go`, getExec, getAttach, getPortForward):
+    command (repeated), container, stdin, stdout, stderr, tty; portforward's ports, which SPDY
+    clients do not send (each stream names its port)."""
+    def flag(key: str) -> bool:   # Go's strconv.ParseBool, as the query's decoder uses it
+        return (query.get(key) or [""])[-1].lower() in ("1", "t", "true")
+
+    if what == "portforward":
+        words = [p for value in query.get("ports", []) for p in value.split(",")]
+        if not all(p.strip().isdigit() for p in words):
+            raise InvalidArgument(f"ports: {words}: want port numbers")
+        return str(port_forward(target(api, namespace, name, None), {"ports": [int(p) for p in words]})["url"])
+    t = target(api, namespace, name, (query.get("container") or [""])[-1])
+    streams = {k: flag(k) for k in ("stdin", "stdout", "stderr", "tty")}
+    if what == "attach":
+        return str(attach(t, streams)["url"])
+    return str(exec_in(t, {"command": query.get("command") or [], "stream": True, **streams})["url"])
 
 
 def relay(stream: Streamed, client: socket.socket, write: Callable[[bytes], None]) -> None:

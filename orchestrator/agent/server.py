@@ -4,8 +4,8 @@ here (orchestrator/subresources.py).
 
     GET  /containerLogs/{ns}/{pod}/{container}?follow=&tailLines=&previous=   the log's text, chunked
     POST /exec/{ns}/{pod}/{container}   {"command": [...], "timeout": S}  ->  {"stdout", "stderr", "exitCode"}
-                                        {"command", "stream": true, "stdin", "tty"}  ->  {"url"}
-    POST /attach/{ns}/{pod}/{container}  {"stdin"}  ->  {"url"}
+                                        {"command", "stream": true, "stdin", "tty", "stdout", "stderr"}  ->  {"url"}
+    POST /attach/{ns}/{pod}/{container}  {"stdin", "tty", "stdout", "stderr"}  ->  {"url"}
     POST /portForward/{ns}/{pod}        {"ports": [...]}  ->  {"url"}
 
 kubelet's /exec upgrades the connection to a stream (SPDY or WebSocket); skiff's is CRI
@@ -194,17 +194,20 @@ class _Handler(JsonHandler):
                 pass  # the connection is gone: what was buffered has nowhere to go
 
     def _attach(self, namespace: str, pod: str, container: str) -> dict[str, Any]:
-        """{"stdin"} -> {"url"}: the CRI streaming server's, for the container's own streams."""
-        stdin = bool(self.read_json().get("stdin"))
+        """{"stdin", "stdout", "stderr", "tty"} -> {"url"}: the CRI streaming server's, for the
+        container's own streams (stdout and stderr unless said otherwise)."""
+        body = self.read_json()
         found = self._container(namespace, pod, container, previous=False)
         return {"url": self.server.cri().runtime.Attach(pb.AttachRequest(
-            container_id=found.id, stdin=stdin, stdout=True, stderr=True)).url}
+            container_id=found.id, stdin=bool(body.get("stdin")), tty=bool(body.get("tty")),
+            stdout=bool(body.get("stdout", True)), stderr=bool(body.get("stderr", True)))).url}
 
     def _port_forward(self, namespace: str, pod: str) -> dict[str, Any]:
-        """{"ports": [...]} -> {"url"}: the CRI streaming server's, for the pod's ready sandbox."""
+        """{"ports": [...]} -> {"url"}: the CRI streaming server's, for the pod's ready sandbox.
+        No ports is what kubectl's SPDY port-forward asks for: each of its streams names its port."""
         ports = self.read_json().get("ports")
-        if not isinstance(ports, list) or not ports or not all(isinstance(p, int) and 0 < p < 65536 for p in ports):
-            raise InvalidArgument(f"ports: {ports!r}: want a non-empty list of ports (1-65535)")
+        if not isinstance(ports, list) or not all(isinstance(p, int) and 0 < p < 65536 for p in ports):
+            raise InvalidArgument(f"ports: {ports!r}: want a list of ports (1-65535)")
         ready = self.server.cri().pods(state="ready", labels={POD_NAMESPACE: namespace, POD_NAME: pod})
         if not ready:
             raise InvalidArgument(f'pod "{pod}" has no running sandbox on this node')
@@ -225,7 +228,8 @@ class _Handler(JsonHandler):
         if body.get("stream"):   # interactive: the CRI streaming server's URL, for the client to connect to
             stdin, tty = bool(body.get("stdin")), bool(body.get("tty"))
             url = self.server.cri().runtime.Exec(pb.ExecRequest(
-                container_id=found.id, cmd=command, stdin=stdin, tty=tty, stdout=True, stderr=not tty)).url
+                container_id=found.id, cmd=command, stdin=stdin, tty=tty, stdout=bool(body.get("stdout", True)),
+                stderr=bool(body.get("stderr", not tty)) and not tty)).url
             return {"url": url}
         reply = self.server.cri().exec_sync(found.id, command, timeout)
         return {"stdout": reply.stdout.decode(errors="surrogateescape"),

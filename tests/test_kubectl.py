@@ -1,0 +1,228 @@
+"""Kubernetes' own client against skiff: kubectl 1.20 (Debian's kubernetes-client, which
+speaks SPDY/3.1 for exec, attach and port-forward) with a kubeconfig for the API server on
+TCP, TLS and a bearer token, over the cluster of test_orchestrator_logs_exec.py (API server,
+node agent, CRI service in this process). kubectl reads discovery, gets the pod, then
+upgrades its exec or port-forward request, which the API server carries to the node's CRI
+streaming server (orchestrator/upgrade_proxy.py).
+
+The kubectl binary is unpacked from Debian's package into a cache, not installed (a host may
+have another kubectl on PATH, as the development machine's 1.32 that speaks WebSocket first):
+`apt-get download` and `dpkg-deb -x`, as tests/vm/image.py unpacks its kernel."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cri_fixture import IMAGE
+from orchestrator_fixture import eventually
+from test_orchestrator_logs_exec import Cluster, _connections, cluster  # noqa: F401 (the fixture, reused)
+
+from skiff.orchestrator.apiserver import ApiServer
+
+PACKAGE = "kubernetes-client"   # Debian 12: kubectl 1.20
+TOKEN = "kubectl-test-token"
+
+
+def _cache() -> Path:
+    return Path(os.environ.get("SKIFF_KUBECTL_CACHE", "/var/cache/skiff-kubectl"))
+
+
+def _run(argv: list[str], cwd: Path | None = None) -> str:
+    done = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: exit status {done.returncode}: {done.stderr.strip()[-300:]}")
+    return done.stdout
+
+
+def _fetch(cache: Path) -> Path:
+    """kubectl of the candidate version of PACKAGE, unpacked into `cache` once."""
+    show = _run(["apt-cache", "show", "--no-all-versions", PACKAGE])
+    version = next(line.split(":", 1)[1].strip() for line in show.splitlines() if line.startswith("Version:"))
+    unpacked = cache / f"{PACKAGE}_{version}"
+    if not unpacked.is_dir():
+        with tempfile.TemporaryDirectory(prefix="fetch-", dir=cache) as tmp:
+            _run(["apt-get", "download", "-q", f"{PACKAGE}={version}"], cwd=Path(tmp))
+            (deb,) = Path(tmp).glob("*.deb")
+            _run(["dpkg-deb", "-x", str(deb), f"{tmp}/unpacked"])
+            Path(tmp, "unpacked").rename(unpacked)
+    return unpacked / "usr/bin/kubectl"
+
+
+@pytest.fixture(scope="session")
+def kubectl_binary() -> Path:
+    cache = _cache()
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            try:
+                return _fetch(cache)
+            except (RuntimeError, StopIteration):   # a fresh machine has no package lists yet
+                subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=600)
+                return _fetch(cache)
+        except (RuntimeError, StopIteration, OSError) as e:
+            cached = sorted(cache.glob(f"{PACKAGE}_*/usr/bin/kubectl"))
+            if cached:   # offline: one fetched before is as good
+                return cached[-1]
+            pytest.skip(f"requires kubectl 1.20 (Debian package {PACKAGE}, fetched into {cache}): {e}")
+
+
+@dataclass
+class Kubectl:
+    binary: Path
+    home: Path
+    cluster: Cluster
+
+    def argv(self, *args: str) -> list[str]:
+        return [str(self.binary), f"--kubeconfig={self.home / 'config'}", *args]
+
+    def env(self) -> dict[str, str]:
+        """HOME the test's own: kubectl keeps its discovery cache under it."""
+        return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(self.home)}
+
+    def run(self, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:  # noqa: A002
+        return subprocess.run(self.argv(*args), input=input, capture_output=True, text=True, timeout=60,
+                              env=self.env())
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(self.argv(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                env=self.env())
+
+
+@pytest.fixture
+def kubectl(kubectl_binary: Path, cluster: Cluster, tmp_path: Path) -> Iterator[Kubectl]:  # noqa: F811
+    """kubectl 1.20 with a kubeconfig for the cluster's API server, served on TCP as well."""
+    home = tmp_path / "kubectl"
+    home.mkdir()
+    cert, key = home / "tls.crt", home / "tls.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    server = ApiServer(cluster.registry, tcp=("127.0.0.1", 0), tls=(str(cert), str(key)), tokens=(TOKEN,))
+    server.start()
+    (home / "config").write_text(f"""apiVersion: v1
+kind: Config
+clusters:
+- name: skiff
+  cluster: {{server: "{server.address}", certificate-authority: "{cert}"}}
+users:
+- name: admin
+  user: {{token: {TOKEN}}}
+contexts:
+- name: skiff
+  context: {{cluster: skiff, user: admin, namespace: default}}
+current-context: skiff
+""")
+    try:
+        yield Kubectl(kubectl_binary, home, cluster)
+    finally:
+        server.stop()
+
+
+def test_get_pods(kubectl: Kubectl) -> None:
+    """Discovery: without /api and /api/v1, kubectl knows no resource type "pods"."""
+    kubectl.cluster.run("web", "sleep", "3600")
+    done = kubectl.run("get", "pods", "-o", "name")
+    assert (done.returncode, done.stdout) == (0, "pod/web\n"), done.stderr
+
+
+def test_exec(kubectl: Kubectl) -> None:
+    kubectl.cluster.run("web", "sleep", "3600")
+    done = kubectl.run("exec", "web", "--", "echo", "hi")
+    assert (done.returncode, done.stdout) == (0, "hi\n"), done.stderr
+
+    both = kubectl.run("exec", "web", "-c", "main", "--", "sh", "-c", "echo out; echo err >&2")
+    assert (both.returncode, both.stdout, both.stderr) == (0, "out\n", "err\n")
+
+    piped = kubectl.run("exec", "-i", "web", "--", "cat", input="through kubectl\nand back\n")
+    assert (piped.returncode, piped.stdout) == (0, "through kubectl\nand back\n"), piped.stderr
+
+    # kubectl exits with the command's code (the Status on the error stream says it)
+    failed = kubectl.run("exec", "-i", "web", "--", "sh", "-c", "tr a-z A-Z; exit 3", input="shout\n")
+    assert (failed.returncode, failed.stdout) == (3, "SHOUT\n"), failed.stderr
+
+    missing = kubectl.run("exec", "ghost", "--", "true")
+    assert missing.returncode == 1 and "pods 'ghost' not found" in missing.stderr, missing.stderr
+
+
+def test_exec_with_a_terminal(kubectl: Kubectl) -> None:
+    """-t wants a terminal on kubectl's side: `script` gives it one, of a size kubectl sends on."""
+    kubectl.cluster.run("web", "sleep", "3600")
+    command = " ".join(kubectl.argv("exec", "-it", "web", "--", "sh", "-c", "'tty; sleep 0.5; stty size; exit 5'"))
+    # (the sleep: kubectl sends its terminal's size once the streams are up, as the command starts)
+    done = subprocess.run(["script", "-qec", f"stty rows 33 cols 101; {command}", "/dev/null"], input="",
+                          capture_output=True, text=True, timeout=60, env=kubectl.env())
+    assert done.returncode == 5, (done.stdout, done.stderr)
+    # (script's own terminal shows what came back; what it sends at its stdin's end echoes as ^@)
+    assert "/dev/pts/0\n" in done.stdout and "33 101\n" in done.stdout, done.stdout
+
+
+def test_attach(kubectl: Kubectl) -> None:
+    """kubectl attach -i: its stdin to the container's (closed at its end: stdinOnce), the
+    container's output back; kubectl ends with the container."""
+    kubectl.cluster.run("echo", containers=[{
+        "name": "main", "image": IMAGE, "stdin": True, "stdinOnce": True,
+        "command": ["sh", "-c", "while read line; do echo got $line; done; echo bye"]}])
+    done = kubectl.run("attach", "-i", "echo", input="one\ntwo\n")
+    assert (done.returncode, done.stdout) == (0, "got one\ngot two\nbye\n"), done.stderr
+
+    # -t: a shell on the container's own terminal, sized as kubectl's (script's) is
+    kubectl.cluster.run("tty", containers=[{"name": "main", "image": IMAGE, "stdin": True, "tty": True,
+                                            "command": ["sh"]}])
+    command = " ".join(kubectl.argv("attach", "-it", "tty"))
+    shell = subprocess.run(["script", "-qec", f"stty rows 33 cols 101; {command}", "/dev/null"],
+                           input="stty size; exit 7\n", capture_output=True, text=True, timeout=60, env=kubectl.env())
+    assert shell.returncode == 0 and "\n33 101\n" in shell.stdout, (shell.stdout, shell.stderr)
+
+
+def test_port_forward(kubectl: Kubectl) -> None:
+    kubectl.cluster.run("www", "sh", "-c", "mkdir -p /www && echo served > /www/index.html && "
+                        "exec httpd -f -p 8080 -h /www")
+    forward = kubectl.start("port-forward", "pod/www", ":8080")
+    try:
+        assert forward.stdout is not None
+        line = forward.stdout.readline()
+        assert line.startswith("Forwarding from 127.0.0.1:") and line.rstrip().endswith("-> 8080"), line
+        local = int(line.split(":")[1].split()[0])
+        for attempt in range(3):   # a connection each time, each a pair of SPDY streams
+            answer = b""
+            for _ in range(50):    # httpd may not listen yet
+                with socket.create_connection(("127.0.0.1", local), timeout=10) as s:
+                    s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                    answer = b"".join(iter(lambda: s.recv(4096), b""))
+                if b"served" in answer:
+                    break
+                time.sleep(0.1)
+            assert answer.startswith(b"HTTP/1.") and answer.endswith(b"served\n"), (attempt, answer)
+    finally:
+        forward.send_signal(signal.SIGINT)
+        _, err = forward.communicate(timeout=10)
+    assert forward.returncode == 0, err
+
+
+def test_logs_follow(kubectl: Kubectl) -> None:
+    kubectl.cluster.run("talk", "sh", "-c", "echo first; sleep 1; echo second; sleep 0.5")
+    done = kubectl.run("logs", "-f", "talk")
+    assert (done.returncode, done.stdout) == (0, "first\nsecond\n"), done.stderr
+
+    # A follower that goes away: the API server stops following for it.
+    kubectl.cluster.run("quiet", "sh", "-c", "echo hello; exec sleep 3600")
+    follower = kubectl.start("logs", "-f", "quiet")
+    try:
+        assert follower.stdout is not None
+        assert follower.stdout.readline() == "hello\n"
+    finally:
+        follower.send_signal(signal.SIGINT)
+        follower.communicate(timeout=10)
+    eventually(lambda: _connections(kubectl.cluster.agent_socket) == 1, timeout=10)
+
