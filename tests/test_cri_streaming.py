@@ -377,3 +377,37 @@ def test_attach_over_spdy(cri: Cri) -> None:
         assert cri.wait_exited(cid).state == pb.CONTAINER_EXITED
     finally:
         cri.remove_all()
+
+
+def test_port_forward_tunnelled_in_a_websocket(cri: Cri) -> None:
+    """kubectl 1.31 and later: SPDY's bytes in WebSocket binary messages
+    (SPDY/3.1+portforward.k8s.io), the same streams as over an upgraded connection."""
+    from skiff.cri.streaming import spdy
+
+    pod_id, pod = cri.run_pod("tunnelled")
+    cri.start(pod_id, pod, "web", "sh", "-c", "mkdir -p /www && echo tunnelled > /www/index.html && "
+              "exec httpd -f -p 8080 -h /www")
+    try:
+        for _ in range(50):   # httpd may not listen yet
+            client = Client(str(cri.runtime.PortForward(pb.PortForwardRequest(pod_sandbox_id=pod_id, port=[8080])).url),
+                            ["SPDY/3.1+portforward.k8s.io"])
+            assert client.accepted is not None and client.accepted.subprotocol == "SPDY/3.1+portforward.k8s.io"
+
+            def chunks() -> Any:
+                while not client.closed:
+                    client._pump()
+                    while client.frames:
+                        yield client.frames.pop(0)
+            conn = spdy.Connection.over_chunks(chunks(), lambda data: client.sock.sendall(
+                client.ws.send(Message(data=data))))
+            conn.syn_stream(1, {"streamtype": "error", "port": "8080", "requestid": "0"})
+            conn.syn_stream(3, {"streamtype": "data", "port": "8080", "requestid": "0"})
+            conn.data(3, b"GET / HTTP/1.0\r\n\r\n")
+            replied, out = spdy_frames(conn, until_fin=3)
+            client.close()
+            if b"tunnelled" in out.get(3, b""):
+                break
+            time.sleep(0.1)
+        assert replied == {1, 3} and out[3].startswith(b"HTTP/1.") and out[3].endswith(b"tunnelled\n")
+    finally:
+        cri.remove_all()

@@ -23,6 +23,7 @@ STDIN, STDOUT, STDERR, ERROR, RESIZE, CLOSE = 0, 1, 2, 3, 4, 255
 V5, V4 = "v5.channel.k8s.io", "v4.channel.k8s.io"
 PROTOCOLS = (V5, V4)   # the first the client offers that is here wins, in the client's order
 PORT_FORWARD = "portforward.k8s.io"   # over SPDY (over WebSocket, port-forward speaks V4's framing)
+PORT_FORWARD_TUNNEL = "SPDY/3.1+" + PORT_FORWARD   # SPDY's bytes in WebSocket binary messages
 
 
 class Peer(Protocol):

@@ -2,7 +2,8 @@
 configured, as containerd's), a thread per connection. A connection is an HTTP request to
 `/exec/`, `/attach/` or `/portforward/<token>` that upgrades to a WebSocket with one of the channel
 subprotocols (wsproto does the handshake and the framing) or to SPDY/3.1 (h11 answers the
-upgrade, spdy.py frames the streams); the session then runs on that socket. A request that is
+upgrade, spdy.py frames the streams); the session then runs on that socket. A port-forward may
+also tunnel SPDY in the WebSocket (`SPDY/3.1+portforward.k8s.io`, kubectl 1.31 and later). A request that is
 not one (an unknown token, no upgrade, no protocol of ours) gets an HTTP error that says what
 was wrong."""
 
@@ -105,8 +106,8 @@ class _Handler(socketserver.BaseRequestHandler):
             return
         url = urllib.parse.urlsplit(request.target)
         kind, _, token = url.path.lstrip("/").partition("/")
-        # port-forward speaks v4's framing only: v5 adds nothing to it
-        offered = channels.PROTOCOLS if kind in ("exec", "attach") else (channels.V4,)
+        # port-forward speaks v4's framing, or SPDY tunnelled in the WebSocket (kubectl 1.31+)
+        offered = channels.PROTOCOLS if kind in ("exec", "attach") else (channels.V4, channels.PORT_FORWARD_TUNNEL)
         chosen = next((p for p in request.subprotocols if p in offered), None)
         try:
             if kind not in ("exec", "attach", "portforward"):
@@ -128,7 +129,12 @@ class _Handler(socketserver.BaseRequestHandler):
         sock.sendall(ws.send(AcceptConnection(subprotocol=chosen)))
         sock.settimeout(None)
         peer = WebSocketPeer(sock, ws)
-        if isinstance(session, PortForwardRequest):
+        if isinstance(session, PortForwardRequest) and chosen == channels.PORT_FORWARD_TUNNEL:
+            # SPDY's bytes in binary messages, as kube-apiserver tunnels them (streamtunnel.go):
+            # the same session as over an upgraded connection, without its HTTP upgrade
+            conn = spdy.Connection.over_chunks(peer.messages(), peer.send_bytes)
+            SpdyPortForward(session, sock, conn).run()
+        elif isinstance(session, PortForwardRequest):
             # the ports the client asks for (kubectl's ?port=), else those of the call
             PortForwardSession(session, ports or session.ports, peer).run()
         elif isinstance(session, AttachRequest):

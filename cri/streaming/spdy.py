@@ -14,11 +14,12 @@ opened again as data is read; the peer's window is not enforced, as spdystream d
 
 from __future__ import annotations
 
+import itertools
 import socket
 import struct
 import threading
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 VERSION = 3
@@ -79,18 +80,24 @@ class Connection:
     @classmethod
     def over(cls, sock: socket.socket, received: bytes = b"") -> Connection:
         """On a connected socket; `received`: what was read past the HTTP upgrade already."""
-        pending = bytearray(received)
+        return cls.over_chunks(itertools.chain([received], iter(lambda: sock.recv(65536), b"")), sock.sendall)
+
+    @classmethod
+    def over_chunks(cls, chunks: Iterator[bytes], write: Callable[[bytes], None]) -> Connection:
+        """On a byte stream that arrives in chunks (a socket's reads, or a WebSocket's messages
+        when SPDY is tunnelled in one) and ends when they do."""
+        pending = bytearray()
 
         def read(n: int) -> bytes:
             while len(pending) < n:
-                data = sock.recv(65536)
-                if not data:
+                data = next(chunks, None)
+                if data is None:
                     break
                 pending.extend(data)
             out = bytes(pending[:n])
             del pending[:n]
             return out
-        return cls(read, sock.sendall)
+        return cls(read, write)
 
     # -- reading ---------------------------------------------------------------------------
 

@@ -28,6 +28,11 @@ class WebSocketPeer:
     def frame(self, channel: int, data: bytes) -> None:
         self.send(Message(data=bytes([channel]) + data))   # binary: the channel protocol's frames
 
+    def send_bytes(self, data: bytes) -> None:
+        """A tunnelled protocol's bytes, in one binary message; raises if the client is gone."""
+        with self._lock:
+            self.sock.sendall(self.ws.send(Message(data=data)))
+
     def messages(self) -> Iterator[bytes]:
         """The client's binary messages, until it closes the connection or goes."""
         pending = bytearray()
