@@ -19,7 +19,7 @@ daemon: it is a fork-server job that runs in a session of its own and listens on
                                       init is reaped and its pipes are at EOF, or at the
                                       timeout, when what is left unread is dropped
     {"op": "attach", "id"}            a copy of the container's stdin (a pipe's write end, or its
-                                      pty master) for an Attach session → {"stdin", "terminal"}
+                                      pty master) for an Attach session → {"stdin"}
     {"op": "close_stdin", "id"}       stdin_once: the first Attach ended; a pipe is closed, a
                                       terminal gets ^D → {"ok"}
     {"op": "detach"}                  the daemon is stopping → {"containers": N}
@@ -251,7 +251,7 @@ class _Monitor:
                 if container is None or container.stdin < 0:
                     self._reply(conn, {"stdin": False})
                 else:
-                    self._reply(conn, {"stdin": True, "terminal": container.terminal}, fds=[container.stdin])
+                    self._reply(conn, {"stdin": True}, fds=[container.stdin])
             elif op == "close_stdin":   # stdin_once: the first attach has ended
                 if container is not None and container.stdin >= 0:
                     if container.terminal:   # a terminal is not closed: its reader gets its EOF (^D)
