@@ -22,6 +22,7 @@ from skiff.cri.service import (
     container_status,
     container_stop,
     container_update,
+    metrics,
     sandbox_remove,
     sandbox_run,
     sandbox_status,
@@ -68,15 +69,6 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
         # kubelet tells the node's pod CIDR; skiff's network mode has it in its own configuration
         return pb.UpdateRuntimeConfigResponse()
 
-    def ListMetricDescriptors(self, request: pb.ListMetricDescriptorsRequest,
-                              context: grpc.ServicerContext) -> pb.ListMetricDescriptorsResponse:
-        # no metrics beyond the stats calls': kubelet then reads cadvisor's, as with containerd 1.x
-        return pb.ListMetricDescriptorsResponse()
-
-    def ListPodSandboxMetrics(self, request: pb.ListPodSandboxMetricsRequest,
-                              context: grpc.ServicerContext) -> pb.ListPodSandboxMetricsResponse:
-        return pb.ListPodSandboxMetricsResponse()
-
     def GetContainerEvents(self, request: pb.GetEventsRequest,
                            context: grpc.ServicerContext) -> Iterator[pb.ContainerEventResponse]:
         """Until the client goes (or the server stops); while it waits, the live containers are
@@ -113,6 +105,8 @@ class RuntimeService(api_pb2_grpc.RuntimeServiceServicer):
     PortForward = _route(container_exec.port_forward)
     Attach = _route(container_exec.attach)
     ContainerStats = _route(stats.container_stats)
+    ListMetricDescriptors = _route(metrics.list_metric_descriptors)
+    ListPodSandboxMetrics = _route(metrics.list_pod_sandbox_metrics)
     ListContainerStats = _route(stats.list_container_stats)
     PodSandboxStats = _route(stats.pod_sandbox_stats)
     ListPodSandboxStats = _route(stats.list_pod_sandbox_stats)

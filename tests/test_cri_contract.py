@@ -1,7 +1,7 @@
 """The corners of the CRI contract that kubelet relies on, as containerd and CRI-O answer them:
 the container and sandbox state machines, idempotent stops and removals, a pod's removal
 taking its containers, attempts, labels and annotations returned as given, and the stats'
-writable layer and network counters."""
+writable layer and network counters, also as metrics."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ def code(call: Callable[[], object]) -> grpc.StatusCode:
 def test_state_machines_attempts_labels_and_annotations(cri: Cri) -> None:
     pod_id, pod = cri.run_pod("contract", labels={"app": "c"}, attempt=1)
     pod_status = cri.pod_status(pod_id)
-    assert (pod_status.state, pod_status.metadata.attempt, dict(pod_status.labels)) == (pb.SANDBOX_READY, 1, {"app": "c"})
+    assert (pod_status.state, pod_status.metadata.attempt, dict(pod_status.labels)) == \
+        (pb.SANDBOX_READY, 1, {"app": "c"})
 
     cid = create(cri, pod_id, pod, "main", "sh", "-c", "exit 4", annotations={"note": "kept as given"})
     created = cri.status(cid)
@@ -76,7 +77,8 @@ def test_stats_have_the_writable_layer_and_network_counters(cri: Cri) -> None:
                     "ping -c 1 -W 1 $(ip route | awk '/default/ {print $3}'); sleep 3600")
     try:
         def stats() -> pb.ContainerStats:
-            return cri.runtime.ContainerStats(pb.ContainerStatsRequest(container_id=cid)).stats  # type: ignore[no-any-return]
+            reply = cri.runtime.ContainerStats(pb.ContainerStatsRequest(container_id=cid))
+            return reply.stats  # type: ignore[no-any-return]
         from orchestrator_fixture import eventually
 
         eventually(lambda: stats().writable_layer.used_bytes.value >= 300000, timeout=10)
@@ -84,5 +86,20 @@ def test_stats_have_the_writable_layer_and_network_counters(cri: Cri) -> None:
         pod_stats = cri.runtime.PodSandboxStats(pb.PodSandboxStatsRequest(pod_sandbox_id=pod_id)).stats
         eth0 = pod_stats.linux.network.default_interface
         assert eth0.name == "eth0" and eth0.rx_bytes.value > 0 and eth0.tx_bytes.value > 0
+
+        # the same, as the metrics kubelet serves on /metrics/cadvisor when it asks the runtime
+        descriptors = {d.name: list(d.label_keys) for d in cri.runtime.ListMetricDescriptors(
+            pb.ListMetricDescriptorsRequest()).descriptors}
+        [pod_metrics] = cri.runtime.ListPodSandboxMetrics(pb.ListPodSandboxMetricsRequest()).pod_metrics
+        [container_metrics] = pod_metrics.container_metrics
+        by_name = {m.name: m for m in container_metrics.metrics}
+        assert container_metrics.container_id == cid and set(by_name) <= set(descriptors)
+        assert by_name["container_fs_usage_bytes"].value.value >= 300000
+        assert by_name["container_memory_working_set_bytes"].metric_type == pb.GAUGE
+        assert list(by_name["container_memory_rss"].label_values) == [cid, "main", IMAGE]
+        received = [m for m in pod_metrics.metrics if m.name == "container_network_receive_bytes_total"]
+        assert [(list(m.label_values), m.metric_type) for m in received] == [([pod_id, "counted", "", "eth0"],
+                                                                              pb.COUNTER)]
+        assert received[0].value.value > 0 and descriptors[received[0].name] == ["id", "name", "image", "interface"]
     finally:
         cri.remove_all()

@@ -233,19 +233,27 @@ def spdy_frames(conn: Any, until_fin: int | None = None) -> tuple[set[int], dict
 def test_exec_over_spdy(cri: Cri, container: str) -> None:
     """kubectl's and crictl's older transport: an HTTP upgrade to SPDY/3.1, then a SPDY stream
     per standard stream, named by its streamtype header; stdin ends with its stream's FIN."""
-    url = urllib.parse.urlparse(exec_url(cri, container, "sh", "-c", "cat; echo err >&2; exit 2", stdin=True))
-    assert url.hostname is not None and url.port is not None
-    with socket.create_connection((url.hostname, url.port), timeout=20) as sock:
-        conn = spdy_upgrade(sock, url, "v4.channel.k8s.io", "channel.k8s.io")
+    out = spdy_session(exec_url(cri, container, "sh", "-c", "cat; echo err >&2; exit 2", stdin=True),
+                       b"spdy\n", "v4.channel.k8s.io", "channel.k8s.io")
+    assert (out.get("stdout"), out.get("stderr")) == (b"spdy\n", b"err\n")
+    status = json.loads(out["error"])
+    assert status["reason"] == "NonZeroExitCode" and status["details"]["causes"][0]["message"] == "2"
+
+
+def spdy_session(url: str, stdin: bytes, *protocols: str) -> dict[str, bytes]:
+    """A remotecommand session over SPDY as kubectl opens one (error, stdin, stdout, stderr),
+    `stdin` sent with its FIN; what came back on each stream, once every stream was replied to."""
+    parts = urllib.parse.urlparse(url)
+    assert parts.hostname is not None and parts.port is not None
+    with socket.create_connection((parts.hostname, parts.port), timeout=20) as sock:
+        conn = spdy_upgrade(sock, parts, *protocols)
         streams = {"error": 1, "stdin": 3, "stdout": 5, "stderr": 7}
         for kind, stream in streams.items():
             conn.syn_stream(stream, {"streamtype": kind})
-        conn.data(streams["stdin"], b"spdy\n", fin=True)
+        conn.data(streams["stdin"], stdin, fin=True)
         replied, out = spdy_frames(conn)
     assert replied == set(streams.values())
-    assert out.get(5) == b"spdy\n" and out.get(7) == b"err\n"
-    status = json.loads(out[1])
-    assert status["reason"] == "NonZeroExitCode" and status["details"]["causes"][0]["message"] == "2"
+    return {kind: out[stream] for kind, stream in streams.items() if stream in out}
 
 
 def test_port_forward_over_spdy(cri: Cri) -> None:
@@ -361,19 +369,10 @@ def test_attach_over_spdy(cri: Cri) -> None:
     try:
         cid = run_interactive(cri, pod_id, pod, "reader", ["sh", "-c", "while read x; do echo got $x; done; "
                                                            "echo bye >&2"], once=True)
-        url = urllib.parse.urlparse(str(cri.runtime.Attach(pb.AttachRequest(
-            container_id=cid, stdin=True, stdout=True, stderr=True)).url))
-        assert url.hostname is not None and url.port is not None
-        with socket.create_connection((url.hostname, url.port), timeout=20) as sock:
-            conn = spdy_upgrade(sock, url, "v4.channel.k8s.io")
-            streams = {"error": 1, "stdin": 3, "stdout": 5, "stderr": 7}
-            for kind, stream in streams.items():
-                conn.syn_stream(stream, {"streamtype": kind})
-            conn.data(streams["stdin"], b"spdy\n", fin=True)
-            replied, out = spdy_frames(conn)
-        assert replied == set(streams.values())
-        assert (out.get(5), out.get(7)) == (b"got spdy\n", b"bye\n")
-        assert json.loads(out[1])["status"] == "Success"
+        url = str(cri.runtime.Attach(pb.AttachRequest(container_id=cid, stdin=True, stdout=True, stderr=True)).url)
+        out = spdy_session(url, b"spdy\n", "v4.channel.k8s.io")
+        assert (out.get("stdout"), out.get("stderr")) == (b"got spdy\n", b"bye\n")
+        assert json.loads(out["error"])["status"] == "Success"
         assert cri.wait_exited(cid).state == pb.CONTAINER_EXITED
     finally:
         cri.remove_all()

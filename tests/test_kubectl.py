@@ -14,10 +14,8 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +23,8 @@ from pathlib import Path
 import pytest
 from cri_fixture import IMAGE
 from orchestrator_fixture import eventually
-from test_orchestrator_logs_exec import Cluster, _connections, cluster  # noqa: F401 (the fixture, reused)
+from test_orchestrator_logs_exec import (Cluster, _connections, cluster,  # noqa: F401 (the fixture, reused)
+                                        fetch_forwarded)
 
 from skiff.orchestrator.apiserver import ApiServer
 
@@ -195,14 +194,7 @@ def test_port_forward(kubectl: Kubectl) -> None:
         assert line.startswith("Forwarding from 127.0.0.1:") and line.rstrip().endswith("-> 8080"), line
         local = int(line.split(":")[1].split()[0])
         for attempt in range(3):   # a connection each time, each a pair of SPDY streams
-            answer = b""
-            for _ in range(50):    # httpd may not listen yet
-                with socket.create_connection(("127.0.0.1", local), timeout=10) as s:
-                    s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-                    answer = b"".join(iter(lambda: s.recv(4096), b""))
-                if b"served" in answer:
-                    break
-                time.sleep(0.1)
+            answer = fetch_forwarded(local, b"served")
             assert answer.startswith(b"HTTP/1.") and answer.endswith(b"served\n"), (attempt, answer)
     finally:
         forward.send_signal(signal.SIGINT)

@@ -197,6 +197,20 @@ def test_errors(cluster: Cluster) -> None:
         cluster.logs("far")
 
 
+def fetch_forwarded(local: int, expected: bytes) -> bytes:
+    """GET / through a forwarded local port, until the answer has `expected` (httpd may not
+    listen yet: each try is a new connection through the forward)."""
+    answer = b""
+    for _ in range(50):
+        with socket.create_connection(("127.0.0.1", local), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            answer = b"".join(iter(lambda: s.recv(4096), b""))
+        if expected in answer:
+            break
+        time.sleep(0.1)
+    return answer
+
+
 def test_port_forward(cluster: Cluster) -> None:
     cluster.run("www", "sh", "-c", "mkdir -p /www && echo served > /www/index.html && exec httpd -f -p 8080 -h /www")
     forward = subprocess.Popen([SKIFF, "port-forward", "www", "0:8080", "--server", cluster.api_socket],
@@ -205,15 +219,7 @@ def test_port_forward(cluster: Cluster) -> None:
         assert forward.stdout is not None
         line = forward.stdout.readline()
         assert line.startswith("Forwarding from 127.0.0.1:") and line.rstrip().endswith("-> 8080"), line
-        local = int(line.split(":")[1].split()[0])
-        answer = b""
-        for _ in range(50):   # httpd may not listen yet
-            with socket.create_connection(("127.0.0.1", local), timeout=10) as s:
-                s.sendall(b"GET / HTTP/1.0\r\n\r\n")
-                answer = b"".join(iter(lambda: s.recv(4096), b""))
-            if b"served" in answer:
-                break
-            time.sleep(0.1)
+        answer = fetch_forwarded(int(line.split(":")[1].split()[0]), b"served")
         assert answer.startswith(b"HTTP/1.") and b"served" in answer
     finally:
         forward.terminate()
