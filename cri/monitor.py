@@ -20,8 +20,8 @@ daemon: it is a fork-server job that runs in a session of its own and listens on
                                       timeout, when what is left unread is dropped
     {"op": "attach", "id"}            a copy of the container's stdin (a pipe's write end, or its
                                       pty master) for an Attach session → {"stdin"}
-    {"op": "close_stdin", "id"}       stdin_once: the first Attach ended; a pipe is closed, a
-                                      terminal gets ^D → {"ok"}
+    {"op": "close_stdin", "id"}       stdin_once: the first Attach ended; a pipe is closed (a
+                                      terminal stays: the session typed ^D) → {"ok"}
     {"op": "detach"}                  the daemon is stopping → {"containers": N}
 
 Why one monitor for all the containers, not one per container (CRI-O) or per pod
@@ -253,12 +253,10 @@ class _Monitor:
                 else:
                     self._reply(conn, {"stdin": True}, fds=[container.stdin])
             elif op == "close_stdin":   # stdin_once: the first attach has ended
-                if container is not None and container.stdin >= 0:
-                    if container.terminal:   # a terminal is not closed: its reader gets its EOF (^D)
-                        os.write(container.stdin, b"\x04")
-                    else:
-                        os.close(container.stdin)
-                        container.stdin = -1
+                # (a terminal is not closed: the session typed its EOF, ^D, into it)
+                if container is not None and container.stdin >= 0 and not container.terminal:
+                    os.close(container.stdin)
+                    container.stdin = -1
                 self._reply(conn, {"ok": True})
             elif op == "detach":
                 self.detached = True

@@ -362,6 +362,24 @@ def test_attach_to_a_containers_terminal(cri: Cri) -> None:
         cri.remove_all()
 
 
+def test_stdin_once_on_a_terminal_ends_with_its_eof(cri: Cri) -> None:
+    """A terminal is not closed when the first attach ends: its EOF character is typed (^D),
+    which ends a reader in the terminal's line mode, as closing a pipe ends one."""
+    pod_id, pod = cri.run_pod("terminal-once")
+    try:
+        cid = run_interactive(cri, pod_id, pod, "reader", ["sh", "-c", "cat >/dev/null; echo eof seen"], tty=True,
+                              once=True)
+        client = Client(str(cri.runtime.Attach(pb.AttachRequest(container_id=cid, stdin=True, stdout=True,
+                                                                tty=True)).url), ["v5.channel.k8s.io"])
+        client.send(0, b"typed\r")
+        client.until(lambda: b"typed" in client.received(1))   # the terminal's echo
+        client.close()
+        assert cri.wait_exited(cid).state == pb.CONTAINER_EXITED
+        assert "eof seen" in (Path(pod.log_directory) / "reader" / "0.log").read_text()
+    finally:
+        cri.remove_all()
+
+
 def test_attach_over_spdy(cri: Cri) -> None:
     """kubectl's older transport for attach: a SPDY stream per standard stream; with
     stdin_once, stdin's FIN ends the container's stdin."""

@@ -47,9 +47,9 @@ class AttachSession:
                 if self._follow(log):
                     self.peer.frame(channels.ERROR, channels.status(0))
         finally:
-            self._close_stdin()
             if r.stdin and r.stdin_once:
-                self.monitors.close_stdin(r.monitor_pid, r.runtime_id)
+                self._end_stdin()
+            self._close_stdin()
             self.peer.close()
 
     def _follow(self, log: BinaryIO) -> bool:
@@ -90,12 +90,25 @@ class AttachSession:
                         if self._stdin is not None and self.request.tty:
                             channels.resize(self._stdin, message[1:])
                 elif message[:2] == bytes([channels.CLOSE, channels.STDIN]) and not self.request.tty:
-                    self._close_stdin()   # a terminal stays: its end is ^D's to make
+                    # (a terminal stays: its end is ^D's to make)
                     if self.request.stdin_once:   # the container's stdin ends now, as containerd's does
-                        r = self.request
-                        self.monitors.close_stdin(r.monitor_pid, r.runtime_id)
+                        self._end_stdin()
+                    self._close_stdin()
         finally:
             self._client_gone.set()
+
+    def _end_stdin(self) -> None:
+        """stdin_once: the container's stdin ends with this session. A pipe's write end is
+        closed by the monitor that keeps it; a terminal gets its EOF character typed, here,
+        where a write that waits for the container to read holds up no other container."""
+        r = self.request
+        if r.tty:
+            with self._lock:
+                if self._stdin is not None:
+                    with contextlib.suppress(OSError):
+                        os.write(self._stdin, b"\x04")
+        else:
+            self.monitors.close_stdin(r.monitor_pid, r.runtime_id)
 
     def _close_stdin(self) -> None:
         with self._lock:
