@@ -3,7 +3,9 @@ gRPC codes. Messages are lower case, without a final period, and name what was w
 
 SkiffError              root; raised bare it is a bug         -> INTERNAL
  ├─ InvalidArgument      bad spec, bad request field           -> INVALID_ARGUMENT
- ├─ Unauthenticated      a registry refused the credentials    -> UNAUTHENTICATED (HTTP 401)
+ ├─ Unauthenticated      a registry refused the credentials    -> UNAUTHENTICATED (not the
+ │                       (the caller's own are not in doubt)      API server's 401: kubectl
+ │                                                                would think it logged out)
  ├─ NotFound             unknown id, digest, image             -> NOT_FOUND
  ├─ AlreadyExists        reused name or attempt                -> ALREADY_EXISTS
  ├─ FailedPrecondition   wrong state for the call              -> FAILED_PRECONDITION

@@ -2,15 +2,19 @@
 client over each runtime's unix socket, the calls kubelet makes:
 
     .venv/bin/python bench/cri_pods.py [--only containerd|skiff] [--pods N] [--burst N]
-                                       [--memory-pods N] [--markdown PATH]
+                                       [--memory-pods N] [--execs N] [--markdown PATH]
 
 1. pod-ready latency: RunPodSandbox -> CreateContainer -> StartContainer -> ContainerStatus
    says CONTAINER_RUNNING, one pod at a time, --pods of them (p50, p99), once with pod
    networking (a bridge) and once in the host's network namespace (NamespaceMode.NODE);
    each pod is stopped and removed after its sample, outside the timed part;
-2. burst: --burst pods started at once from as many client threads; pods/s from the first
+2. exec latency, as kubelet's exec probes see it: ExecSync of `true`, then of
+   `sh -c 'echo hi'`, --execs times each one after another (p50, p99) after --exec-warmup
+   unmeasured ones, in the running container of a pod started for them (pod network),
+   removed afterwards, outside the timed part;
+3. burst: --burst pods started at once from as many client threads; pods/s from the first
    request to the last container seen RUNNING;
-3. memory per running pod: with --memory-pods pods running (pod network), the daemon's
+4. memory per running pod: with --memory-pods pods running (pod network), the daemon's
    growth since before those pods plus every process the pods brought that is not a
    container's own (containerd: the containerd-shim-runc-v2 processes and the "pause"
    processes under them; skiff: whatever is new in the daemon's session, process tree or
@@ -24,10 +28,11 @@ bridge+host-local+portmap conflist with its own bridge and subnet), skiff as
 `skiff cri serve --config` with a private config (built-in bridge networking). Both run the
 same two images, built here from Debian's busybox-static with `skiff build` and loaded into
 each from the same oci-archive (`skiff import`, `ctr images import`): a container running
-`sleep 3600`, and for containerd's sandbox_image a busybox "pause" (`sleep infinity`), not
-Kubernetes' pause. Afterwards the host is put back as found: bridges, the nftables tables
-the runs created, ip_forward, cgroup parents, and the directories containerd leaves in
-/run and /var/lib are removed; every leftover found is reported.
+`sleep 3600` (with busybox's `true` linked for the exec), and for containerd's sandbox_image
+a busybox "pause" (`sleep infinity`), not Kubernetes' pause. Afterwards the host is put
+back as found: bridges, the nftables tables the runs created, ip_forward, cgroup parents,
+and the directories containerd leaves in /run and /var/lib are removed; every leftover
+found is reported.
 
 docs/benchmarks.md, whose cri-pods section this script writes, says what and why. The
 section carries its raw numbers in an HTML comment, so a run with --only takes the other
@@ -83,6 +88,12 @@ TARGET_BURST = 5.0      # a burst of 100 pods: pods/s >= 5x
 TARGET_MEMORY = 0.5     # memory per running pod <= 0.5x
 
 CALL_TIMEOUT = 60.0
+# ExecSync's own timeout, seconds: kubelet passes the probe's timeoutSeconds (1 by default);
+# more here, so that a slow sample is measured rather than failing the run.
+EXEC_TIMEOUT = 10
+# The exec commands measured, and what each must print: a probe's `true`, and one through a
+# shell (busybox sh's builtin echo), as probes written `sh -c '...'` run.
+EXEC_COMMANDS: tuple[tuple[tuple[str, ...], bytes], ...] = ((("true",), b""), (("sh", "-c", "echo hi"), b"hi\n"))
 
 
 class BenchError(Exception):
@@ -592,6 +603,7 @@ class PodTimes:
     start_container: float
     ready: float     # perf_counter seconds: ContainerStatus said RUNNING
     pod_id: str
+    container_id: str
     cgroup: str      # the pod's cgroup parent
 
     @property
@@ -652,7 +664,17 @@ class Client:
                 raise BenchError(f"container {cid} of pod {name} not running 30 s after StartContainer")
             time.sleep(0.001)
         return PodTimes(start=t0, run_pod=t1 - t0, create=t2 - t1, start_container=t3 - t2,
-                        ready=time.perf_counter(), pod_id=pod_id, cgroup=config.linux.cgroup_parent)
+                        ready=time.perf_counter(), pod_id=pod_id, container_id=cid,
+                        cgroup=config.linux.cgroup_parent)
+
+    def exec_sync(self, container_id: str, cmd: tuple[str, ...]) -> Any:
+        """ExecSync as kubelet's exec probe sends it; a failed command is an error here."""
+        request = pb.ExecSyncRequest(container_id=container_id, cmd=list(cmd), timeout=EXEC_TIMEOUT)
+        reply = self.rt.ExecSync(request, timeout=CALL_TIMEOUT)
+        if reply.exit_code != 0:
+            raise BenchError(f"exec {list(cmd)} in container {container_id}: exit {reply.exit_code}: "
+                             f"{reply.stderr.decode(errors='replace').strip()}")
+        return reply
 
     def remove_pod(self, pod_id: str, cgroup: str = "") -> None:
         self.rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=pod_id), timeout=CALL_TIMEOUT)
@@ -695,6 +717,10 @@ class Result:
     helper_count: int = 0
     helper_kinds: dict[str, int] = field(default_factory=dict)      # comm -> count
     containers: dict[str, int] = field(default_factory=dict)        # the containers' own, all N
+    # seconds per ExecSync, by command as written in the table (exec_label); empty in data
+    # from before this measurement
+    execs: dict[str, list[float]] = field(default_factory=dict)
+    exec_count: int = 0
     date: str = ""
 
     def per_pod(self, key: str) -> float:
@@ -720,6 +746,34 @@ def measure_ready(client: Client, result: Result, mode: str, count: int, warmup:
     result.calls[mode] = calls
     progress(f"{result.runtime}: pod-ready, {mode} network: p50 {percentile(times, 50) * 1e3:.1f} ms, "
              f"p99 {percentile(times, 99) * 1e3:.1f} ms over {count}")
+
+
+def exec_label(cmd: tuple[str, ...]) -> str:
+    return " ".join(f"'{a}'" if " " in a else a for a in cmd)
+
+
+def measure_exec(client: Client, result: Result, count: int, warmup: int) -> None:
+    """ExecSync in the running container of a pod started for it (pod network), `count`
+    calls one after another per command after `warmup` unmeasured ones; the pod is removed
+    afterwards, outside the timed part."""
+    pod = client.start_pod("exec", host_network=False)
+    try:
+        for cmd, expect in EXEC_COMMANDS:
+            times: list[float] = []
+            for i in range(warmup + count):
+                t0 = time.perf_counter()
+                reply = client.exec_sync(pod.container_id, cmd)
+                elapsed = time.perf_counter() - t0
+                if reply.stdout != expect:
+                    raise BenchError(f"exec {list(cmd)}: printed {reply.stdout!r}, not {expect!r}")
+                if i >= warmup:
+                    times.append(elapsed)
+            result.execs[exec_label(cmd)] = times
+            progress(f"{result.runtime}: exec {exec_label(cmd)}: p50 {percentile(times, 50) * 1e3:.1f} ms, "
+                     f"p99 {percentile(times, 99) * 1e3:.1f} ms over {count}")
+    finally:
+        client.remove_pod(pod.pod_id, pod.cgroup)
+    result.exec_count = count
 
 
 def start_many(client: Client, count: int, tag: str) -> list[PodTimes]:
@@ -813,6 +867,7 @@ def run_runtime(name: str, archives: dict[str, str], args: argparse.Namespace, n
         try:
             measure_ready(client, result, "pod", args.pods, args.warmup)
             measure_ready(client, result, "host", args.pods, args.warmup)
+            measure_exec(client, result, args.execs, args.exec_warmup)
             measure_burst(client, result, args.burst, args.burst_rounds)
             measure_memory(client, daemon, result, args.memory_pods)
         finally:
@@ -845,7 +900,7 @@ def build_images(work: str) -> dict[str, str]:
         os.makedirs(os.path.join(rootfs, d), exist_ok=True)
     os.chmod(os.path.join(rootfs, "tmp"), 0o1777)
     shutil.copy2("/bin/busybox", os.path.join(rootfs, "bin", "busybox"))
-    for applet in ("sh", "sleep"):
+    for applet in ("sh", "sleep", "true"):
         os.symlink("busybox", os.path.join(rootfs, "bin", applet))
     with open(os.path.join(rootfs, "etc", "passwd"), "w") as f:
         f.write("root:x:0:0:root:/root:/bin/sh\n")
@@ -886,11 +941,21 @@ def rows(results: dict[str, Result]) -> list[Row]:
     def pick(fn: Callable[[Result], float]) -> tuple[float | None, float | None]:
         return tuple(fn(results[r]) if r in results else None for r in RUNTIMES)  # type: ignore[return-value]
 
+    def pick_exec(label: str, q: int) -> tuple[float | None, float | None]:
+        # a column carried over from a run before this measurement has no execs: "not run"
+        return tuple(percentile(results[r].execs[label], q) if r in results and results[r].execs.get(label)
+                     else None for r in RUNTIMES)  # type: ignore[return-value]
+
     out: list[Row] = []
     for mode, label in (("pod", "pod network"), ("host", "host network")):
         out.append(Row(f"pod ready p50, {label}", *pick(lambda r: percentile(r.ready[mode], 50)), ms,
                        f"<= {TARGET_READY}x", lambda x: x <= TARGET_READY))
         out.append(Row(f"pod ready p99, {label}", *pick(lambda r: percentile(r.ready[mode], 99)), ms))
+    n = max(r.exec_count for r in results.values())
+    for cmd, _ in EXEC_COMMANDS:
+        label = exec_label(cmd)
+        out.append(Row(f"ExecSync `{label}` p50 ({n} in a row)", *pick_exec(label, 50), ms))
+        out.append(Row(f"ExecSync `{label}` p99", *pick_exec(label, 99), ms))
     size = next(iter(results.values())).burst_size
     out.append(Row(f"burst of {size} pods, pods/s (median of rounds)",
                    *pick(lambda r: statistics.median(r.burst_pods_per_s)), lambda x: f"{x:.1f}",
@@ -992,6 +1057,7 @@ def verdict_text(results: dict[str, Result]) -> list[str]:
 def markdown(results: dict[str, Result], measured: set[str], args: argparse.Namespace, notes: list[str],
              load_before: str) -> str:
     n_pods = next(iter(results.values())).pods
+    exec_count = max(r.exec_count for r in results.values()) or args.execs
     carried = [f"{r} ({results[r].date})" for r in RUNTIMES if r in results and r not in measured]
     memory_lines = []
     for r in RUNTIMES:
@@ -1016,10 +1082,21 @@ socket, the calls kubelet makes) against **skiff** (`skiff cri serve`) and **con
    ones; each pod is stopped and removed (`StopPodSandbox`, `RemovePodSandbox`) after its
    sample, outside the timed part. Once with pod networking (a network namespace on a
    bridge), once with `namespace_options.network = NODE` (the host's network namespace);
-2. **burst**: {args.burst} pods started at once by as many client threads on one channel (released
+2. **exec**, as kubelet's exec probes run: `ExecSync` of `true`, then of `sh -c 'echo hi'`
+   (the shell's builtin echo; the reply's output is checked), {exec_count} calls of each one after
+   another after {args.exec_warmup} unmeasured ones, with `timeout` = {EXEC_TIMEOUT} s (kubelet passes the
+   probe's `timeoutSeconds`, 1 by default), in the running `sleep` container of a pod started
+   for them (pod network), stopped and removed afterwards, outside the timed part; from the
+   request to the reply (exit code and output), the command's own run included. One exec is,
+   in containerd, a ttrpc call to the pod's shim, which starts `runc exec` (a new runc
+   process, whose nsexec joins the container's namespaces) with the output on FIFOs, then
+   the exit event back; in skiff, a job handed to a fork-server worker, which forks the
+   process into the container's namespaces itself (no runtime binary started) with the
+   output on pipes;
+3. **burst**: {args.burst} pods started at once by as many client threads on one channel (released
    together by a barrier); pods/s from the first request to the last container seen
    RUNNING, median of {args.burst_rounds} round(s);
-3. **memory per running pod**: with {args.memory_pods} pods running (pod network), the daemon's
+4. **memory per running pod**: with {args.memory_pods} pods running (pod network), the daemon's
    growth since just before those pods plus every process the pods brought that is not a
    container's own `sleep` (containerd: the `containerd-shim-runc-v2` processes and the
    pause processes below them; skiff: whatever is new in the daemon's process tree, session
@@ -1031,7 +1108,7 @@ socket, the calls kubelet makes) against **skiff** (`skiff cri serve`) and **con
    shares with them), so only the sum of the two parts means something.
 
 Both runtimes run the same images, built here with `skiff build` from Debian's
-busybox-static (`/bin/busybox` with `sh` and `sleep` links) and loaded from one oci-archive
+busybox-static (`/bin/busybox` with `sh`, `sleep` and `true` links) and loaded from one oci-archive
 (`skiff import`, `ctr images import`): a container running `sleep 3600`, and as
 containerd's `sandbox_image` a busybox "pause" running `sleep infinity`, not Kubernetes'
 pause image (no Docker Hub here). Each pod: cgroupfs cgroups, under a cgroup of its own
@@ -1050,7 +1127,7 @@ bridges, the nftables tables they created, ip_forward as it was, cgroup parents,
 directories containerd makes outside its root (/run/containerd, /run/netns, /var/lib/cni).
 
 Reproduce (as root, Debian 12): `./dev.sh bench cri` (options: `--pods N`, `--burst N`,
-`--memory-pods N`, `--only containerd|skiff`); it rewrites this section of the file.
+`--memory-pods N`, `--execs N`, `--only containerd|skiff`); it rewrites this section of the file.
 
 ### Machine
 
@@ -1066,7 +1143,7 @@ Reproduce (as root, Debian 12): `./dev.sh bench cri` (options: `--pods N`, `--bu
 
 """ + "\n".join(markdown_rows(rows(results))) + "\n\n" + "\n".join(call_rows(results)) + f"""
 
-p99 over {n_pods} pods rests on the slowest one or two: read it as "the tail".
+p99 over {n_pods} pods (or {exec_count} execs) rests on the slowest one or two: read it as "the tail".
 
 """ + "\n".join(memory_lines) + """
 
@@ -1092,6 +1169,9 @@ def main() -> int:
     p.add_argument("--burst", type=int, default=100, help="pods per burst (default %(default)s)")
     p.add_argument("--burst-rounds", type=int, default=3, help="bursts (default %(default)s)")
     p.add_argument("--memory-pods", type=int, default=20, help="pods running for the memory figure (default %(default)s)")
+    p.add_argument("--execs", type=int, default=50, help="ExecSync calls per exec series (default %(default)s)")
+    p.add_argument("--exec-warmup", type=int, default=5,
+                   help="unmeasured ExecSync calls before each exec series (default %(default)s)")
     p.add_argument("--markdown", default=os.path.join(REPO, "docs", "benchmarks.md"),
                    help="the file whose cri-pods section is rewritten (default %(default)s)")
     args = p.parse_args()

@@ -34,7 +34,7 @@ from http import HTTPStatus
 from typing import Any
 
 from skiff.errors import (Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, OutOfRange,
-                          SkiffError, Unauthenticated, Unavailable)
+                          SkiffError, Unavailable)
 from skiff.orchestrator import subresources, upgrade_proxy
 from skiff.orchestrator.api import discovery
 from skiff.orchestrator.api.kinds import KINDS, Kind
@@ -46,7 +46,6 @@ WATCH_TIMEOUT = 300.0  # seconds without an event before a watch ends (kubectl w
 
 _STATUS: list[tuple[type[SkiffError], HTTPStatus, str]] = [
     (InvalidArgument, HTTPStatus.BAD_REQUEST, "Invalid"),
-    (Unauthenticated, HTTPStatus.UNAUTHORIZED, "Unauthorized"),
     (NotFound, HTTPStatus.NOT_FOUND, "NotFound"),
     (AlreadyExists, HTTPStatus.CONFLICT, "AlreadyExists"),
     (Aborted, HTTPStatus.CONFLICT, "Conflict"),
