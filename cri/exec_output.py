@@ -6,6 +6,7 @@ because a background child of the command may hold the pipes open for ever."""
 from __future__ import annotations
 
 import enum
+import errno
 import os
 import selectors
 import socket
@@ -48,7 +49,9 @@ def read_until_exit(outputs: Iterable[int], exit_reply: socket.socket, on_data: 
                     continue
                 try:
                     data = os.read(key.fd, 65536)
-                except OSError:   # a pty master reads EIO once no process holds the terminal
+                except OSError as e:   # a pty master reads EIO once no process holds the terminal
+                    if e.errno != errno.EIO:
+                        raise
                     data = b""
                 if data:
                     on_data(key.fd, data)

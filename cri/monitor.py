@@ -38,7 +38,8 @@ them exited with an unknown status once the runtime says they are stopped). So i
 of the containers' code and parses nothing of their output beyond splitting lines; an error
 in handling one container or request is written to monitor.log and the loop goes on; each
 create runs in a thread of its own, so one stuck in the kernel (a hung mount) holds up only
-itself. It needs about three fds per container (docs/skiff-cri.service raises the limit).
+itself. It needs about three fds per container, four with a terminal (docs/skiff-cri.service
+raises the limit).
 
 Each daemon start starts a monitor of its own. An earlier one (the daemon was restarted or
 upgraded) goes on for the containers it has, answers requests about them on its socket, and
@@ -310,23 +311,33 @@ class _Monitor:
             return self._create_on_terminal(a)
         container_id, bundle, log_path, exit_file = (str(a[k]) for k in ("container_id", "bundle", "log_path",
                                                                           "exit_file"))
-        out_r, out_w = os.pipe()
-        err_r, err_w = os.pipe()
-        in_r, in_w = os.pipe2(os.O_CLOEXEC) if a.get("stdin") else (self.devnull, -1)
-        log = ContainerLog(log_path, {out_r: Stream.STDOUT, err_r: Stream.STDERR})
+        ours: list[int] = []     # closed if the create fails
+        theirs: list[int] = []   # the init has its copies: closed whatever happens, so that EOF
+        log = None               # comes when it and its children are gone
         try:
+            out_r, out_w = os.pipe()
+            ours.append(out_r)
+            theirs.append(out_w)
+            err_r, err_w = os.pipe()
+            ours.append(err_r)
+            theirs.append(err_w)
+            in_r, in_w = os.pipe2(os.O_CLOEXEC) if a.get("stdin") else (self.devnull, -1)
+            if in_w >= 0:
+                ours.append(in_w)
+                theirs.append(in_r)
+            log = ContainerLog(log_path, {out_r: Stream.STDOUT, err_r: Stream.STDERR})
+            ours = [fd for fd in ours if fd not in (out_r, err_r)]   # the log's now
             init, pidfd = self._create_init(container_id, bundle, stdio=(in_r, out_w, err_w))
             return _Container(id=container_id, init=init, pidfd=pidfd, log=log, exit_file=exit_file, stdin=in_w)
         except BaseException:
-            log.close()
-            if in_w >= 0:
-                os.close(in_w)
+            if log is not None:
+                log.close()
+            for fd in ours:
+                os.close(fd)
             raise
         finally:
-            os.close(out_w)  # the init has its copies: EOF comes when it and its children are gone
-            os.close(err_w)
-            if in_r != self.devnull:
-                os.close(in_r)
+            for fd in theirs:
+                os.close(fd)
 
     def _create_on_terminal(self, a: dict[str, Any]) -> _Container:
         from skiff.runtime import console
@@ -337,17 +348,22 @@ class _Monitor:
         with ours, theirs:
             init, pidfd = self._create_init(container_id, bundle, stdio=(self.devnull,) * 3,
                                             console_fd=theirs.fileno())
+            master, log = -1, None
             try:
                 master = console.receive_master(ours)
+                # a pty's output is copied as it comes, not by the line: an attached client
+                # sees a shell's prompt (conmon writes its partial lines the same way)
+                log = ContainerLog(log_path, {master: Stream.STDOUT}, flush_partial=True)
+                return _Container(id=container_id, init=init, pidfd=pidfd, log=log, exit_file=exit_file,
+                                  stdin=os.dup(master), terminal=True)
             except BaseException:
+                if log is not None:
+                    log.close()   # the master with it
+                elif master >= 0:
+                    os.close(master)
                 os.close(pidfd)
                 self.runtime.delete(container_id, force=True)
                 raise
-        # a pty's output is copied as it comes, not by the line: an attached client sees a
-        # shell's prompt (conmon writes its partial lines the same way)
-        log = ContainerLog(log_path, {master: Stream.STDOUT}, flush_partial=True)
-        return _Container(id=container_id, init=init, pidfd=pidfd, log=log, exit_file=exit_file,
-                          stdin=os.dup(master), terminal=True)
 
     def _create_init(self, container_id: str, bundle: str, *, stdio: tuple[int, int, int],
                      console_fd: int | None = None) -> tuple[int, int]:

@@ -66,12 +66,14 @@ def attach(ctx: ServiceContext, request: pb.AttachRequest) -> pb.AttachResponse:
     config = pb.ContainerConfig.FromString(record.config)
     if request.stdin and not config.stdin:
         raise InvalidArgument(f"stdin: container {record.id} was not created with stdin")
-    if not (request.stdin or request.stdout or request.stderr):
-        raise InvalidArgument("one of stdin, stdout or stderr must be true")
+    stderr = request.stderr and not config.tty
+    if not (request.stdin or request.stdout or stderr):
+        raise InvalidArgument("one of stdin, stdout or stderr must be true" + (
+            f" (stderr: container {record.id} runs on a terminal: its output is stdout)" if request.stderr else ""))
     return pb.AttachResponse(url=ctx.streaming.attach_url(AttachRequest(
         container_id=record.id, runtime_id=record.runtime_id, monitor_pid=record.monitor_pid,
         log_path=record.log_path or os.devnull, exit_file=ctx.exit_file(record.id), stdin=request.stdin,
-        stdout=request.stdout, stderr=request.stderr and not config.tty, stdin_once=config.stdin_once,
+        stdout=request.stdout, stderr=stderr, stdin_once=config.stdin_once,
         tty=config.tty)))
 
 

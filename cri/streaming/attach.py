@@ -1,17 +1,25 @@
 """An attach session: a running container's own streams (kubelet `AttachContainer`). Its stdin
 is a pipe whose write end its monitor keeps (a container created with stdin, monitor.py); the
 session gets a copy and writes what the client sends. Its output is what the monitor copies
-into its CRI log file, followed from the file's end as it grows, each line on the channel of
-its stream. A container on a terminal (CRI tty) has its pty master kept by the monitor instead:
-the session writes stdin to a copy of it and applies resizes to it, and its output is logged as
-it comes (a prompt has no newline). The session ends when the container has exited and the log
-is drained (a Success status on the error channel then, as kubelet sends), or when the client
-goes. With stdin_once, the container's stdin ends with the first session."""
+into its CRI log file, followed from the file's end as it grows (and into the next file when
+the log is rotated), each line on the channel of its stream. A container on a terminal (CRI
+tty) has its pty master kept by the monitor instead: the session writes stdin to a copy of it
+and applies resizes to it, and its output is logged as it comes (a prompt has no newline).
+
+The session ends when the container has exited and its log is drained (a Success status on
+the error channel then, as kubelet sends), or when the client goes. With stdin_once, a pipe's
+stdin ends with the first session, or when the client closes it; a terminal stays, as
+containerd leaves it (its end is the user's ^D to type).
+
+The client's messages are read by a thread of their own, which alone writes the container's
+stdin, without blocking: a container that stops reading holds up neither the session's end
+nor the monitor."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import select
 import threading
 import time
 from typing import BinaryIO
@@ -23,6 +31,7 @@ from skiff.cri.streaming import channels
 from skiff.cri.streaming.tokens import AttachRequest
 
 POLL = 0.05
+DRAIN_QUIET = 0.3   # seconds the log must stay still after the exit: the monitor may still copy output
 
 
 class AttachSession:
@@ -30,12 +39,13 @@ class AttachSession:
         self.monitors = monitors
         self.request = request
         self.peer = peer
-        self._stdin: int | None = None
-        self._lock = threading.Lock()
+        self._stdin: int | None = None   # the reader thread's, until it has ended
         self._client_gone = threading.Event()
+        self._ending = threading.Event()
 
     def run(self) -> None:
         r = self.request
+        reader = threading.Thread(target=self._read_client, name="skiff-attach-stdin", daemon=True)
         try:
             with open(r.log_path, "rb") as log:
                 # From its end as it is now, before any stdin reaches the container: what the
@@ -43,30 +53,49 @@ class AttachSession:
                 log.seek(0, os.SEEK_END)
                 if r.stdin or r.tty:   # a terminal's master takes the resizes too
                     self._stdin = self.monitors.attach_stdin(r.monitor_pid, r.runtime_id)
-                threading.Thread(target=self._read_client, name="skiff-attach-stdin", daemon=True).start()
+                    if self._stdin is not None:
+                        os.set_blocking(self._stdin, False)
+                reader.start()
                 if self._follow(log):
                     self.peer.frame(channels.ERROR, channels.status(0))
         finally:
-            if r.stdin and r.stdin_once:
-                self._end_stdin()
-            self._close_stdin()
-            self.peer.close()
+            self._ending.set()
+            self.peer.close()   # the reader's messages end with the connection
+            if reader.is_alive():
+                reader.join()
+            if self._stdin is not None:
+                os.close(self._stdin)
+            if r.stdin and r.stdin_once and not r.tty:
+                self.monitors.close_stdin(r.monitor_pid, r.runtime_id)
 
     def _follow(self, log: BinaryIO) -> bool:
         """What the container writes from now on, as kubelet's attach shows it; False when the
         client went first."""
+        with contextlib.ExitStack() as reopened:
+            while True:
+                rotated = self._follow_file(log)
+                if rotated is None:
+                    return not self._client_gone.is_set()
+                log = reopened.enter_context(rotated)
+
+    def _follow_file(self, log: BinaryIO) -> BinaryIO | None:
+        """Until the container has exited and its log is drained, or the client went (None);
+        or until the log was rotated: then the new file, from its start."""
         r = self.request
         rest = b""
+        still_since: float | None = None   # when the log was last seen not growing after the exit
         while not self._client_gone.is_set():
             data = log.read(65536)
             if not data:
+                if _rotated(log, r.log_path):   # kubelet renamed it and had the monitor reopen it
+                    return open(r.log_path, "rb")
                 if read_exit(r.exit_file) is not None:
-                    data = log.read()   # the last lines written before the exit file
-                    if not data:
-                        return True
-                else:
-                    time.sleep(POLL)
-                    continue
+                    still_since = still_since or time.monotonic()
+                    if time.monotonic() - still_since >= DRAIN_QUIET:
+                        return None
+                time.sleep(POLL)
+                continue
+            still_since = None
             *lines, rest = (rest + data).split(b"\n")
             for line in lines:
                 with contextlib.suppress(LogFormatError):
@@ -75,43 +104,41 @@ class AttachSession:
                                        else (channels.STDERR, r.stderr))
                     if wanted:
                         self.peer.frame(channel, entry.text + (b"" if entry.partial else b"\n"))
-        return False
+        return None
 
     def _read_client(self) -> None:
+        r = self.request
         try:
             for message in self.peer.messages():
-                if message[:1] == bytes([channels.STDIN]):
-                    with self._lock:
-                        if self._stdin is not None and self.request.stdin:
-                            with contextlib.suppress(OSError):
-                                os.write(self._stdin, message[1:])
-                elif message[:1] == bytes([channels.RESIZE]):
-                    with self._lock:
-                        if self._stdin is not None and self.request.tty:
-                            channels.resize(self._stdin, message[1:])
-                elif message[:2] == bytes([channels.CLOSE, channels.STDIN]) and not self.request.tty:
-                    # (a terminal stays: its end is ^D's to make)
-                    if self.request.stdin_once:   # the container's stdin ends now, as containerd's does
-                        self._end_stdin()
-                    self._close_stdin()
+                if self._stdin is None:
+                    continue
+                if message[:1] == bytes([channels.STDIN]) and r.stdin:
+                    self._write_stdin(message[1:])
+                elif message[:1] == bytes([channels.RESIZE]) and r.tty:
+                    channels.resize(self._stdin, message[1:])
+                elif message[:2] == bytes([channels.CLOSE, channels.STDIN]) and not r.tty:
+                    os.close(self._stdin)
+                    self._stdin = None
+                    if r.stdin_once:   # the container's stdin ends now, as containerd's does
+                        self.monitors.close_stdin(r.monitor_pid, r.runtime_id)
         finally:
             self._client_gone.set()
 
-    def _end_stdin(self) -> None:
-        """stdin_once: the container's stdin ends with this session. A pipe's write end is
-        closed by the monitor that keeps it; a terminal gets its EOF character typed, here,
-        where a write that waits for the container to read holds up no other container."""
-        r = self.request
-        if r.tty:
-            with self._lock:
-                if self._stdin is not None:
-                    with contextlib.suppress(OSError):
-                        os.write(self._stdin, b"\x04")
-        else:
-            self.monitors.close_stdin(r.monitor_pid, r.runtime_id)
+    def _write_stdin(self, data: bytes) -> None:
+        """All of `data`, waiting for the container to read, unless the session ends first."""
+        assert self._stdin is not None
+        view = memoryview(data)
+        while view and not self._ending.is_set():
+            try:
+                view = view[os.write(self._stdin, view):]
+            except BlockingIOError:
+                select.select([], [self._stdin], [], POLL)
+            except OSError:   # the container's end is gone (a terminal reads EIO then)
+                return
 
-    def _close_stdin(self) -> None:
-        with self._lock:
-            if self._stdin is not None:
-                os.close(self._stdin)
-                self._stdin = None
+
+def _rotated(log: BinaryIO, path: str) -> bool:
+    try:
+        return os.stat(path).st_ino != os.fstat(log.fileno()).st_ino
+    except FileNotFoundError:   # between kubelet's rename and the monitor's reopen
+        return False

@@ -3,7 +3,8 @@ configured, as containerd's), a thread per connection. A connection is an HTTP r
 `/exec/`, `/attach/` or `/portforward/<token>` that upgrades to a WebSocket with one of the channel
 subprotocols (wsproto does the handshake and the framing) or to SPDY/3.1 (h11 answers the
 upgrade, spdy.py frames the streams); the session then runs on that socket. A port-forward may
-also tunnel SPDY in the WebSocket (`SPDY/3.1+portforward.k8s.io`, kubectl 1.31 and later). A request that is
+also tunnel SPDY in the WebSocket (`SPDY/3.1+portforward.k8s.io`, what kubectl 1.31 and later
+ask the API server for first). A request that is
 not one (an unknown token, no upgrade, no protocol of ours) gets an HTTP error that says what
 was wrong."""
 
@@ -130,8 +131,10 @@ class _Handler(socketserver.BaseRequestHandler):
         sock.settimeout(None)
         peer = WebSocketPeer(sock, ws)
         if isinstance(session, PortForwardRequest) and chosen == channels.PORT_FORWARD_TUNNEL:
-            # SPDY's bytes in binary messages, as kube-apiserver tunnels them (streamtunnel.go):
-            # the same session as over an upgraded connection, without its HTTP upgrade
+            # SPDY's bytes in binary messages (client-go's tunneling_connection.go): the same
+            # session as over an upgraded connection, without its HTTP upgrade. kube-apiserver
+            # turns the tunnel back into SPDY for kubelet; skiff's API server carries the bytes
+            # as they are (upgrade_proxy.py), so the tunnel arrives here
             conn = spdy.Connection.over_chunks(peer.messages(), peer.send_bytes)
             SpdyPortForward(session, sock, conn).run()
         elif isinstance(session, PortForwardRequest):

@@ -29,9 +29,13 @@ class WebSocketPeer:
         self.send(Message(data=bytes([channel]) + data))   # binary: the channel protocol's frames
 
     def send_bytes(self, data: bytes) -> None:
-        """A tunnelled protocol's bytes, in one binary message; raises if the client is gone."""
+        """A tunnelled protocol's bytes, in one binary message; raises OSError if the client
+        is gone or has closed the WebSocket."""
         with self._lock:
-            self.sock.sendall(self.ws.send(Message(data=data)))
+            try:
+                self.sock.sendall(self.ws.send(Message(data=data)))
+            except LocalProtocolError as e:   # the client's close came in: nothing more may be sent
+                raise ConnectionResetError(f"websocket closed: {e}") from None
 
     def messages(self) -> Iterator[bytes]:
         """The client's binary messages, until it closes the connection or goes."""
