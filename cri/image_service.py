@@ -1,8 +1,10 @@
 """runtime.v1 ImageService on skiff's images (images/service.py).
 
 CRI's image is the config blob: its id is the config digest, its repo_tags the names that
-reach it, its repo_digests `name@<manifest digest>`. What kubelet relies on: ImageStatus of a
-missing image is an empty answer (kubelet then pulls), RemoveImage of a missing one succeeds.
+reach it, its repo_digests `name@<manifest digest>` (`_repo_names`, the one rule for both,
+also what CreateContainer keeps for ContainerStatus through `named_image`). What kubelet
+relies on: ImageStatus of a missing image is an empty answer (kubelet then pulls),
+RemoveImage of a missing one succeeds.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from cri_api.v1 import api_pb2_grpc
 from skiff.errors import FailedPrecondition, InvalidArgument, SkiffError
 from skiff.images import reference
 from skiff.images.hosts import Credentials
-from skiff.images.service import Images, normalize
+from skiff.images.service import Images, ResolvedImage, normalize
+from skiff.images.store import ImageRecord
 
 
 log = logging.getLogger("skiff.cri")
@@ -31,6 +34,52 @@ class _Entry:
     digests: list[str]       # name@digest; a digest a pull asked for (an index's) first
     size: int
     user: str
+
+
+def _repo_names(record: ImageRecord) -> tuple[list[str], list[str]]:
+    """The repo tags and repo digests one name of an image gives, as containerd shows them:
+    the name if it has a tag (domain/path:tag), and domain/path@<the digest it points at>,
+    last. A name pulled by an index's digest points at the platform's manifest, but the digest
+    asked for names the image too, and comes first (containerd's repo digest is the index)."""
+    ref = reference.parse(record.name)
+    # in name:tag@digest the tag is only for show
+    tags = [f"{ref.name}:{ref.tag}"] if ref.tag is not None and ref.digest is None else []
+    digests = [f"{ref.name}@{record.digest}"]
+    if ref.digest is not None and ref.digest != record.digest:
+        digests.insert(0, f"{ref.name}@{ref.digest}")
+    return tags, digests
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NamedImage:
+    """An image a container asked for, and how ContainerStatus names it."""
+    resolved: ResolvedImage
+    id: str                  # config digest
+    asked_by: str            # the name or id that found it
+    name: str                # the name it was asked by, else its first tag, else asked_by
+    repo_digest: str         # name@digest, the index's if a pull named one
+
+
+def named_image(images: Images, image: str, *, user_specified: str = "") -> NamedImage | None:
+    """The image `image` names (a name, an id or a unique id prefix), with its name and repo
+    digest; None if there is none. kubelet passes the id PullImage answered, with the pod's own
+    name for the image in `user_specified`: a name resolves in one read; only an id without
+    one (crictl, an older kubelet) costs a look at every image."""
+    for name in dict.fromkeys(n for n in (user_specified, image) if n):
+        try:
+            record = images.store.image(normalize(name))
+            resolved = images.resolve(record.name)
+        except SkiffError:
+            continue
+        image_id = resolved.manifest.config.digest
+        if name == image or image_id.removeprefix("sha256:").startswith(image.removeprefix("sha256:")):
+            return NamedImage(resolved=resolved, id=image_id, asked_by=name, name=name,
+                              repo_digest=_repo_names(record)[1][0])
+    entry = ImageService(images).find(image)
+    if entry is None:
+        return None
+    return NamedImage(resolved=images.resolve((entry.tags or entry.digests)[0]), id=entry.id, asked_by=image,
+                      name=(entry.tags or [image])[0], repo_digest=entry.digests[0])
 
 
 def _credentials(auth: pb.AuthConfig) -> Credentials | None:
@@ -61,8 +110,7 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         self.images = images
 
     def _entries(self) -> dict[str, _Entry]:
-        """By image id. A name goes to repo_tags when it has a tag (domain/path:tag), and every
-        name gives a repo digest domain/path@<the digest it points at>, as containerd shows them."""
+        """By image id, each with the repo tags and digests of every name that reaches it."""
         entries: dict[str, _Entry] = {}
         for record in self.images.store.images():
             try:
@@ -76,14 +124,10 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
                 size = config.size + sum(layer.size for layer in resolved.manifest.layers)
                 user = resolved.image.config.user if resolved.image.config and resolved.image.config.user else ""
                 entry = entries[config.digest] = _Entry(id=config.digest, tags=[], digests=[], size=size, user=user)
-            ref = reference.parse(record.name)
-            if ref.tag is not None and ref.digest is None:  # name:tag@digest: the tag is only for show
-                entry.tags.append(f"{ref.name}:{ref.tag}")
-            entry.digests.append(f"{ref.name}@{record.digest}")
-            if ref.digest is not None and ref.digest != record.digest:
-                # pulled by an index's digest: the record holds the platform's manifest, but
-                # the digest asked for names the image too (containerd's repo digest is the index)
-                entry.digests.insert(0, f"{ref.name}@{ref.digest}")
+            tags, digests = _repo_names(record)
+            entry.tags.extend(tags)
+            entry.digests[:0] = digests[:-1]  # an index's digest a pull asked for, before every other
+            entry.digests.append(digests[-1])
         return entries
 
     def find(self, image: str) -> _Entry | None:

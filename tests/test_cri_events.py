@@ -4,12 +4,17 @@ and a call kubelet makes that skiff answers with nothing to do."""
 
 from __future__ import annotations
 
+import json
 import threading
+from pathlib import Path
+from typing import NoReturn
 
+import pytest
 from cri_api.v1 import api_pb2 as pb
 from cri_fixture import IMAGE, Cri
 from orchestrator_fixture import eventually
 from skiff.images.service import Images
+from skiff.images.store import ContentStore
 
 
 def test_a_containers_life_arrives_as_events(cri: Cri) -> None:
@@ -60,5 +65,32 @@ def test_container_status_tells_the_image_id_and_the_user(cri: Cri) -> None:
         assert status.image_ref == f"skiff.test/busybox@{record.digest}" != status.image_id
         assert (status.user.linux.uid, status.user.linux.gid) == (0, 0)
         assert status.stop_signal == pb.RUNTIME_DEFAULT   # the image has no STOPSIGNAL
+    finally:
+        cri.remove_all()
+
+
+def test_container_status_reads_the_image_names_from_the_record_alone(cri: Cri, monkeypatch: pytest.MonkeyPatch
+                                                                        ) -> None:
+    """CreateContainer keeps the image's name and repo digest in the record: kubelet's frequent
+    ContainerStatus reads no image. A record an older skiff wrote, without them, still answers
+    with what it has: the name asked by and, as image_ref, the image id."""
+    digest = Images(cri.config.images_root).store.image(IMAGE).digest
+    pod_id, pod = cri.run_pod("kept")
+    cid = cri.start(pod_id, pod, "main", "sleep", "60")
+    try:
+        def no_images(*args: object, **kwargs: object) -> NoReturn:
+            raise AssertionError("ContainerStatus read the image store")
+        for method in ("image", "images", "read"):
+            monkeypatch.setattr(ContentStore, method, no_images)
+        status = cri.status(cid)
+        assert (status.image.image, status.image_ref) == (IMAGE, f"skiff.test/busybox@{digest}")
+        record_path = Path(cri.config.state_root) / "containers" / f"{cid}.json"
+        record = json.loads(record_path.read_text())
+        del record["image_name"], record["image_repo_digest"]
+        record_path.write_text(json.dumps(record))
+        older = cri.status(cid)
+        assert (older.image.image, older.image_ref, older.image_id) == (IMAGE, status.image_id, status.image_id)
+        assert older.state == pb.CONTAINER_RUNNING
+        monkeypatch.undo()
     finally:
         cri.remove_all()

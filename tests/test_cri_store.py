@@ -102,6 +102,26 @@ def test_container_round_trip_and_failed_update(tmp_path: Path) -> None:
         store.update("c0ffee", lambda r: dataclasses.replace(r, id="other"))
 
 
+def test_a_container_record_written_before_the_image_names_loads(tmp_path: Path) -> None:
+    """image_name and image_repo_digest came later, in version 1 records: one written without
+    them loads (both ""); a wrong value in one is refused as in any other field."""
+    store = ContainerStore(tmp_path)
+    old = container(image_name="skiff.test/busybox:1", image_repo_digest="skiff.test/busybox@sha256:" + "1" * 64)
+    data = old.to_json()
+    del data["image_name"], data["image_repo_digest"]
+    (store.root / "c0ffee.json").write_text(json.dumps(data))
+    assert store.load().records == (container(),)
+    assert store.get("c0ffee") == container()
+    data["image_name"] = 7
+    (store.root / "c0ffee.json").write_text(json.dumps(data))
+    report = store.load()
+    assert report.records == () and len(report.problems) == 1, report
+    assert "c0ffee.json: image_name: must be a string, not 7: skipped" in report.problems[0]
+    (store.root / "c0ffee.json").unlink()
+    store.add(old)
+    assert ContainerStore(tmp_path).get("c0ffee") == old
+
+
 def test_bad_ids_are_refused(tmp_path: Path) -> None:
     store = SandboxStore(tmp_path)
     for bad in ("", "../x", ".hidden", "_names", "a/b"):

@@ -9,7 +9,6 @@ prepared; the record stays (UNKNOWN) only if that fails too, so RemoveContainer 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -19,7 +18,7 @@ from dataclasses import replace
 from cri_api.v1 import api_pb2 as pb
 
 from skiff.cri.container_spec import PodContext, container_spec, new_namespaces
-from skiff.cri.image_service import ImageService
+from skiff.cri.image_service import named_image
 from skiff.cri.mount_points import make_mount_points
 from skiff.cri.monitor_client import Preparing
 from skiff.cri.service.container_remove import remove_container_files
@@ -28,7 +27,7 @@ from skiff.cri.service.sandbox_run import require
 from skiff.cri.service.sandbox_status import state_of
 from skiff.cri.store.container import ContainerRecord, ContainerState, container_name
 from skiff.cri.store.sandbox import SandboxRecord, SandboxState
-from skiff.errors import FailedPrecondition, InvalidArgument, NotFound, SkiffError
+from skiff.errors import FailedPrecondition, InvalidArgument, NotFound
 from skiff.images.service import ResolvedImage
 from skiff.oci import spec_to_dict
 
@@ -68,7 +67,11 @@ def _create_in_sandbox(ctx: ServiceContext, config: pb.ContainerConfig, sandbox:
 
 def _create_prepared(ctx: ServiceContext, config: pb.ContainerConfig, sandbox: SandboxRecord, pod: PodContext,
                      container_id: str, preparing: Preparing) -> pb.CreateContainerResponse:
-    image, image_id, image_name = _image(ctx, config.image)
+    # the name and repo digest ContainerStatus shows, worked out once: kubelet asks for a
+    # container's status every few seconds
+    image = named_image(ctx.images, config.image.image, user_specified=config.image.user_specified_image)
+    if image is None:
+        raise NotFound(f"config.image.image: image {config.image.image!r} not found: pull it first")
     name = container_name(name=config.metadata.name, attempt=config.metadata.attempt, sandbox_name=sandbox.name,
                           sandbox_namespace=sandbox.namespace, sandbox_uid=sandbox.uid)
     log_path = os.path.join(sandbox.log_directory, config.log_path) if sandbox.log_directory and config.log_path else ""
@@ -76,7 +79,8 @@ def _create_prepared(ctx: ServiceContext, config: pb.ContainerConfig, sandbox: S
     try:
         record = ContainerRecord(
             id=container_id, sandbox_id=sandbox.id, name=config.metadata.name, attempt=config.metadata.attempt,
-            image_ref=image_name, image_id=image_id, labels=dict(config.labels),
+            image_ref=image.asked_by, image_id=image.id, image_name=image.name,
+            image_repo_digest=image.repo_digest, labels=dict(config.labels),
             annotations=dict(config.annotations), created_at=time.time_ns(), state=ContainerState.UNKNOWN,
             log_path=log_path, runtime_id=container_id, config=config.SerializeToString())
         ctx.containers.add(record)
@@ -84,7 +88,7 @@ def _create_prepared(ctx: ServiceContext, config: pb.ContainerConfig, sandbox: S
         ctx.containers.release_name(name)
         raise
     try:
-        pid, monitor_pid, stop_signal = _create(ctx, record, config, pod, image, preparing)
+        pid, monitor_pid, stop_signal = _create(ctx, record, config, pod, image.resolved, preparing)
     except BaseException as cause:
         try:
             remove_container_files(ctx, record)
@@ -104,24 +108,6 @@ def _create_prepared(ctx: ServiceContext, config: pb.ContainerConfig, sandbox: S
 def _files_dir(ctx: ServiceContext, sandbox_id: str) -> str:
     files = ctx.pod_files_dir(sandbox_id)
     return files if os.path.isdir(files) else ctx.pod_dir(sandbox_id)  # a pod an older skiff made
-
-
-def _image(ctx: ServiceContext, spec: pb.ImageSpec) -> tuple[ResolvedImage, str, str]:
-    """The image the request names, resolved; its id; and the name it is shown by. kubelet
-    names it by the id PullImage answered, and by the pod's own name for it in
-    user_specified_image: that name resolves in one read (and is what ContainerStatus shows,
-    as containerd shows a tag), where an id or id prefix needs the list of every image."""
-    ref = spec.image
-    for name in dict.fromkeys(n for n in (spec.user_specified_image, ref) if n):
-        with contextlib.suppress(SkiffError):
-            resolved = ctx.images.resolve(name)
-            image_id = resolved.manifest.config.digest
-            if name == ref or image_id.removeprefix("sha256:").startswith(ref.removeprefix("sha256:")):
-                return resolved, image_id, name
-    entry = ImageService(ctx.images).find(ref)
-    if entry is None:
-        raise NotFound(f"config.image.image: image {ref!r} not found: pull it first")
-    return ctx.images.resolve((entry.tags or entry.digests)[0]), entry.id, ref
 
 
 def _create(ctx: ServiceContext, record: ContainerRecord, config: pb.ContainerConfig, pod: PodContext,

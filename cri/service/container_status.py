@@ -14,14 +14,11 @@ from typing import Any
 
 from cri_api.v1 import api_pb2 as pb
 
-from skiff.cri.image_service import ImageService
 from skiff.cri.monitor import read_exit
 from skiff.cri.monitor_client import Monitors
 from skiff.cri.service.context import ServiceContext
 from skiff.cri.store.container import ContainerRecord, ContainerState, ExitReason
 from skiff.errors import NotFound, SkiffError
-from skiff.images import reference
-from skiff.images.service import normalize
 
 _LIVE = (ContainerState.CREATED, ContainerState.RUNNING)
 UNKNOWN_EXIT_CODE = 255
@@ -85,33 +82,16 @@ def _metadata(record: ContainerRecord) -> pb.ContainerMetadata:
     return pb.ContainerMetadata(name=record.name, attempt=record.attempt)
 
 
-def _image_names(ctx: ServiceContext, record: ContainerRecord) -> tuple[str, str]:
-    """ContainerStatus's image and image_ref, as containerd answers them: the name the image
-    was asked by (else a tag of it), and a repo digest (`name@<digest>`, what kubelet shows
-    as the container's imageID and can pull again; the image id if it has none left). Looked
-    up now, since names come and go: the name asked by answers in one read; only an id, or a
-    name moved on to another image, costs a search of every image."""
-    with contextlib.suppress(SkiffError):
-        name = normalize(record.image_ref)
-        if ctx.images.resolve(name).manifest.config.digest == record.image_id:
-            ref = reference.parse(name)
-            return record.image_ref, f"{ref.name}@{ref.digest or ctx.images.store.image(name).digest}"
-    with contextlib.suppress(SkiffError):
-        entry = ImageService(ctx.images).find(record.image_id)
-        if entry is not None:
-            return ((entry.tags or [record.image_ref])[0],
-                    entry.digests[0] if entry.digests else record.image_id)  # the index's, if a pull named one
-    return record.image_ref, record.image_id
-
-
 def container_status(ctx: ServiceContext, request: pb.ContainerStatusRequest) -> pb.ContainerStatusResponse:
     record = lookup(ctx, request.container_id)
     config = pb.ContainerConfig.FromString(record.config)
-    image, image_ref = _image_names(ctx, record)
     status = pb.ContainerStatus(
         id=record.id, metadata=_metadata(record), state=pb.ContainerState.ValueType(record.state.value), created_at=record.created_at,
         started_at=record.started_at, finished_at=record.finished_at, exit_code=record.exit_code,
-        image=pb.ImageSpec(image=image), image_ref=image_ref,
+        # as containerd answers: a name of the image, and a repo digest (kubelet's imageID, which
+        # it can pull again); both kept at create, record.image_ref and the id in an older record
+        image=pb.ImageSpec(image=record.image_name or record.image_ref),
+        image_ref=record.image_repo_digest or record.image_id,
         reason=record.reason.value if record.reason else "", message=record.message,
         labels=record.labels, annotations=record.annotations, mounts=list(config.mounts),
         log_path=record.log_path)

@@ -95,7 +95,11 @@ class Fields:
             raise CorruptRecord(f"{self._source}: {key}: must be {what}, not {value!r}")
         return value
 
-    def text(self, key: str) -> str:
+    def text(self, key: str, *, added: bool = False) -> str:
+        """`added`: a field added to this record version later, "" in a record written before
+        it (an older skiff reads only the fields it knows, so it misreads nothing)."""
+        if added and key not in self._data:
+            return ""
         value: str = self._get(key, str, "a string")
         return value
 

@@ -61,6 +61,14 @@ class ContainerRecord:
     """The image as the request named it."""
     image_id: str = ""
     """The resolved image id (config digest)."""
+    image_name: str = ""
+    """The name ContainerStatus shows for the image: the one it was asked by (kubelet's
+    user_specified_image), else a tag of it, else image_ref."""
+    image_repo_digest: str = ""
+    """ContainerStatus's image_ref: `name@<digest>` (the index's if a pull named one), which
+    kubelet shows as the container's imageID. These two are worked out once, at create: skiff
+    keeps no image cache, and kubelet asks for a status every few seconds. A record an older
+    skiff wrote has neither ("" both): its status shows image_ref and image_id instead."""
     labels: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
     created_at: int = 0
@@ -94,6 +102,8 @@ class ContainerRecord:
             "attempt": self.attempt,
             "image_ref": self.image_ref,
             "image_id": self.image_id,
+            "image_name": self.image_name,
+            "image_repo_digest": self.image_repo_digest,
             "labels": self.labels,
             "annotations": self.annotations,
             "created_at": self.created_at,
@@ -122,6 +132,8 @@ class ContainerRecord:
             attempt=f.integer("attempt"),
             image_ref=f.text("image_ref"),
             image_id=f.text("image_id"),
+            image_name=f.text("image_name", added=True),
+            image_repo_digest=f.text("image_repo_digest", added=True),
             labels=f.str_map("labels"),
             annotations=f.str_map("annotations"),
             created_at=f.integer("created_at"),
