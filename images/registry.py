@@ -11,7 +11,9 @@ the content store, push an image back.
     auth      a 401's WWW-Authenticate: `Bearer realm=,service=,scope=` fetches a token from
               the realm (with Basic credentials when configured), `Basic` sends credentials;
               a registry token is sent as the bearer token as it is, an identity token (an
-              OAuth2 refresh token) is traded by a POST to the realm, grant_type=refresh_token
+              OAuth2 refresh token) is traded by a POST to the realm, grant_type=refresh_token,
+              whose redirects are not followed; secrets go to a plain-HTTP realm only when it
+              is the insecure registry's own host
     retries   connection errors, 429 and 5xx, with exponential backoff
     mirrors   images.hosts: each mirror in order, then the upstream (containerd's hosts.toml)
 
@@ -41,7 +43,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import BinaryIO, Protocol
 
-from skiff.errors import InvalidArgument, NotFound, Unauthenticated, Unavailable
+from skiff.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated, Unavailable
 from skiff.images import hosts
 from skiff.images.hosts import Endpoint, RegistryConfig
 from skiff.images.reference import Reference, parse
@@ -53,6 +55,7 @@ MAX_MANIFEST_SIZE = 4 << 20  # containerd's limit: a manifest is read whole into
 DEFAULT_PLATFORM = "linux/amd64"
 _CHUNK = 1 << 20
 _REDIRECTS = 10
+_REDIRECT_STATUSES = (301, 302, 303, 307, 308)
 _ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "armhf": "arm",
                  "armel": "arm", "i386": "386"}
 
@@ -60,7 +63,9 @@ _ARCH_ALIASES = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64", "armh
 # -- errors -------------------------------------------------------------------------------
 
 class RegistryUnavailableError(Unavailable):
-    """The registry could not be reached, or kept failing, after the retries."""
+    """The registry could not be reached, or kept failing, after the retries; or it answered
+    what no registry should (a challenge without a realm, a token answer without a token, a
+    redirected identity token request): the next mirror may do better."""
 
 
 class ManifestNotFoundError(NotFound):
@@ -76,7 +81,13 @@ class PlatformNotFoundError(NotFound):
 
 
 class RegistryAuthError(Unauthenticated):
-    """The registry refused the credentials, or wants some and none are configured."""
+    """The registry (or its token realm) refused the credentials, or wants some and none that
+    fit are configured."""
+
+
+class InsecureRealmError(FailedPrecondition):
+    """A secret would go in cleartext: the token realm is plain HTTP and not the insecure
+    registry's own host."""
 
 
 class UnsupportedMediaTypeError(InvalidArgument):
@@ -380,8 +391,9 @@ class Client:
             conn.close()
 
     def _once(self, method: str, url: str, headers: dict[str, str], body: bytes | None,
-              ep: Endpoint) -> http.client.HTTPResponse:
-        """One request, redirects followed. Authorization goes only to the endpoint's host."""
+              ep: Endpoint, *, follow: bool = True) -> http.client.HTTPResponse:
+        """One request, redirects followed as Go's http.Client follows them (with `follow`
+        false a redirect is returned, unread). Authorization goes only to the endpoint's host."""
         for _ in range(_REDIRECTS + 1):
             parts = urllib.parse.urlsplit(url)
             # same host AND scheme: a redirect from https to http must not carry the credentials
@@ -399,13 +411,17 @@ class Client:
                     if not reused:
                         raise
                     # the server closed an idle keep-alive connection: a fresh one, no backoff
-            if resp.status in (301, 302, 303, 307, 308) and resp.getheader("Location"):
-                resp.read()
-                url = urllib.parse.urljoin(url, resp.getheader("Location", ""))
-                if resp.status == 303:
-                    method, body = "GET", None
-                continue
-            return resp
+            if not follow or resp.status not in _REDIRECT_STATUSES or not resp.getheader("Location"):
+                return resp
+            resp.read()
+            url = urllib.parse.urljoin(url, resp.getheader("Location", ""))
+            # Go's redirectBehavior: 307 and 308 repeat the request, body and all; 301, 302 and
+            # 303 make any method but HEAD a GET, without the body or the headers that describe it
+            if resp.status in (301, 302, 303):
+                method = "HEAD" if method == "HEAD" else "GET"
+                body = None
+                headers = {k: v for k, v in headers.items()
+                           if k.lower() not in ("content-length", "content-type")}
         raise RegistryUnavailableError(f"{method} {url}: more than {_REDIRECTS} redirects")
 
     def request(self, ep: Endpoint, method: str, path: str, *, repository: str,
@@ -435,9 +451,11 @@ class Client:
                     continue
                 if resp.status == 401:
                     resp.read()
-                    # a registry token is the one secret that reaches here unchecked by a realm
+                    # a registry token is the one secret that reaches here unchecked by a realm:
+                    # named when it was the bearer sent, not when Basic or a realm's token was
+                    token = ep.credentials.registry_token if ep.credentials is not None else ""
                     given = (": the registry token was refused"
-                             if ep.credentials is not None and ep.credentials.registry_token else "")
+                             if token and auth == f"Bearer {token}" else "")
                     raise RegistryAuthError(f"{ep.base}: {method} {path}: unauthorized "
                                             f"(repository {repository}){given}")
                 if resp.status == 429 or resp.status >= 500:
@@ -457,6 +475,15 @@ class Client:
             raw = f"{creds.username}:{creds.password}".encode()
             basic = "Basic " + base64.b64encode(raw).decode()
         if challenge.scheme == "basic":
+            tokens = []
+            if creds is not None and creds.registry_token:
+                tokens.append("a registry token")
+            if creds is not None and creds.identity_token:
+                tokens.append("an identity token")
+            if basic is None and tokens:
+                raise RegistryAuthError(f"{ep.base}: basic auth required: {' and '.join(tokens)} "
+                                        f"configured for {ep.registry}, which cannot answer a "
+                                        "Basic challenge (it needs a username and password)")
             if basic is None:
                 raise RegistryAuthError(f"{ep.base}: basic auth required and no credentials "
                                         f"configured for {ep.registry}")
@@ -470,8 +497,11 @@ class Client:
                 token = self._token(ep, challenge, repository, basic,
                                     creds.identity_token if creds is not None else "")
             self._set_auth(ep, repository, "Bearer " + token)
+        elif not header.strip():
+            # not a refusal of anything: the registry broke the protocol (RFC 7235 3.1)
+            raise RegistryUnavailableError(f"{ep.base}: 401 without a WWW-Authenticate challenge")
         else:
-            raise RegistryAuthError(f"{ep.base}: unsupported auth challenge {header!r}")
+            raise RegistryUnavailableError(f"{ep.base}: unsupported auth challenge {header!r}")
 
     def _set_auth(self, ep: Endpoint, repository: str, value: str) -> None:
         with self._lock:
@@ -484,42 +514,62 @@ class Client:
         way a realm takes one; it does not fall back to GET, as docker does not."""
         realm = challenge.params.get("realm")
         if not realm:
-            raise RegistryAuthError(f"{ep.base}: bearer challenge without a realm")
+            raise RegistryUnavailableError(f"{ep.base}: bearer challenge without a realm")
+        parts = urllib.parse.urlsplit(realm)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise RegistryUnavailableError(f"{ep.base}: bearer challenge with realm {realm!r}, "
+                                           "not an http(s) URL")
         query = {"scope": challenge.params.get("scope") or f"repository:{repository}:{self.actions}"}
         if "service" in challenge.params:
             query["service"] = challenge.params["service"]
         url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
-        token_ep = Endpoint(registry=ep.registry, scheme=ep.scheme, netloc=ep.netloc,
-                            skip_verify=ep.skip_verify, ca_file=ep.ca_file)
-        parts = urllib.parse.urlsplit(url)
-        # Secrets never go to a plain-HTTP realm of an HTTPS registry.
-        safe = parts.scheme == "https" or ep.scheme == "http"
-        headers = {"Authorization": basic} if basic and safe else {}
+        own = parts.netloc == ep.netloc
+        # another host: the configured CA still counts, skip_verify not
+        token_ep = Endpoint(registry=ep.registry, scheme=parts.scheme, netloc=parts.netloc,
+                            skip_verify=ep.skip_verify and own, ca_file=ep.ca_file)
+        # Secrets go to a plain-HTTP realm only when it is the insecure registry itself:
+        # `insecure = true` was said of that host, not of any host its challenge names.
+        safe = parts.scheme == "https" or (ep.scheme == "http" and own)
+        headers: dict[str, str] = {}
+        withheld = ""
+        if basic and safe:
+            headers["Authorization"] = basic
+        elif basic:
+            withheld = (f"; the credentials for {ep.registry} were not sent, the realm is plain "
+                        f"HTTP and not {ep.base} itself")
         method, payload, what = "GET", None, "token"
         if refresh_token:
             if not safe:
-                raise RegistryAuthError(f"{realm}: an identity token is not sent to a plain-HTTP "
-                                        f"realm of {ep.base}")
+                raise InsecureRealmError(f"{realm}: an identity token is not sent to a plain-HTTP "
+                                         f"realm that is not {ep.base} itself")
             form = {"grant_type": "refresh_token", "refresh_token": refresh_token,
                     "service": query.get("service", ""), "scope": query["scope"],
                     "client_id": "skiff"}
             url, method, payload, what = realm, "POST", urllib.parse.urlencode(form).encode(), "identity token"
             headers = {"Content-Type": "application/x-www-form-urlencoded"}
-        if parts.netloc != ep.netloc:  # another host: the configured CA still counts, skip_verify not
-            token_ep = Endpoint(registry=ep.registry, scheme=parts.scheme, netloc=parts.netloc,
-                                ca_file=ep.ca_file)
+        reason = ""
         for attempt in range(self.retries + 1):
             try:
-                resp = self._once(method, url, headers, payload, token_ep)
+                # the refresh token is in the body, which a 307 or 308 would carry on to wherever
+                # the realm points (plain HTTP, another host): a POST's redirect is not followed
+                resp = self._once(method, url, headers, payload, token_ep, follow=not refresh_token)
                 data = resp.read(1 << 20)
             except (OSError, http.client.HTTPException) as e:
                 reason = _describe(e)
             else:
-                # 400: how an OAuth2 server refuses a grant (RFC 6749 5.2, "invalid_grant")
-                if resp.status in (401, 403) or (refresh_token and resp.status == 400):
-                    detail = _oauth_error(data)
+                error, detail = _oauth_error(data)
+                # 400 invalid_grant: how an OAuth2 server refuses a grant (RFC 6749 5.2); other
+                # 400s (unsupported_grant_type, invalid_request) are the realm not doing OAuth2
+                if resp.status in (401, 403) or (refresh_token and resp.status == 400
+                                                 and error == "invalid_grant"):
                     raise RegistryAuthError(f"{realm}: {what} refused for {query['scope']} "
-                                            f"(HTTP {resp.status}{': ' + detail if detail else ''})")
+                                            f"(HTTP {resp.status}{': ' + detail if detail else ''})"
+                                            f"{withheld}")
+                if refresh_token and resp.status in _REDIRECT_STATUSES:
+                    raise RegistryUnavailableError(
+                        f"{realm}: identity token request redirected (HTTP {resp.status} to "
+                        f"{resp.getheader('Location', '')!r}): not followed, the refresh token "
+                        "goes only to the realm the registry named")
                 if resp.status == 200:
                     try:
                         body = json.loads(data)
@@ -527,14 +577,15 @@ class Client:
                     except (ValueError, AttributeError):
                         token = None
                     if not isinstance(token, str) or not token:
-                        raise RegistryAuthError(f"{realm}: token response without a token")
+                        raise RegistryUnavailableError(f"{realm}: token response without a token")
                     return token
-                reason = f"HTTP {resp.status}"
-                if resp.status < 500:
-                    raise RegistryAuthError(f"{realm}: token request failed: {reason}")
+                reason = f"HTTP {resp.status}{': ' + detail if detail else ''}"
+                if resp.status < 500 and resp.status != 429:
+                    raise RegistryUnavailableError(f"{realm}: {what} request failed: {reason}")
             if attempt < self.retries:
                 time.sleep(self.backoff * (2 ** attempt))
-        raise RegistryUnavailableError(f"{realm}: token request failed: {reason}")
+        raise RegistryUnavailableError(f"{realm}: {what} request failed: {reason} "
+                                       f"(after {self.retries + 1} attempts)")
 
     # -- manifests --
 
@@ -547,7 +598,7 @@ class Client:
         for i, ep in enumerate(endpoints):
             try:
                 return self._resolve_at(ep, ref, want)
-            except (NotFound, Unavailable, RegistryAuthError) as e:
+            except (NotFound, Unavailable, RegistryAuthError, InsecureRealmError) as e:
                 if i == len(endpoints) - 1:
                     if failures:
                         raise type(e)(f"{e} (mirrors: {'; '.join(failures)})") from e
@@ -873,17 +924,18 @@ def _error_text(resp: http.client.HTTPResponse) -> str:
         return raw[:200].decode(errors="replace").strip()
 
 
-def _oauth_error(body: bytes) -> str:
-    """An OAuth2 error answer's `error` (and description), else nothing: bodies of other
-    refusals are not shown, they may be long pages."""
+def _oauth_error(body: bytes) -> tuple[str, str]:
+    """An OAuth2 error answer's `error`, and it with its description to show; else nothing:
+    bodies of other refusals are not shown, they may be long pages."""
     try:
         data = json.loads(body)
         error, description = data.get("error"), data.get("error_description")
     except (ValueError, AttributeError):
-        return ""
+        return "", ""
     if not isinstance(error, str):
-        return ""
-    return f"{error} ({description})" if isinstance(description, str) and description else error
+        return "", ""
+    shown = f"{error} ({description})" if isinstance(description, str) and description else error
+    return error, shown
 
 
 def _describe(e: BaseException) -> str:

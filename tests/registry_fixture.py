@@ -277,6 +277,9 @@ class FakeRegistry:
     token_basic: str | None = None                        # /token wants this Basic header
     refresh_token: str | None = None                      # POST /token trades it for `token`
     token_forms: list[dict[str, str]] = field(default_factory=list)  # the POST /token forms
+    challenge: str | None = None                          # WWW-Authenticate to send instead
+    token_answer: tuple[int, bytes] | None = None         # /token answers this instead
+    redirects: dict[str, tuple[int, str]] = field(default_factory=dict)  # path -> (status, Location)
     requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)
 
     @property
@@ -318,6 +321,8 @@ def _handler(fake: FakeRegistry) -> type[http.server.BaseHTTPRequestHandler]:
             fetchTokenWithOAuth): a wrong one is refused as RFC 6749 5.2 says, 400 invalid_grant."""
             fake.requests.append((self.command, self.path, dict(self.headers.items())))
             body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            if self._redirected() or self._token_answer():
+                return
             if self.path != "/token":
                 self._send(405)
                 return
@@ -334,6 +339,8 @@ def _handler(fake: FakeRegistry) -> type[http.server.BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             path = self.path.split("?")[0]
             fake.requests.append((self.command, self.path, dict(self.headers.items())))
+            if self._redirected() or self._token_answer():
+                return
             if path == "/token" and fake.token_basic and \
                     self.headers.get("Authorization") != fake.token_basic:
                 self._send(401, b"bad credentials")
@@ -344,8 +351,9 @@ def _handler(fake: FakeRegistry) -> type[http.server.BaseHTTPRequestHandler]:
                 return
             if fake.token and not path.startswith("/cdn/") and \
                     self.headers.get("Authorization") != f"Bearer {fake.token}":
-                challenge = (f'Bearer realm="http://{fake.host}/token",service="fake",'
-                             'scope="repository:test/app:pull"')
+                challenge = fake.challenge if fake.challenge is not None else (
+                    f'Bearer realm="http://{fake.host}/token",service="fake",'
+                    'scope="repository:test/app:pull"')
                 self._send(401, b'{"errors":[{"code":"UNAUTHORIZED"}]}',
                            {"WWW-Authenticate": challenge})
                 return
@@ -372,6 +380,18 @@ def _handler(fake: FakeRegistry) -> type[http.server.BaseHTTPRequestHandler]:
                 self._blob(parts[-1])
             else:
                 self._send(404)
+
+        def _redirected(self) -> bool:
+            found = fake.redirects.get(self.path.split("?")[0])
+            if found is not None:
+                self._send(found[0], headers={"Location": found[1]})
+            return found is not None
+
+        def _token_answer(self) -> bool:
+            if self.path.split("?")[0] != "/token" or fake.token_answer is None:
+                return False
+            self._send(*fake.token_answer)
+            return True
 
         def _blob(self, digest: str) -> None:
             with lock:

@@ -176,6 +176,36 @@ def test_pull_image_with_an_identity_token(fake_registry: FakeRegistry, tmp_path
     assert not [path for method, path, _ in fake.requests if method == "GET" and path.startswith("/token")]
 
 
+@pytest.mark.parametrize("realm, code, details", [
+    # the realm redirects the refresh-token POST: not followed, the registry misbehaves
+    ("own-redirecting", grpc.StatusCode.UNAVAILABLE, "identity token request redirected (HTTP 307"),
+    # a plain-HTTP realm on another host than the insecure registry: never sent there
+    ("other-host", grpc.StatusCode.FAILED_PRECONDITION,
+     "an identity token is not sent to a plain-HTTP realm"),
+])
+def test_pull_image_identity_token_kept_from_other_hosts(fake_registry: FakeRegistry, tmp_path: Path,
+                                                         realm: str, code: grpc.StatusCode,
+                                                         details: str) -> None:
+    """Neither is a refusal of the credentials, so neither is UNAUTHENTICATED (kubelet would
+    report the pull secret as wrong); the refresh token reaches no one but the realm."""
+    fake = fake_registry
+    fake.add_image("test/app", "v1", add_image(tmp_path / "layout", files={"hello": b"id\n"}))
+    fake.token, fake.refresh_token = "access-9", "refresh-9"
+    other = f"http://localhost:{fake.host.rsplit(':', 1)[1]}"
+    if realm == "own-redirecting":
+        fake.redirects["/token"] = (307, f"{other}/stolen")
+    else:
+        fake.challenge = f'Bearer realm="{other}/token",service="fake"'
+    image = pb.ImageSpec(image=f"{fake.host}/test/app:v1")
+    with in_process(_plain_http(tmp_path, fake.host)) as service:
+        with pytest.raises(grpc.RpcError) as err:
+            service.images.PullImage(pb.PullImageRequest(image=image, auth=pb.AuthConfig(
+                identity_token="refresh-9")))
+    assert err.value.code() is code and details in err.value.details()
+    assert not [path for _, path, _ in fake.requests if path.startswith("/stolen")]
+    assert len(fake.token_forms) == 0
+
+
 def test_an_image_pulled_by_its_index_digest_is_found_by_it(fake_registry: FakeRegistry, tmp_path: Path) -> None:
     """A pull by an index's digest records the platform's manifest; the index digest still
     finds the image (kubelet asks ImageStatus with the pod's image before pulling again) and is

@@ -21,7 +21,7 @@ from registry_fixture import (  # noqa: F401  (fixtures)
     skopeo_copy,
 )
 
-from skiff.errors import InvalidArgument, NotFound, Unauthenticated, Unavailable
+from skiff.errors import FailedPrecondition, InvalidArgument, NotFound, Unauthenticated, Unavailable
 from skiff.images import hosts, registry as reg_client
 from skiff.images.reference import InvalidReferenceError, parse
 from skiff.images.registry import Client, StderrProgress, pull, push
@@ -461,6 +461,175 @@ def test_fake_bearer_with_credentials(fake_app: tuple[FakeRegistry, object], tmp
     with Client(good, retries=0) as client:
         result = pull(f"{fake.host}/test/app:v1", _store(tmp_path / "b"), client=client)
     assert result.digest == img.manifest_digest  # type: ignore[attr-defined]
+
+
+# -- token auth: what a secret may reach, and what each failure is ------------------------------
+
+def _credentials(fake: FakeRegistry, **given: str) -> hosts.RegistryConfig:
+    """The fake as an insecure registry with `given` credentials (tokens too, which only an auth
+    file or the CRI request carry)."""
+    return hosts.RegistryConfig(hosts={fake.host: hosts.HostConfig(
+        insecure=True, credentials=hosts.Credentials(**given))})
+
+
+def _other_host(fake: FakeRegistry, path: str) -> str:
+    """The fake under another name (localhost for 127.0.0.1): another host to the client."""
+    return f"http://localhost:{fake.host.rsplit(':', 1)[1]}{path}"
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_identity_token_post_is_not_redirected(fake_app: tuple[FakeRegistry, object], tmp_path: Path,
+                                               status: int) -> None:
+    """A realm answering the refresh-token POST with a redirect (to plain HTTP on another host
+    here) would get the refresh token carried on by a 307/308: the redirect is an error."""
+    fake, _ = fake_app
+    fake.token, fake.refresh_token = "access-3", "refresh-3"
+    fake.redirects["/token"] = (status, _other_host(fake, "/stolen"))
+    with Client(_credentials(fake, identity_token="refresh-3"), retries=0) as client, \
+            pytest.raises(Unavailable, match=rf"/token: identity token request redirected \(HTTP "
+                                             rf"{status} to 'http://localhost:.*/stolen'\): not followed"):
+        pull(f"{fake.host}/test/app:v1", _store(tmp_path), client=client)
+    assert not [r for r in fake.requests if r[1].startswith("/stolen")]
+    assert [r[0] for r in fake.requests if r[1].startswith("/token")] == ["POST"]
+
+
+def test_secrets_to_a_plain_http_realm_on_another_host(fake_app: tuple[FakeRegistry, object],
+                                                       tmp_path: Path) -> None:
+    """`insecure = true` is said of the registry's host: a plain-HTTP realm elsewhere gets no
+    identity token (FailedPrecondition, nothing sent) and no Basic credentials (asked
+    anonymously; the refusal says why)."""
+    import base64
+    fake, _ = fake_app
+    fake.token, fake.refresh_token = "access-4", "refresh-4"
+    fake.token_basic = "Basic " + base64.b64encode(b"me:pw").decode()
+    fake.challenge = f'Bearer realm="{_other_host(fake, "/token")}",service="fake"'
+    ref = f"{fake.host}/test/app:v1"
+    with Client(_credentials(fake, identity_token="refresh-4"), retries=0) as client, \
+            pytest.raises(FailedPrecondition, match=r"localhost:\d+/token: an identity token is not "
+                                                    rf"sent to a plain-HTTP realm that is not "
+                                                    rf"http://{fake.host} itself"):
+        pull(ref, _store(tmp_path / "a"), client=client)
+    assert not [r for r in fake.requests if r[0] == "POST"]
+    with Client(_credentials(fake, username="me", password="pw"), retries=0) as client, \
+            pytest.raises(Unauthenticated, match=rf"token refused .*\(HTTP 401\); the credentials "
+                                                 rf"for {fake.host} were not sent, the realm is "
+                                                 rf"plain HTTP and not http://{fake.host} itself"):
+        pull(ref, _store(tmp_path / "b"), client=client)
+    token_requests = [r for r in fake.requests if r[1].startswith("/token")]
+    assert token_requests and all("Authorization" not in r[2] for r in token_requests)
+    # the same realm under the registry's own host name gets them
+    fake.challenge = f'Bearer realm="http://{fake.host}/token",service="fake"'
+    with Client(_credentials(fake, username="me", password="pw"), retries=0) as client:
+        pull(ref, _store(tmp_path / "c"), client=client)
+    assert [r for r in fake.requests if r[1].startswith("/token")][-1][2].get("Authorization") == \
+        fake.token_basic
+
+
+def test_basic_credentials_do_not_follow_a_realm_redirect_to_another_host(
+        fake_app: tuple[FakeRegistry, object], tmp_path: Path) -> None:
+    import base64
+    fake, _ = fake_app
+    fake.token = "access-5"
+    fake.token_basic = "Basic " + base64.b64encode(b"me:pw").decode()
+    fake.redirects["/token"] = (307, _other_host(fake, "/stolen"))
+    with Client(_credentials(fake, username="me", password="pw"), retries=0) as client, \
+            pytest.raises(Unauthenticated, match="token refused"):
+        pull(f"{fake.host}/test/app:v1", _store(tmp_path), client=client)
+    stolen = [r for r in fake.requests if r[1].startswith("/stolen")]
+    assert stolen and all("Authorization" not in r[2] for r in stolen)
+    assert [r[2].get("Authorization") for r in fake.requests if r[1].startswith("/token")] == \
+        [fake.token_basic]
+
+
+@pytest.mark.parametrize("challenge, answer, given, message", [
+    ('Bearer service="fake"', None, {}, "bearer challenge without a realm"),
+    ('Negotiate abc', None, {}, "unsupported auth challenge 'Negotiate abc'"),
+    ("", None, {}, "401 without a WWW-Authenticate challenge"),
+    (None, (404, b"no such page"), {}, r"/token: token request failed: HTTP 404$"),
+    (None, (503, b"busy"), {}, r"/token: token request failed: HTTP 503 \(after 2 attempts\)"),
+    (None, (200, b'{"expires_in": 60}'), {}, "/token: token response without a token"),
+    (None, (400, b'{"error":"unsupported_grant_type"}'), {"identity_token": "r"},
+     "/token: identity token request failed: HTTP 400: unsupported_grant_type"),
+])
+def test_registry_misbehaving_is_unavailable(fake_app: tuple[FakeRegistry, object], tmp_path: Path,
+                                             challenge: str | None, answer: tuple[int, bytes] | None,
+                                             given: dict[str, str], message: str) -> None:
+    """Not a refusal of any credentials: Unavailable, so that the next mirror is tried."""
+    fake, _ = fake_app
+    fake.token, fake.challenge, fake.token_answer = "access-6", challenge, answer
+    with Client(_credentials(fake, **given), retries=1, backoff=0.01) as client, \
+            pytest.raises(Unavailable, match=message) as err:
+        pull(f"{fake.host}/test/app:v1", _store(tmp_path), client=client)
+    assert not isinstance(err.value, Unauthenticated)
+
+
+def test_a_misbehaving_mirror_falls_back_to_upstream(fake_app: tuple[FakeRegistry, object],
+                                                     tmp_path: Path) -> None:
+    from registry_fixture import run_fake_registry
+    upstream, img = fake_app
+    with run_fake_registry() as mirror:
+        mirror.token, mirror.challenge = "x", 'Bearer service="no-realm"'
+        config = _config(f'[registries."{upstream.host}"]\ninsecure = true\n'
+                         f'mirrors = ["http://{mirror.host}"]\n')
+        with Client(config, retries=0) as client:
+            result = pull(f"{upstream.host}/test/app:v1", _store(tmp_path), client=client)
+    assert result.digest == img.manifest_digest  # type: ignore[attr-defined]
+    assert mirror.requests
+
+
+@pytest.mark.parametrize("given, message", [
+    ({"identity_token": "r"}, "an identity token"),
+    ({"registry_token": "t"}, "a registry token"),
+    ({"registry_token": "t", "identity_token": "r"}, "a registry token and an identity token"),
+])
+def test_tokens_cannot_answer_basic(fake_app: tuple[FakeRegistry, object], tmp_path: Path,
+                                    given: dict[str, str], message: str) -> None:
+    fake, _ = fake_app
+    fake.token, fake.challenge = "access-7", 'Basic realm="fake"'
+    with Client(_credentials(fake, **given), retries=0) as client, \
+            pytest.raises(Unauthenticated, match=rf"basic auth required: {message} configured for "
+                                                 rf"{fake.host}, which cannot answer a Basic challenge"):
+        pull(f"{fake.host}/test/app:v1", _store(tmp_path), client=client)
+
+
+@pytest.mark.parametrize("challenge, given, suffix", [
+    (None, {"registry_token": "wrong"}, True),
+    # Basic was sent and refused: the registry token configured as well was never tried
+    ('Basic realm="fake"', {"username": "me", "password": "pw", "registry_token": "t"}, False),
+    (None, {"username": "me", "password": "pw", "registry_token": "wrong"}, True),
+])
+def test_registry_token_named_only_when_sent(fake_app: tuple[FakeRegistry, object], tmp_path: Path,
+                                             challenge: str | None, given: dict[str, str],
+                                             suffix: bool) -> None:
+    fake, _ = fake_app
+    fake.token, fake.challenge = "access-8", challenge
+    with Client(_credentials(fake, **given), retries=0) as client, \
+            pytest.raises(Unauthenticated, match=r"unauthorized \(repository test/app\)") as err:
+        pull(f"{fake.host}/test/app:v1", _store(tmp_path), client=client)
+    assert str(err.value).endswith(": the registry token was refused") is suffix
+
+
+@pytest.mark.parametrize("status, method", [(301, "GET"), (302, "GET"), (303, "GET"),
+                                            (307, "POST"), (308, "POST")])
+def test_redirect_of_a_post(fake_registry: FakeRegistry, status: int, method: str) -> None:
+    """Go's http.Client: 301/302/303 turn a POST into a GET without its body; 307/308 repeat it."""
+    fake = fake_registry
+    fake.redirects["/v2/test/app/blobs/uploads/"] = (status, "/token")
+    form = b"grant_type=refresh_token&refresh_token=r"
+    with _fast(fake) as client:
+        ep = client.config.endpoints(fake.host)[0]
+        resp = client.request(ep, "POST", "/v2/test/app/blobs/uploads/", repository="test/app",
+                              body=form, headers={"Content-Type": "application/x-www-form-urlencoded",
+                                                  "Content-Length": str(len(form))})
+        resp.read()
+    last = fake.requests[-1]
+    assert (last[0], last[1]) == (method, "/token")
+    if method == "GET":
+        assert resp.status == 200 and fake.token_forms == []
+        assert "Content-Length" not in last[2] and "Content-Type" not in last[2]
+    else:
+        assert resp.status == 400 and fake.token_forms == [{"grant_type": "refresh_token",
+                                                            "refresh_token": "r"}]
 
 
 def test_bad_partial_is_refetched(fake_app: tuple[FakeRegistry, object], tmp_path: Path) -> None:
