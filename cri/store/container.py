@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from skiff.cri.store import RECORD_VERSION, Fields, LoadReport, RecordStore, encode_bytes
+from skiff.cri.store import RECORD_VERSION, CorruptRecord, Fields, LoadReport, RecordStore, encode_bytes
 from skiff.errors import NotFound
 
 __all__ = ["ContainerRecord", "ContainerState", "ContainerStore", "ExitReason",
@@ -208,7 +208,7 @@ class ContainerStore(RecordStore[ContainerRecord]):
     def delete(self, id: str) -> None:
         try:
             old = self.get(id)
-        except NotFound:
+        except (NotFound, CorruptRecord):   # a corrupt record goes too (its index entry at the next load)
             return super().delete(id)
         super().delete(id)
         self._unindex(old.sandbox_id, id)
