@@ -18,15 +18,20 @@ without a valid token gets 401 and nothing else.
     GET    /api, /apis, /api/v1, /apis/{group}/{version}, /version   discovery (api/discovery.py)
 
 Errors are Kubernetes Status objects with the HTTP code kubectl expects: 400 Invalid, 404
-NotFound, 409 AlreadyExists or Conflict, 410 Gone (a watch from a compacted revision), 401.
+NotFound, 405 MethodNotAllowed (an upgrade but by GET or POST), 409 AlreadyExists or Conflict,
+410 Gone (a watch from a compacted revision), 401.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
+import os
+import socket
 import socketserver
 import ssl
+import threading
 import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -123,6 +128,12 @@ class _Handler(JsonHandler):
         try:
             sub = subresources.match(url.path)
             if sub is not None and sub[2] != "log" and upgrade_proxy.is_upgrade(self.headers.items()):
+                if method not in ("GET", "POST"):   # kube-apiserver's connect verbs
+                    self.close_connection = True   # (its body, if any, is not read)
+                    self.reply_json(HTTPStatus.METHOD_NOT_ALLOWED, status(
+                        HTTPStatus.METHOD_NOT_ALLOWED, "MethodNotAllowed",
+                        f"{method} {url.path}: an upgraded {sub[2]} takes GET or POST"))
+                    return
                 self._upgrade(method, *sub, urllib.parse.parse_qs(url.query))
                 return
             if sub is not None:
@@ -216,9 +227,12 @@ class _Handler(JsonHandler):
         url = subresources.stream_url(self.server.registry, namespace, name, what, query)
         backend = upgrade_proxy.connect(url)
         try:
-            head = upgrade_proxy.request_head(method, url, self.headers.items())
-            self.close_connection = True   # the connection is the stream's now, to its end
-            upgrade_proxy.pump(self.connection, backend, head + self._read_ahead(), subresources.IDLE)
+            client_ip = self.client_address[0] if self.connection.family != socket.AF_UNIX else None
+            head = upgrade_proxy.request_head(method, url, self.headers.items(), client_ip)
+            with self.server.session():
+                self.close_connection = True   # the connection is the stream's now, to its end
+                upgrade_proxy.pump(self.connection, backend, head + self._read_ahead(), subresources.IDLE,
+                                   self.server.wake)
         finally:
             backend.close()
 
@@ -271,6 +285,25 @@ class _Server(socketserver.ThreadingMixIn, socketserver.BaseServer):
     daemon_threads = True
     registry: Registry
     tokens: tuple[str, ...] | None
+    # The proxied sessions (upgrade_proxy.pump) are the handler threads that may outlive a
+    # request by hours: ApiServer.stop writes `wake`, an eventfd in each pump's poll set (it
+    # stays readable, so one write wakes them all), and waits for their threads.
+    wake: int
+    sessions: set[threading.Thread]
+    sessions_lock: threading.Lock
+    stopping: bool
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[None]:
+        with self.sessions_lock:
+            if self.stopping:
+                raise Unavailable("the API server is stopping")
+            self.sessions.add(threading.current_thread())
+        try:
+            yield
+        finally:
+            with self.sessions_lock:
+                self.sessions.discard(threading.current_thread())
 
 
 class _UnixServer(_Server, UnixServer):
@@ -305,7 +338,23 @@ class ApiServer(ServerThread):
             server.socket = context.wrap_socket(server.socket, server_side=True)
             server.tokens = tokens
         server.registry = registry
+        server.sessions, server.sessions_lock, server.stopping = set(), threading.Lock(), False
+        server.wake = os.eventfd(0, os.EFD_CLOEXEC)
         super().__init__(server, "skiff-apiserver", unlink=unix_socket)
+        self.server: _UnixServer | _TcpServer = server
+
+    def stop(self) -> None:
+        """Stops serving, ends the proxied sessions and waits for their threads; once."""
+        with self.server.sessions_lock:
+            stopped, self.server.stopping = self.server.stopping, True
+            sessions = list(self.server.sessions)
+        if stopped:
+            return
+        os.eventfd_write(self.server.wake, 1)
+        super().stop()
+        for thread in sessions:
+            thread.join()
+        os.close(self.server.wake)
 
     @property
     def address(self) -> str:

@@ -26,6 +26,7 @@ from orchestrator_fixture import eventually
 from test_orchestrator_logs_exec import (Cluster, _connections, cluster,  # noqa: F401 (the fixture, reused)
                                         fetch_forwarded)
 
+from skiff.orchestrator.api.kinds import BY_KIND
 from skiff.orchestrator.apiserver import ApiServer
 
 PACKAGE = "kubernetes-client"   # Debian 12: kubectl 1.20
@@ -135,6 +136,15 @@ def test_get_pods(kubectl: Kubectl) -> None:
     assert (done.returncode, done.stdout) == (0, "pod/web\n"), done.stderr
 
 
+def test_get_all(kubectl: Kubectl) -> None:
+    """`kubectl get all`: the resources whose discovery names the category "all"."""
+    kubectl.cluster.run("web", "sleep", "3600")
+    kubectl.cluster.registry.create(BY_KIND["Service"], {"metadata": {"name": "front"}, "spec": {
+        "selector": {"app": "web"}, "ports": [{"port": 80}]}})
+    done = kubectl.run("get", "all", "-o", "name")
+    assert (done.returncode, done.stdout) == (0, "pod/web\nservice/front\n"), done.stderr
+
+
 def test_exec(kubectl: Kubectl) -> None:
     kubectl.cluster.run("web", "sleep", "3600")
     done = kubectl.run("exec", "web", "--", "echo", "hi")
@@ -149,6 +159,12 @@ def test_exec(kubectl: Kubectl) -> None:
     # kubectl exits with the command's code (the Status on the error stream says it)
     failed = kubectl.run("exec", "-i", "web", "--", "sh", "-c", "tr a-z A-Z; exit 3", input="shout\n")
     assert (failed.returncode, failed.stdout) == (3, "SHOUT\n"), failed.stderr
+
+    # the command ends with most of its stdin unread: its output and exit code come back
+    # (the streaming server closes with kubectl's stdin unread, and the API server's writes fail)
+    big = "first\n" + ("x" * 1023 + "\n") * 8192   # 8 MiB
+    head = kubectl.run("exec", "-i", "web", "--", "sh", "-c", "head -1; exit 4", input=big)
+    assert (head.returncode, head.stdout) == (4, "first\n"), head.stderr
 
     missing = kubectl.run("exec", "ghost", "--", "true")
     assert missing.returncode == 1 and "pods 'ghost' not found" in missing.stderr, missing.stderr

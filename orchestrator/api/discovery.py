@@ -22,6 +22,10 @@ POD_SUBRESOURCES = {"log": ("Pod", ["get"]), "exec": ("PodExecOptions", ["create
                     "attach": ("PodAttachOptions", ["create", "get"]),
                     "portforward": ("PodPortForwardOptions", ["create", "get"])}
 KUBERNETES_VERSION = ("1", "20")   # the API skiff's shapes follow: kubectl 1.20's
+# The resources Kubernetes puts in the category "all" (`kubectl get all`), those skiff serves
+# getting it: kube-apiserver's `pkg/registry/*/storage` (Categories() of pods, services, ...)
+ALL = {"pods", "services", "replicationcontrollers", "replicasets", "deployments", "daemonsets", "statefulsets",
+       "jobs", "cronjobs", "horizontalpodautoscalers"}
 
 
 def document(path: str) -> dict[str, Any] | None:
@@ -32,13 +36,16 @@ def document(path: str) -> dict[str, Any] | None:
         return {"major": major, "minor": minor, "gitVersion": f"v{major}.{minor}.0-skiff.{__version__}",
                 "platform": "linux/amd64"}
     if path == "/api":
-        return {"kind": "APIVersions", "versions": ["v1"],
-                "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": ""}]}
+        return {"kind": "APIVersions", "versions": ["v1"]}   # (no serverAddressByClientCIDRs: the one dialled)
     if path == "/apis":
+        groups: dict[str, list[str]] = {}   # each group once, its versions in KINDS' order, the first preferred
+        for k in KINDS:
+            if k.group and k.api_version not in groups.setdefault(k.group, []):
+                groups[k.group].append(k.api_version)
         return {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
-            {"name": group, "versions": [{"groupVersion": gv, "version": gv.partition("/")[2]}],
-             "preferredVersion": {"groupVersion": gv, "version": gv.partition("/")[2]}}
-            for group, gv in sorted({(k.group, k.api_version) for k in KINDS if k.group})]}
+            {"name": group, "versions": [{"groupVersion": gv, "version": gv.partition("/")[2]} for gv in versions],
+             "preferredVersion": {"groupVersion": versions[0], "version": versions[0].partition("/")[2]}}
+            for group, versions in sorted(groups.items())]}
     if path.startswith("/api/"):
         group_version = path.removeprefix("/api/")
         if "/" in group_version:
@@ -53,8 +60,9 @@ def document(path: str) -> dict[str, Any] | None:
     resources: list[dict[str, Any]] = []
     for k in kinds:
         resources.append({"name": k.resource, "singularName": k.kind.lower(), "namespaced": k.namespaced,
-                          "kind": k.kind, "verbs": VERBS, **({"shortNames": list(k.short_names)}
-                                                              if k.short_names else {})})
+                          "kind": k.kind, "verbs": VERBS,
+                          **({"shortNames": list(k.short_names)} if k.short_names else {}),
+                          **({"categories": ["all"]} if k.resource in ALL else {})})
         if k.kind == "Pod":
             resources += [{"name": f"pods/{sub}", "singularName": "", "namespaced": True, "kind": kind,
                            "verbs": verbs} for sub, (kind, verbs) in POD_SUBRESOURCES.items()]
