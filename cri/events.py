@@ -67,14 +67,16 @@ class Subscription:
 
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue[pb.ContainerEventResponse | None] = queue.SimpleQueue()
+        self._put_lock = threading.Lock()   # publishers call from any thread: the bound holds
 
     def put(self, event: pb.ContainerEventResponse) -> None:
-        if self._queue.qsize() >= BACKLOG:
-            try:
-                self._queue.get_nowait()   # the oldest goes
-            except queue.Empty:
-                pass
-        self._queue.put(event)
+        with self._put_lock:
+            if self._queue.qsize() >= BACKLOG:
+                try:
+                    self._queue.get_nowait()   # the oldest goes
+                except queue.Empty:
+                    pass
+            self._queue.put(event)
 
     def end(self) -> None:
         self._queue.put(None)
