@@ -17,6 +17,10 @@ without a valid token gets 401 and nothing else.
            or WebSocket): carried to the node's CRI streaming server (upgrade_proxy.py)
     GET    /api, /apis, /api/v1, /apis/{group}/{version}, /version   discovery (api/discovery.py)
 
+A GET of a list, an object or a watch whose Accept header asks for `as=Table;g=meta.k8s.io`
+(kubectl get) is answered with a Table of kubectl's columns (api/tables.py); a watch's events
+then carry a one-row Table each, the columns in the first only.
+
 Errors are Kubernetes Status objects with the HTTP code kubectl expects: 400 Invalid, 404
 NotFound, 405 MethodNotAllowed (an upgrade but by GET or POST), 409 AlreadyExists or Conflict,
 410 Gone (a watch from a compacted revision), 401.
@@ -41,7 +45,7 @@ from typing import Any
 from skiff.errors import (Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, OutOfRange,
                           SkiffError, Unavailable)
 from skiff.orchestrator import subresources, upgrade_proxy
-from skiff.orchestrator.api import discovery
+from skiff.orchestrator.api import discovery, tables
 from skiff.orchestrator.api.kinds import KINDS, Kind
 from skiff.orchestrator.api.registry import FieldSelector, Registry
 from skiff.orchestrator.http_server import JsonHandler, ServerThread, UnixServer, quiet_when_the_client_went
@@ -163,14 +167,23 @@ class _Handler(JsonHandler):
 
     def _call(self, method: str, r: Route, query: dict[str, str]) -> tuple[HTTPStatus, dict[str, Any]]:
         registry = self.server.registry
+        as_table = tables.accepted(self.headers.get("Accept", "")) if method == "GET" else None
+        include = tables.include_object(query.get("includeObject")) if as_table is not None else ""
         if method == "GET" and r.name is None:
             listing = registry.list(r.kind, r.namespace, labels=parse_selector(query.get("labelSelector", ""),
                                                                                  "labelSelector"),
                                     fields=FieldSelector.parse(query.get("fieldSelector", "")))
+            if as_table is not None:
+                return HTTPStatus.OK, tables.table(r.kind, listing.items, version=as_table, include=include,
+                                                   resource_version=str(listing.revision))
             return HTTPStatus.OK, {"kind": f"{r.kind.kind}List", "apiVersion": r.kind.api_version,
                                    "metadata": {"resourceVersion": str(listing.revision)}, "items": listing.items}
         if method == "GET":
-            return HTTPStatus.OK, registry.get(r.kind, r.namespace or "", str(r.name))
+            obj = registry.get(r.kind, r.namespace or "", str(r.name))
+            if as_table is not None:
+                return HTTPStatus.OK, tables.table(r.kind, [obj], version=as_table, include=include,
+                                                   resource_version=str(obj["metadata"].get("resourceVersion", "")))
+            return HTTPStatus.OK, obj
         if method == "POST" and r.name is None:
             return HTTPStatus.CREATED, registry.create(r.kind, self.read_json(), namespace=r.namespace)
         if method == "PUT" and r.name is not None:
@@ -254,15 +267,17 @@ class _Handler(JsonHandler):
             timeout = float(query.get("timeoutSeconds") or WATCH_TIMEOUT)
         except ValueError:
             raise InvalidArgument("resourceVersion and timeoutSeconds: want numbers") from None
+        as_table = tables.accepted(self.headers.get("Accept", ""))
+        include = tables.include_object(query.get("includeObject")) if as_table is not None else ""
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         try:
-            for line in _watch_lines(registry, r, since, labels, fields, timeout):
+            for line in _watch_lines(registry, r, since, labels, fields, timeout, as_table, include):
                 self._chunk(line)
             self._chunk(b"")
-        except (BrokenPipeError, ConnectionResetError):
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLEOFError):   # (TLS: a client gone without close_notify)
             self.close_connection = True
 
     def _chunk(self, data: bytes) -> None:
@@ -272,11 +287,19 @@ class _Handler(JsonHandler):
 
 
 def _watch_lines(registry: Registry, r: Route, since: int, labels: Any, fields: FieldSelector,
-                 timeout: float) -> Iterator[bytes]:
+                 timeout: float, as_table: str | None = None, include: str = "") -> Iterator[bytes]:
+    """`as_table`: each event's object a Table (of that meta.k8s.io version) of one row, the
+    columns in the first event's only, as kube-apiserver sends them (handlers/watch.go)."""
+    headers = True
     try:
         for event in registry.watch(r.kind, r.namespace, since, labels=labels, fields=fields, timeout=timeout):
             if r.name is None or event.object["metadata"]["name"] == r.name:
-                yield json.dumps({"type": event.type.value, "object": event.object}, separators=(",", ":")).encode() + b"\n"
+                obj = event.object
+                if as_table is not None:
+                    obj = tables.table(r.kind, [obj], version=as_table, include=include, headers=headers,
+                                       resource_version=str(obj["metadata"].get("resourceVersion", "")))
+                    headers = False
+                yield json.dumps({"type": event.type.value, "object": obj}, separators=(",", ":")).encode() + b"\n"
     except SkiffError as e:  # the stream has begun: the error is its last event, as Kubernetes sends it
         yield json.dumps({"type": "ERROR", "object": status_for(e)[1]}).encode() + b"\n"
 

@@ -13,9 +13,12 @@ from __future__ import annotations
 
 import fcntl
 import os
+import queue
+import re
 import signal
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +30,7 @@ from test_orchestrator_logs_exec import (Cluster, _connections, cluster,  # noqa
                                         fetch_forwarded)
 
 from skiff.orchestrator.api.kinds import BY_KIND
+from skiff.orchestrator.api.tables import human_duration
 from skiff.orchestrator.apiserver import ApiServer
 
 PACKAGE = "kubernetes-client"   # Debian 12: kubectl 1.20
@@ -143,6 +147,128 @@ def test_get_all(kubectl: Kubectl) -> None:
         "selector": {"app": "web"}, "ports": [{"port": 80}]}})
     done = kubectl.run("get", "all", "-o", "name")
     assert (done.returncode, done.stdout) == (0, "pod/web\nservice/front\n"), done.stderr
+
+
+def _rows(out: str) -> list[list[str]]:
+    """kubectl's table, each line split into its cells (columns are two spaces or more apart)."""
+    return [re.split(r"\s{2,}", line.strip()) for line in out.splitlines()]
+
+
+AGE = re.compile(r"\d+s")   # what a second-old object's AGE says
+
+
+def test_get_pods_table(kubectl: Kubectl) -> None:
+    """kubectl 1.20 prints what the server's Table says: without one, only NAME and AGE."""
+    kubectl.cluster.run("web", "sleep", "3600")
+    done = kubectl.run("get", "pods")
+    assert done.returncode == 0, done.stderr
+    header, row = _rows(done.stdout)
+    assert header == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"]
+    assert row[:4] == ["web", "1/1", "Running", "0"] and AGE.fullmatch(row[4]), row
+
+    one = kubectl.run("get", "pod", "web")   # one object: a Table of one row
+    assert one.returncode == 0 and _rows(one.stdout)[1][:3] == ["web", "1/1", "Running"], (one.stdout, one.stderr)
+
+    # -o wide: the columns of priority 1 too
+    pod = kubectl.cluster.registry.get(BY_KIND["Pod"], "default", "web")
+    wide = kubectl.run("get", "pods", "-o", "wide")
+    assert wide.returncode == 0, wide.stderr
+    header, row = _rows(wide.stdout)
+    assert header == ["NAME", "READY", "STATUS", "RESTARTS", "AGE", "IP", "NODE", "NOMINATED NODE", "READINESS GATES"]
+    assert row[5:] == [pod["status"].get("podIP", "<none>"), "node-1", "<none>", "<none>"], row
+
+    # the rows carry the objects' metadata: what -A's NAMESPACE and --show-labels read
+    labels = kubectl.run("get", "pods", "-A", "--show-labels")
+    assert labels.returncode == 0, labels.stderr
+    assert [r[0] for r in _rows(labels.stdout)] == ["NAMESPACE", "default"], labels.stdout
+    assert _rows(labels.stdout)[0][-1] == "LABELS" and _rows(labels.stdout)[1][-1] == "<none>", labels.stdout
+
+
+def test_get_services_and_deployments(kubectl: Kubectl) -> None:
+    registry = kubectl.cluster.registry
+    svc = registry.create(BY_KIND["Service"], {"metadata": {"name": "front"}, "spec": {
+        "selector": {"app": "web"}, "ports": [{"name": "http", "port": 80}, {"name": "dns", "port": 53, "protocol": "UDP"}]}})
+    done = kubectl.run("get", "services")
+    assert done.returncode == 0, done.stderr
+    header, row = _rows(done.stdout)
+    assert header == ["NAME", "TYPE", "CLUSTER-IP", "EXTERNAL-IP", "PORT(S)", "AGE"]
+    assert row[:5] == ["front", "ClusterIP", svc["spec"]["clusterIP"], "<none>", "80/TCP,53/UDP"], row
+
+    template = {"metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "main", "image": IMAGE, "command": ["sleep", "3600"]}]}}
+    deployment = registry.create(BY_KIND["Deployment"], {"metadata": {"name": "web"}, "spec": {
+        "replicas": 3, "selector": {"matchLabels": {"app": "web"}}, "template": template}})
+    # no controllers run here: the status is the one a deployment controller would write
+    registry.update(BY_KIND["Deployment"], {**deployment, "status": {
+        "replicas": 3, "updatedReplicas": 3, "readyReplicas": 2, "availableReplicas": 2}})
+    done = kubectl.run("get", "deployments", "-o", "wide")
+    assert done.returncode == 0, done.stderr
+    header, row = _rows(done.stdout)
+    assert header == ["NAME", "READY", "UP-TO-DATE", "AVAILABLE", "AGE", "CONTAINERS", "IMAGES", "SELECTOR"]
+    assert row[:4] == ["web", "2/3", "3", "2"] and row[5:] == ["main", IMAGE, "app=web"], row
+
+    nodes = kubectl.run("get", "nodes")
+    assert nodes.returncode == 0, nodes.stderr
+    header, row = _rows(nodes.stdout)
+    assert header == ["NAME", "STATUS", "ROLES", "AGE", "VERSION"]
+    assert row[:3] == ["node-1", "Ready", "<none>"] and row[4] == "skiff", row
+
+
+def test_get_watch_table(kubectl: Kubectl) -> None:
+    """get -w: the list, then a row for each event (its Table without the columns: no second header)."""
+    registry = kubectl.cluster.registry
+    kubectl.cluster.run("web", "sleep", "3600")
+    before = _sockets()
+    watch = kubectl.start("get", "pods", "-w")
+    assert watch.stdout is not None and watch.stderr is not None
+    out = watch.stdout
+    lines: queue.Queue[str] = queue.Queue()   # (a thread: a select on the pipe misses what is buffered)
+
+    def read() -> None:
+        for line in out:
+            lines.put(line)
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        seen = [lines.get(timeout=20), lines.get(timeout=20)]
+        registry.create(BY_KIND["Pod"], {"metadata": {"name": "later"}, "spec": {
+            "containers": [{"name": "main", "image": IMAGE}]}})   # on no node: it stays Pending
+        seen.append(lines.get(timeout=20))
+    finally:
+        watch.send_signal(signal.SIGINT)
+        watch.wait(timeout=10)
+        reader.join(10)
+        watch.stdout.close()
+        watch.stderr.close()
+    header, first, later = _rows("".join(seen))
+    assert header == ["NAME", "READY", "STATUS", "RESTARTS", "AGE"] and first[:3] == ["web", "1/1", "Running"]
+    assert later[:4] == ["later", "0/1", "Pending", "0"], seen
+
+    def watch_ended() -> bool:
+        """The API server learns that kubectl went when it writes the next event: events until then."""
+        nudge = registry.create(BY_KIND["Pod"], {"metadata": {"generateName": "nudge-"},
+                                                 "spec": {"containers": [{"name": "main", "image": IMAGE}]}})
+        registry.delete(BY_KIND["Pod"], "default", nudge["metadata"]["name"])
+        return not _sockets() - before
+    eventually(watch_ended, timeout=10)
+
+
+def _sockets() -> set[str]:
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found.add(os.readlink(f"/proc/self/fd/{fd}"))
+        except OSError:
+            pass   # (listdir's own)
+    return {f for f in found if f.startswith("socket:")}
+
+
+@pytest.mark.parametrize(("seconds", "shown"), [
+    (5, "5s"), (119, "119s"), (190, "3m10s"), (600, "10m"), (3 * 3600 + 60, "3h1m"), (9 * 3600, "9h"),
+    (2 * 86400 + 3 * 3600, "2d3h"), (10 * 86400, "10d"), (800 * 86400, "2y70d"), (-1, "0s"), (-5, "<invalid>")])
+def test_human_duration(seconds: int, shown: str) -> None:
+    """Ages as kubectl prints them (apimachinery duration.HumanDuration)."""
+    assert human_duration(seconds) == shown
 
 
 def test_exec(kubectl: Kubectl) -> None:
