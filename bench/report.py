@@ -5,7 +5,10 @@ own results and keeps everything else in the file."""
 from __future__ import annotations
 
 import os
+import platform
 import re
+import sys
+import time
 
 HEADER = "# Benchmarks\n"
 
@@ -30,3 +33,16 @@ def write_section(path: str, name: str, body: str) -> None:
     with open(tmp, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def machine(*tools: str) -> str:
+    """The line that says where and when a benchmark ran, with the versions of `tools`."""
+    parts = [f"{os.cpu_count()} CPUs", f"kernel {platform.release()}", *tools,
+             f"Python {platform.python_version()}", time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())]
+    return f"Machine: {', '.join(parts)}."
+
+
+def publish(path: str, name: str, body: str, what: str) -> None:
+    """Section `name` of `path` becomes `body`, and the run says so on stderr."""
+    write_section(path, name, body)
+    print(f"{what}: wrote section {name} of {path}", file=sys.stderr)

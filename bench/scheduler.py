@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from typing import Any
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "bench"))
 
-from report import write_section  # noqa: E402
+from report import machine, publish  # noqa: E402
 
 from skiff.orchestrator.api.kinds import BY_KIND  # noqa: E402
 from skiff.orchestrator.api.registry import Registry  # noqa: E402
@@ -146,11 +145,10 @@ each pod where the last one stopped; what each pod asks is worked out once, not 
 The bound column is what the scheduler controller reaches with the store, the informer and one
 update per binding in the loop; it is the one that would show a slow store.
 
-Machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.
+{machine()}
 Reproduce: `./dev.sh bench scheduler`.
 """
-    write_section(args.markdown, SECTION, body)
-    print(f"scheduler: wrote section {SECTION} of {args.markdown}", file=sys.stderr)
+    publish(args.markdown, SECTION, body, "scheduler")
     return 0
 
 

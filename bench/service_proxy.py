@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -33,7 +32,7 @@ from typing import Any
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "bench"))
 
-from report import write_section  # noqa: E402
+from report import machine, publish  # noqa: E402
 
 from skiff.cri.network import nftables  # noqa: E402
 from skiff.orchestrator.proxy import ruleset  # noqa: E402
@@ -224,12 +223,10 @@ context is kept: closing a libnftables context (or an `nft` process ending) afte
 transaction that deleted something waits for the kernel to free it (an RCU grace period,
 7-30 ms here), so the `nft` column is never below that.
 
-Machine: {os.cpu_count()} CPUs, kernel {platform.release()}, {subprocess.run(['nft', '--version'], capture_output=True,
-    text=True).stdout.strip()}, Python {platform.python_version()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.
+{machine(subprocess.run(['nft', '--version'], capture_output=True, text=True).stdout.strip())}
 Reproduce: `./dev.sh bench proxy`.
 """
-    write_section(args.markdown, SECTION, body)
-    print(f"service proxy: wrote section {SECTION} of {args.markdown}", file=sys.stderr)
+    publish(args.markdown, SECTION, body, "service proxy")
     return 0
 
 
