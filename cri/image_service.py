@@ -68,7 +68,7 @@ def named_image(images: Images, image: str, *, user_specified: str = "") -> Name
     for name in dict.fromkeys(n for n in (user_specified, image) if n):
         try:
             record = images.store.image(normalize(name))
-            resolved = images.resolve(record.name)
+            resolved = images.resolve_record(record)
         except SkiffError:
             continue
         image_id = resolved.manifest.config.digest
@@ -114,7 +114,7 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
         entries: dict[str, _Entry] = {}
         for record in self.images.store.images():
             try:
-                resolved = self.images.resolve(record.name)
+                resolved = self.images.resolve_record(record)
             except SkiffError as e:  # one broken record must not hide every other image
                 log.warning("image %s: %s: left out of the CRI image list", record.name, e)
                 continue
@@ -180,7 +180,7 @@ class ImageService(api_pb2_grpc.ImageServiceServicer):
             raise InvalidArgument("image.image: must name an image to pull")
         record = self.images.pull(request.image.image, credentials=_credentials(request.auth)
                                   if request.HasField("auth") else None)
-        return pb.PullImageResponse(image_ref=self.images.resolve(record.name).manifest.config.digest)
+        return pb.PullImageResponse(image_ref=self.images.resolve_record(record).manifest.config.digest)
 
     def RemoveImage(self, request: pb.RemoveImageRequest, context: grpc.ServicerContext) -> pb.RemoveImageResponse:
         entry = self.find(request.image.image)

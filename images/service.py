@@ -96,7 +96,10 @@ class Images:
         return self.store.image(str(result.reference))
 
     def resolve(self, name: str, *, platform: str | None = None) -> ResolvedImage:
-        record = self.store.image(normalize(name))
+        return self.resolve_record(self.store.image(normalize(name)), platform=platform)
+
+    def resolve_record(self, record: ImageRecord, *, platform: str | None = None) -> ResolvedImage:
+        """`resolve` for a record already read (a listing of the store's images)."""
         digest, media_type = record.digest, record.media_type
         if media_type in oci.INDEX_MEDIA_TYPES:
             from skiff.images.registry import parse_platform, select_platform
@@ -116,7 +119,7 @@ class Images:
         layers with it is fine: gc keeps layers that snapshots use)."""
         record = self.store.image(normalize(name))
         try:
-            config = self.resolve(record.name).manifest.config.digest
+            config = self.resolve_record(record).manifest.config.digest
         except SkiffError:  # a record that cannot be resolved here (another platform, a lost blob)
             return self.store.remove_image(record.name)
         if config in self._images_in_use():
