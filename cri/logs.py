@@ -80,17 +80,17 @@ def parse_line(line: bytes) -> LogLine:
     return LogLine(parse_timestamp(ts), parsed_stream, tag == b"P", text)
 
 
-def follow(path: str, *, until: Callable[[], bool] = lambda: False,
-           poll_interval: float = 0.1) -> Generator[bytes, None, None]:
-    """Yields the complete lines of `path` (with their `\\n`) from its start, then new ones
-    as they are written, like `tail -F`: after a rotation (the path names a new file) it
-    finishes the old file, then reads the new one from its start; after a truncation it
-    starts over. When the file is drained and `until()` is true, it returns; an unfinished
-    last line is then yielded as it stands.
+def follow(path: str, *, until: Callable[[], bool] = lambda: False, poll_interval: float = 0.1,
+           offset: int = 0) -> Generator[bytes, None, None]:
+    """Yields the complete lines of `path` (with their `\\n`) from its start (or from byte
+    `offset` of the file first found there), then new ones as they are written, like `tail -F`:
+    after a rotation (the path names a new file) it finishes the old file, then reads the new
+    one from its start; after a truncation it starts over. When the file is drained and
+    `until()` is true, it returns; an unfinished last line is then yielded as it stands.
     """
     f: _Followed | None = None
     while f is None:
-        f = _Followed.open(path)
+        f = _Followed.open(path, offset)
         if f is None:
             if until():
                 return
@@ -131,11 +131,13 @@ class _Followed:
         self.offset = 0
 
     @classmethod
-    def open(cls, path: str) -> _Followed | None:
+    def open(cls, path: str, offset: int = 0) -> _Followed | None:
         try:
-            return cls(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+            f = cls(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
         except FileNotFoundError:
             return None
+        f.offset = os.lseek(f.fd, offset, os.SEEK_SET)
+        return f
 
     def read_lines(self) -> Iterator[bytes]:
         if os.fstat(self.fd).st_size < self.offset:  # truncated in place (copytruncate)

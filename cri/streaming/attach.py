@@ -22,16 +22,15 @@ import os
 import select
 import threading
 import time
-from typing import BinaryIO
 
-from skiff.cri.logs import LogFormatError, Stream, parse_line
+from skiff.cri.logs import LogFormatError, Stream, follow, parse_line
 from skiff.cri.monitor import read_exit
 from skiff.cri.monitor_client import Monitors
 from skiff.cri.streaming import channels
 from skiff.cri.streaming.tokens import AttachRequest
 
 POLL = 0.05
-DRAIN_QUIET = 0.3   # seconds the log must stay still after the exit: the monitor may still copy output
+DRAIN_QUIET = 0.3   # seconds after the exit before the drained log ends the session
 
 
 class AttachSession:
@@ -47,17 +46,16 @@ class AttachSession:
         r = self.request
         reader = threading.Thread(target=self._read_client, name="skiff-attach-stdin", daemon=True)
         try:
-            with open(r.log_path, "rb") as log:
-                # From its end as it is now, before any stdin reaches the container: what the
-                # container answers to it is written after this point.
-                log.seek(0, os.SEEK_END)
-                if r.stdin or r.tty:   # a terminal's master takes the resizes too
-                    self._stdin = self.monitors.attach_stdin(r.monitor_pid, r.runtime_id)
-                    if self._stdin is not None:
-                        os.set_blocking(self._stdin, False)
-                reader.start()
-                if self._follow(log):
-                    self.peer.frame(channels.ERROR, channels.status(0))
+            # From the log's end as it is now, before any stdin reaches the container: what
+            # the container answers to it is written after this point.
+            start = os.stat(r.log_path).st_size
+            if r.stdin or r.tty:   # a terminal's master takes the resizes too
+                self._stdin = self.monitors.attach_stdin(r.monitor_pid, r.runtime_id)
+                if self._stdin is not None:
+                    os.set_blocking(self._stdin, False)
+            reader.start()
+            if self._follow(start):
+                self.peer.frame(channels.ERROR, channels.status(0))
         finally:
             self._ending.set()
             self.peer.close()   # the reader's messages end with the connection
@@ -68,43 +66,32 @@ class AttachSession:
             if r.stdin and r.stdin_once and not r.tty:
                 self.monitors.close_stdin(r.monitor_pid, r.runtime_id)
 
-    def _follow(self, log: BinaryIO) -> bool:
-        """What the container writes from now on, as kubelet's attach shows it; False when the
-        client went first."""
-        with contextlib.ExitStack() as reopened:
-            while True:
-                rotated = self._follow_file(log)
-                if rotated is None:
-                    return not self._client_gone.is_set()
-                log = reopened.enter_context(rotated)
-
-    def _follow_file(self, log: BinaryIO) -> BinaryIO | None:
-        """Until the container has exited and its log is drained, or the client went (None);
-        or until the log was rotated: then the new file, from its start."""
+    def _follow(self, start: int) -> bool:
+        """What the container writes from byte `start` of its log on, as kubelet's attach shows
+        it, into the next file when kubelet rotates the log (logs.follow); True once the
+        container has exited and its output is drained, False when the client went first."""
         r = self.request
-        rest = b""
-        still_since: float | None = None   # when the log was last seen not growing after the exit
-        while not self._client_gone.is_set():
-            data = log.read(65536)
-            if not data:
-                if _rotated(log, r.log_path):   # kubelet renamed it and had the monitor reopen it
-                    return open(r.log_path, "rb")
-                if read_exit(r.exit_file) is not None:
-                    still_since = still_since or time.monotonic()
-                    if time.monotonic() - still_since >= DRAIN_QUIET:
-                        return None
-                time.sleep(POLL)
-                continue
-            still_since = None
-            *lines, rest = (rest + data).split(b"\n")
-            for line in lines:
-                with contextlib.suppress(LogFormatError):
-                    entry = parse_line(line)
-                    channel, wanted = ((channels.STDOUT, r.stdout) if entry.stream is Stream.STDOUT
-                                       else (channels.STDERR, r.stderr))
-                    if wanted:
-                        self.peer.frame(channel, entry.text + (b"" if entry.partial else b"\n"))
-        return None
+        exited_at: float | None = None
+
+        def done() -> bool:
+            nonlocal exited_at
+            if self._client_gone.is_set():
+                return True
+            if exited_at is None and read_exit(r.exit_file) is not None:
+                exited_at = time.monotonic()
+            # the monitor may still be copying what the container wrote last
+            return exited_at is not None and time.monotonic() - exited_at >= DRAIN_QUIET
+
+        for line in follow(r.log_path, until=done, poll_interval=POLL, offset=start):
+            if self._client_gone.is_set():
+                break
+            with contextlib.suppress(LogFormatError):
+                entry = parse_line(line)
+                channel, wanted = ((channels.STDOUT, r.stdout) if entry.stream is Stream.STDOUT
+                                   else (channels.STDERR, r.stderr))
+                if wanted:
+                    self.peer.frame(channel, entry.text + (b"" if entry.partial else b"\n"))
+        return not self._client_gone.is_set()
 
     def _read_client(self) -> None:
         r = self.request
@@ -135,10 +122,3 @@ class AttachSession:
                 select.select([], [self._stdin], [], POLL)
             except OSError:   # the container's end is gone (a terminal reads EIO then)
                 return
-
-
-def _rotated(log: BinaryIO, path: str) -> bool:
-    try:
-        return os.stat(path).st_ino != os.fstat(log.fileno()).st_ino
-    except FileNotFoundError:   # between kubelet's rename and the monitor's reopen
-        return False
