@@ -381,6 +381,29 @@ def test_a_terminal_stays_after_a_stdin_once_attach(cri: Cri) -> None:
         cri.remove_all()
 
 
+def test_attach_follows_a_rotated_log(cri: Cri) -> None:
+    """kubelet rotates a log by renaming it and asking for ReopenContainerLog: an attached
+    client goes on seeing what the container writes, now in the new file."""
+    pod_id, pod = cri.run_pod("rotated")
+    try:
+        cid = run_interactive(cri, pod_id, pod, "echo", ["sh", "-c", "while read x; do echo got $x; done"])
+        client = Client(str(cri.runtime.Attach(pb.AttachRequest(container_id=cid, stdin=True,
+                                                                stdout=True)).url), ["v5.channel.k8s.io"])
+        try:
+            client.send(0, b"before\n")
+            client.until(lambda: b"got before" in client.received(1))
+            log = Path(pod.log_directory) / "echo" / "0.log"
+            log.rename(log.with_name("0.log.1"))
+            cri.runtime.ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=cid))
+            client.send(0, b"after\n")
+            client.until(lambda: b"got after" in client.received(1))
+            assert "got after" in log.read_text()
+        finally:
+            client.close()
+    finally:
+        cri.remove_all()
+
+
 def test_attach_over_spdy(cri: Cri) -> None:
     """kubectl's older transport for attach: a SPDY stream per standard stream; with
     stdin_once, stdin's FIN ends the container's stdin."""
