@@ -452,3 +452,62 @@ def test_port_forward_tunnelled_in_a_websocket(cri: Cri) -> None:
         assert replied == {1, 3} and out[3].startswith(b"HTTP/1.") and out[3].endswith(b"tunnelled\n")
     finally:
         cri.remove_all()
+
+
+def refused(server: Any, head: bytes) -> tuple[bytes, bytes]:
+    """The streaming server's answer to a request head: its status line and its body."""
+    url = urllib.parse.urlparse(server.base_url)
+    assert url.hostname is not None and url.port is not None
+    with socket.create_connection((url.hostname, url.port), timeout=20) as sock:
+        sock.sendall(head)
+        received = b""
+        while data := sock.recv(65536):
+            received += data
+    head_out, _, body = received.partition(b"\r\n\r\n")
+    return head_out.split(b"\r\n")[0], body
+
+
+def test_refusals_say_what_was_wrong() -> None:
+    """A SPDY upgrade without a Host header (h11 will not take it) and a request with no
+    WebSocket upgrade get a 400 that says what was wrong, not a closed connection; an unknown
+    token over SPDY, a 404 that says so."""
+    from skiff.cri.streaming.server import StreamServer
+
+    server = StreamServer(None, None)  # type: ignore[arg-type]   # refusals reach neither
+    try:
+        status, body = refused(server, b"POST /exec/x HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: SPDY/3.1\r\n"
+                                       b"X-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 400") and b"Host" in body, (status, body)
+        status, body = refused(server, b"GET /exec/x HTTP/1.1\r\nHost: here\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 400") and b"Connection: Upgrade" in body, (status, body)
+        status, body = refused(server, b"GET /exec/x HTTP/1.1\r\nHost: here\r\nConnection: Upgrade\r\n"
+                                       b"Upgrade: SPDY/3.1\r\nX-Stream-Protocol-Version: v4.channel.k8s.io\r\n\r\n")
+        assert status.startswith(b"HTTP/1.1 404") and b"used already" in body, (status, body)
+    finally:
+        server.close()
+
+
+def test_the_client_reads_frames_that_came_with_the_servers_101() -> None:
+    """skiff's own client (client.py): a server's first messages may arrive in the same read as
+    its 101; WebSocketPeer.messages starts with them."""
+    import threading
+
+    from skiff.cri.streaming import client
+
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with conn:
+                ws = WSConnection(ConnectionType.SERVER)
+                while not any(isinstance(e, Request) for e in ws.events()):
+                    ws.receive_data(conn.recv(65536))
+                conn.sendall(ws.send(AcceptConnection(subprotocol="v4.channel.k8s.io"))   # all in one write
+                             + ws.send(Message(data=b"\x01early")) + ws.send(CloseConnection(code=1000)))
+                conn.recv(65536)   # the client's answer to the close
+        server = threading.Thread(target=serve)
+        server.start()
+        peer, accepted = client._open(f"http://127.0.0.1:{listener.getsockname()[1]}/exec/x", ["v4.channel.k8s.io"])
+        with peer.sock:
+            assert accepted == "v4.channel.k8s.io" and list(peer.messages()) == [b"\x01early"]
+            peer.close()
+        server.join()

@@ -20,47 +20,40 @@ import termios
 import threading
 import tty as ttymode
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Message, RejectConnection, RejectData, Request
+from wsproto.events import AcceptConnection, CloseConnection, RejectConnection, RejectData, Request
 
 from skiff.cri.streaming import channels
+from skiff.cri.streaming.websocket import WebSocketPeer
 from skiff.errors import FailedPrecondition, Unavailable
 
 
 def run_exec(url: str, *, stdin: BinaryIO | None, tty: bool, attach: bool = False) -> int:
     """The command's exit code; skiff's own failure (no connection, a refusal) raises. An
     attach session has no exit code of its own: 0 when it ends."""
-    parts = urllib.parse.urlsplit(url)
-    try:
-        sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=30)
-    except OSError as e:
-        raise Unavailable(f"streaming server {parts.netloc}: {(e.strerror or str(e)).lower()}") from None
-    ws = WSConnection(ConnectionType.CLIENT)
-    send_lock = threading.Lock()
-
-    def send(channel: int, data: bytes) -> None:
-        with send_lock, contextlib.suppress(OSError):
-            sock.sendall(ws.send(Message(data=bytes([channel]) + data)))
-
-    with sock:
-        sock.sendall(ws.send(Request(host=parts.netloc, target=parts.path, subprotocols=list(channels.PROTOCOLS))))
-        frames = _Frames(sock, ws)
-        accepted = frames.accept()
-        sock.settimeout(None)
+    peer, accepted = _open(url, channels.PROTOCOLS)
+    with peer.sock:
         v5 = accepted == channels.V5
         saved = termios.tcgetattr(0) if tty and stdin is not None and os.isatty(0) else None
         if saved is not None:
             ttymode.setraw(0)
-            _resize(send)
-            signal.signal(signal.SIGWINCH, lambda *_: _resize(send))
+            _resize(peer.frame)
         try:
             if stdin is not None:
-                threading.Thread(target=_forward_stdin, args=(stdin, send, v5), daemon=True).start()
+                threading.Thread(target=_forward_stdin, args=(stdin, peer.frame, v5), daemon=True).start()
+            if saved is not None:
+                # each resize from a thread of its own: the handler runs in this thread, which
+                # may hold the peer's send lock (answering a ping) when the signal comes
+                signal.signal(signal.SIGWINCH, lambda *_: threading.Thread(
+                    target=_resize, args=(peer.frame,), daemon=True).start())
             status: dict[str, Any] = {}
-            for channel, data in frames:
+            for message in peer.messages():
+                if not message:
+                    continue
+                channel, data = message[0], message[1:]
                 if channel in (channels.STDOUT, channels.STDERR):
                     out = sys.stdout.buffer if channel == channels.STDOUT else sys.stderr.buffer
                     out.write(data)
@@ -70,7 +63,37 @@ def run_exec(url: str, *, stdin: BinaryIO | None, tty: bool, attach: bool = Fals
         finally:
             if saved is not None:
                 termios.tcsetattr(0, termios.TCSADRAIN, saved)
+        peer.close()   # the server closed first: this answers its close
     return 0 if attach and not status else _exit_code(status)
+
+
+def _open(url: str, protocols: Sequence[str]) -> tuple[WebSocketPeer, str]:
+    """A WebSocket to a streaming URL, and the subprotocol the server chose of `protocols`.
+    No connection raises Unavailable; a refusal FailedPrecondition, with the server's reason."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=30)
+    except OSError as e:
+        raise Unavailable(f"streaming server {parts.netloc}: {(e.strerror or str(e)).lower()}") from None
+    with contextlib.ExitStack() as undo:
+        undo.callback(sock.close)
+        ws = WSConnection(ConnectionType.CLIENT)
+        sock.sendall(ws.send(Request(host=parts.netloc, target=parts.path, subprotocols=list(protocols))))
+        refused: tuple[int, bytes] | None = None
+        while data := sock.recv(65536):
+            ws.receive_data(data)
+            for event in ws.events():
+                if isinstance(event, AcceptConnection):
+                    # what came after the 101 in the same read stays in ws: messages() starts there
+                    sock.settimeout(None)
+                    undo.pop_all()
+                    return WebSocketPeer(sock, ws), event.subprotocol or ""
+                if isinstance(event, RejectConnection):
+                    refused = (event.status_code, b"")
+                elif isinstance(event, RejectData) and refused is not None:
+                    refused = (refused[0], refused[1] + event.data)
+        why = refused[1].decode(errors="replace") if refused else "the connection closed"
+        raise FailedPrecondition(f"exec: the streaming server refused ({refused[0] if refused else '-'}): {why}")
 
 
 def _exit_code(status: dict[str, Any]) -> int:
@@ -101,56 +124,6 @@ def _resize(send: Send) -> None:
         send(channels.RESIZE, json.dumps({"Width": columns, "Height": rows}).encode())
 
 
-class _Frames:
-    """The server's messages as (channel, data), until it closes."""
-
-    def __init__(self, sock: socket.socket, ws: WSConnection) -> None:
-        self.sock = sock
-        self.ws = ws
-        self._events: list[object] = []
-
-    def _more(self) -> bool:
-        data = self.sock.recv(65536)
-        if not data:
-            return False
-        self.ws.receive_data(data)
-        self._events.extend(self.ws.events())
-        return True
-
-    def accept(self) -> str:
-        """The subprotocol the server chose; its refusal raises, with the reason it gave."""
-        refused: tuple[int, bytes] | None = None
-        while True:
-            while self._events:
-                event = self._events.pop(0)
-                if isinstance(event, AcceptConnection):
-                    return event.subprotocol or ""
-                if isinstance(event, RejectConnection):
-                    refused = (event.status_code, b"")
-                elif isinstance(event, RejectData) and refused is not None:
-                    refused = (refused[0], refused[1] + event.data)
-            if not self._more():
-                why = refused[1].decode(errors="replace") if refused else "the connection closed"
-                raise FailedPrecondition(f"exec: the streaming server refused ({refused[0] if refused else '-'}): {why}")
-
-    def __iter__(self) -> Iterator[tuple[int, bytes]]:
-        pending = b""
-        while True:
-            while self._events:
-                event = self._events.pop(0)
-                if isinstance(event, BytesMessage):
-                    pending += event.data
-                    if event.message_finished and pending:
-                        yield pending[0], pending[1:]
-                        pending = b""
-                elif isinstance(event, CloseConnection):
-                    return
-            with contextlib.suppress(OSError):
-                if self._more():
-                    continue
-            return
-
-
 def run_port_forward(new_url: Callable[[], str], local: int, remote: int, *, address: str = "127.0.0.1",
                      ready: Callable[[int], None] | None = None, stop: threading.Event | None = None) -> None:
     """Connections to address:local, each carried to `remote` in the pod over a session of its
@@ -174,34 +147,23 @@ def _forward_connection(conn: socket.socket, new_url: Callable[[], str], remote:
     errors, each first carrying the port (port-forward's opening, skipped here)."""
     with conn:
         try:
-            url = new_url()
-            parts = urllib.parse.urlsplit(url)
-            sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=30)
+            peer, _ = _open(new_url(), [channels.V4])
         except Exception as e:   # this connection fails; the others go on
             print(f"skiff port-forward: {e}", file=sys.stderr)
             return
-        with sock:
-            ws = WSConnection(ConnectionType.CLIENT)
-            sock.sendall(ws.send(Request(host=parts.netloc, target=parts.path, subprotocols=[channels.V4])))
-            frames = _Frames(sock, ws)
-            try:
-                frames.accept()
-            except FailedPrecondition as e:
-                print(f"skiff port-forward: {e}", file=sys.stderr)
-                return
-            sock.settimeout(None)
-            lock = threading.Lock()
+        with peer.sock:
 
             def upstream() -> None:
                 with contextlib.suppress(OSError):
                     while data := conn.recv(65536):
-                        with lock:
-                            sock.sendall(ws.send(Message(data=bytes([0]) + data)))
-                with lock, contextlib.suppress(OSError):
-                    sock.sendall(ws.send(CloseConnection(code=1000)))
+                        peer.frame(0, data)
+                peer.send(CloseConnection(code=1000))   # the local end is done: so is the session
             threading.Thread(target=upstream, daemon=True).start()
             opened = {0: False, 1: False}
-            for channel, data in frames:
+            for message in peer.messages():
+                if not message:
+                    continue
+                channel, data = message[0], message[1:]
                 if channel in opened and not opened[channel]:
                     opened[channel], data = True, data[2:]   # the port number opens each channel
                 if channel == 0 and data:
@@ -212,3 +174,4 @@ def _forward_connection(conn: socket.socket, new_url: Callable[[], str], remote:
                     break
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
+            peer.close()

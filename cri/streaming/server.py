@@ -16,22 +16,23 @@ import socket
 import socketserver
 import threading
 import urllib.parse
+from collections.abc import Mapping, Sequence
 
 import h11
 from wsproto import ConnectionType, WSConnection
-from wsproto.events import AcceptConnection, RejectConnection, RejectData, Request
-from wsproto.utilities import LocalProtocolError, RemoteProtocolError
+from wsproto.events import AcceptConnection, RejectConnection, Request
+from wsproto.utilities import RemoteProtocolError
 
+from skiff.cri.monitor_client import Monitors
 from skiff.cri.streaming import channels, spdy
+from skiff.cri.streaming.attach import AttachSession
 from skiff.cri.streaming.exec import ExecSession
 from skiff.cri.streaming.portforward import PortForwardSession
 from skiff.cri.streaming.spdy_peer import SpdyPeer
 from skiff.cri.streaming.spdy_portforward import SpdyPortForward
-from skiff.cri.monitor_client import Monitors
-from skiff.cri.streaming.attach import AttachSession
-from skiff.cri.streaming.tokens import AttachRequest, ExecRequest, PortForwardRequest, Tokens
+from skiff.cri.streaming.tokens import AttachRequest, ExecRequest, PortForwardRequest, Session, Tokens
 from skiff.cri.streaming.websocket import WebSocketPeer
-from skiff.errors import SkiffError
+from skiff.errors import NotFound
 from skiff.runtime.forkserver import ForkServer
 
 log = logging.getLogger("skiff.cri")
@@ -90,88 +91,59 @@ class _Handler(socketserver.BaseRequestHandler):
             return
         if head is None:
             return
-        if _upgrade(head) == b"spdy/3.1":
-            self._spdy(sock, head)
-            return
+        try:
+            if _upgrade(head) == b"spdy/3.1":
+                self._spdy(sock, head)
+            else:
+                self._websocket(sock, head)
+        except _Refusal as refusal:
+            with contextlib.suppress(OSError):
+                sock.sendall(refusal.response())
+
+    def _websocket(self, sock: socket.socket, head: bytes) -> None:
+        """An exec, an attach or a port-forward over WebSocket: the upgrade answered by
+        wsproto, then the channels (websocket.py)."""
         ws = WSConnection(ConnectionType.SERVER)
         try:
-            request = _websocket_request(ws, head)
-        except RemoteProtocolError as e:   # HTTP, but no WebSocket upgrade: 400 and why
-            with contextlib.suppress(OSError, LocalProtocolError):
-                sock.sendall(ws.send(e.event_hint or RejectConnection(status_code=400)))
-            return
-        except OSError as e:
-            log.debug("streaming: a connection that sent no request: %s", e)
-            return
-        if request is None:
-            return
-        url = urllib.parse.urlsplit(request.target)
-        kind, _, token = url.path.lstrip("/").partition("/")
-        # port-forward speaks v4's framing, or SPDY tunnelled in the WebSocket (kubectl 1.31+)
-        offered = channels.PROTOCOLS if kind in ("exec", "attach") else (channels.V4, channels.PORT_FORWARD_TUNNEL)
-        chosen = next((p for p in request.subprotocols if p in offered), None)
-        try:
-            if kind not in ("exec", "attach", "portforward"):
-                raise _Refusal(404, f"{url.path}: not served here (/exec/, /attach/, /portforward/<token>)")
-            if chosen is None:
-                raise _Refusal(400, f"subprotocols {request.subprotocols}: none of {', '.join(offered)}")
-            session = self.server.owner.tokens.take(token)
-            ports = tuple(int(p) for p in urllib.parse.parse_qs(url.query).get("port", []) if p.isdigit())
-            if _KINDS[type(session)] != kind:
-                raise _Refusal(404, f"{url.path}: the token is not for {kind}")
-        except (_Refusal, SkiffError) as e:
-            code = e.code if isinstance(e, _Refusal) else 404
-            body = str(e).encode()
-            with contextlib.suppress(OSError):
-                sock.sendall(ws.send(RejectConnection(status_code=code, headers=[
-                    (b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())], has_body=True)))
-                sock.sendall(ws.send(RejectData(data=body)))
-            return
+            ws.receive_data(head)   # a complete head: its Request, or this raises
+        except RemoteProtocolError as e:   # HTTP, but no WebSocket upgrade
+            hint = e.event_hint if isinstance(e.event_hint, RejectConnection) else RejectConnection()
+            # wsproto's "Bad HTTP message" has h11's reason as its context
+            raise _Refusal(hint.status_code, f"{e}: {e.__context__}" if e.__context__ else str(e),
+                           hint.headers) from None
+        request = next(ws.events())
+        assert isinstance(request, Request)
+        session, chosen = self._admit(request.target, "subprotocols", request.subprotocols, _WEBSOCKET_PROTOCOLS)
         sock.sendall(ws.send(AcceptConnection(subprotocol=chosen)))
         sock.settimeout(None)
         peer = WebSocketPeer(sock, ws)
-        if isinstance(session, PortForwardRequest) and chosen == channels.PORT_FORWARD_TUNNEL:
+        if not isinstance(session, PortForwardRequest):
+            self._run_session(session, peer)
+        elif chosen == channels.PORT_FORWARD_TUNNEL:
             # SPDY's bytes in binary messages (client-go's tunneling_connection.go): the same
             # session as over an upgraded connection, without its HTTP upgrade. kube-apiserver
             # turns the tunnel back into SPDY for kubelet; skiff's API server carries the bytes
             # as they are (upgrade_proxy.py), so the tunnel arrives here
             conn = spdy.Connection.over_chunks(peer.messages(), peer.send_bytes)
             SpdyPortForward(session, sock, conn).run()
-        elif isinstance(session, PortForwardRequest):
-            # the ports the client asks for (kubectl's ?port=), else those of the call
-            PortForwardSession(session, ports or session.ports, peer).run()
-        elif isinstance(session, AttachRequest):
-            AttachSession(self.server.owner.monitors, session, peer).run()
         else:
-            ExecSession(self.server.owner.forkserver, session, peer, stdin_closes=chosen == channels.V5).run()
+            # the ports the client asks for (kubectl's ?port=), else those of the call
+            PortForwardSession(session, _ports(request.target) or session.ports, peer).run()
 
     def _spdy(self, sock: socket.socket, head: bytes) -> None:
         """An exec, an attach or a port-forward over SPDY/3.1: the upgrade answered by h11,
         then the streams (spdy_peer.py, spdy_portforward.py)."""
         http = h11.Connection(h11.SERVER)
         http.receive_data(head)
-        request = http.next_event()
+        try:
+            request = http.next_event()   # a complete head: its Request, or this raises
+        except h11.RemoteProtocolError as e:   # not HTTP/1.1 as h11 reads it (no Host header, say)
+            raise _Refusal(e.error_status_hint, f"the upgrade to SPDY/3.1: {e}") from None
         assert isinstance(request, h11.Request)
-        url = urllib.parse.urlsplit(request.target.decode(errors="replace"))
-        kind, _, token = url.path.lstrip("/").partition("/")
         offered = [v.strip() for name, value in request.headers if name == b"x-stream-protocol-version"
                    for v in value.decode(errors="replace").split(",")]
-        protocol = {"exec": channels.V4, "attach": channels.V4, "portforward": channels.PORT_FORWARD}.get(kind, "")
-        try:
-            if not protocol:
-                raise _Refusal(404, f"{url.path}: not served here (/exec/, /attach/, /portforward/<token>)")
-            if protocol not in offered:
-                raise _Refusal(400, f"X-Stream-Protocol-Version {offered}: want {protocol}")
-            session = self.server.owner.tokens.take(token)
-            if _KINDS[type(session)] != kind:
-                raise _Refusal(404, f"{url.path}: the token is not for {kind}")
-        except (_Refusal, SkiffError) as e:
-            body = str(e).encode()
-            with contextlib.suppress(OSError, h11.LocalProtocolError):
-                sock.sendall(http.send(h11.Response(status_code=e.code if isinstance(e, _Refusal) else 404, headers=[
-                    (b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())])))
-                sock.sendall(http.send(h11.Data(data=body)) + http.send(h11.EndOfMessage()))
-            return
+        session, protocol = self._admit(request.target.decode(errors="replace"), "X-Stream-Protocol-Version",
+                                        offered, _SPDY_PROTOCOLS)
         sock.sendall(http.send(h11.InformationalResponse(status_code=101, headers=[
             (b"connection", b"Upgrade"), (b"upgrade", b"SPDY/3.1"),
             (b"x-stream-protocol-version", protocol.encode())])))
@@ -189,19 +161,61 @@ class _Handler(socketserver.BaseRequestHandler):
         except (OSError, EOFError, spdy.ProtocolError) as e:
             log.debug("streaming: a SPDY session that did not open its streams: %s", e)
             return
+        self._run_session(session, peer)
+
+    def _admit(self, target: str, header: str, offered: Sequence[str],
+               protocols: Mapping[str, Sequence[str]]) -> tuple[Session, str]:
+        """The session the target's token is for, and the first protocol the client offers
+        (in `header`) that the session's kind speaks here (`protocols`: kind -> those);
+        anything else raises _Refusal."""
+        path = urllib.parse.urlsplit(target).path
+        kind, _, token = path.lstrip("/").partition("/")
+        ours = protocols.get(kind)
+        if ours is None:
+            raise _Refusal(404, f"{path}: not served here (/exec/, /attach/, /portforward/<token>)")
+        chosen = next((p for p in offered if p in ours), None)
+        if chosen is None:
+            raise _Refusal(400, f"{header} {list(offered)}: none of {', '.join(ours)}")
+        try:
+            session = self.server.owner.tokens.take(token)
+        except NotFound as e:
+            raise _Refusal(404, str(e)) from None
+        if _KINDS[type(session)] != kind:
+            raise _Refusal(404, f"{path}: the token is not for {kind}")
+        return session, chosen
+
+    def _run_session(self, session: ExecRequest | AttachRequest, peer: channels.Peer) -> None:
+        """An exec or an attach session on an upgraded connection's channels, to its end."""
         if isinstance(session, AttachRequest):
             AttachSession(self.server.owner.monitors, session, peer).run()
         else:
-            ExecSession(self.server.owner.forkserver, session, peer, stdin_closes=True).run()
+            ExecSession(self.server.owner.forkserver, session, peer).run()
 
 
 _KINDS = {ExecRequest: "exec", AttachRequest: "attach", PortForwardRequest: "portforward"}
+# What each kind speaks, by transport. Over WebSocket port-forward speaks v4's framing, or SPDY
+# tunnelled in the WebSocket (kubectl 1.31+).
+_WEBSOCKET_PROTOCOLS = {"exec": channels.PROTOCOLS, "attach": channels.PROTOCOLS,
+                        "portforward": (channels.V4, channels.PORT_FORWARD_TUNNEL)}
+_SPDY_PROTOCOLS = {"exec": (channels.V4,), "attach": (channels.V4,), "portforward": (channels.PORT_FORWARD,)}
 
 
 class _Refusal(Exception):
-    def __init__(self, code: int, message: str) -> None:
+    """A request that is not upgraded: its HTTP status, and why (the response's body)."""
+
+    def __init__(self, code: int, message: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
         super().__init__(message)
         self.code = code
+        self.headers = list(headers)
+
+    def response(self) -> bytes:
+        """The HTTP response that says it (the connection is closed after it). A fresh h11
+        connection makes it: a server may answer even a request h11 could not parse."""
+        body = str(self).encode()
+        http = h11.Connection(h11.SERVER)
+        head = h11.Response(status_code=self.code, headers=[
+            *self.headers, (b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())])
+        return b"".join(http.send(event) or b"" for event in (head, h11.Data(data=body), h11.EndOfMessage()))
 
 
 def _read_head(sock: socket.socket) -> bytes | None:
@@ -227,7 +241,7 @@ def _upgrade(head: bytes) -> bytes:
     return b""
 
 
-def _websocket_request(ws: WSConnection, head: bytes) -> Request | None:
-    """The WebSocket upgrade request in the request's head (wsproto raises if it is none)."""
-    ws.receive_data(head)
-    return next((e for e in ws.events() if isinstance(e, Request)), None)
+def _ports(target: str) -> tuple[int, ...]:
+    """The ports a WebSocket port-forward asks for in its query (kubectl's ?port=80&port=443)."""
+    query = urllib.parse.parse_qs(urllib.parse.urlsplit(target).query)
+    return tuple(int(p) for p in query.get("port", []) if p.isdigit())

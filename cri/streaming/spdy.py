@@ -152,7 +152,7 @@ class Connection:
     # -- writing ---------------------------------------------------------------------------
 
     def _control(self, kind: int, flags: int, payload: bytes) -> None:
-        self._send(struct.pack(">HHI", 0x8000 | VERSION, kind, (flags << 24) | len(payload)) + payload)
+        self._send(_control_frame(kind, flags, payload))
 
     def _send(self, frame: bytes) -> None:
         with self._lock:
@@ -164,17 +164,13 @@ class Connection:
             for k, v in headers.items())
         return self._compress.compress(raw) + self._compress.flush(zlib.Z_SYNC_FLUSH)
 
-    def syn_stream(self, stream_id: int, headers: dict[str, str], *, fin: bool = False) -> None:
+    def syn_stream(self, stream_id: int, headers: dict[str, str]) -> None:
         with self._lock:   # the compression context is shared: blocks go out in the order made
-            block = self._block(headers)
-            payload = struct.pack(">IIBB", stream_id, 0, 0, 0) + block
-            self._write(struct.pack(">HHI", 0x8000 | VERSION, SYN_STREAM, ((FLAG_FIN if fin else 0) << 24)
-                                    | len(payload)) + payload)
+            self._write(_control_frame(SYN_STREAM, 0, struct.pack(">IIBB", stream_id, 0, 0, 0) + self._block(headers)))
 
     def syn_reply(self, stream_id: int, headers: dict[str, str] | None = None) -> None:
         with self._lock:
-            payload = struct.pack(">I", stream_id) + self._block(headers or {})
-            self._write(struct.pack(">HHI", 0x8000 | VERSION, SYN_REPLY, len(payload)) + payload)
+            self._write(_control_frame(SYN_REPLY, 0, struct.pack(">I", stream_id) + self._block(headers or {})))
 
     def data(self, stream_id: int, data: bytes, *, fin: bool = False) -> None:
         for at in range(0, max(len(data), 1), 1 << 16):
@@ -194,3 +190,9 @@ class Connection:
 
     def goaway(self, last_stream_id: int = 0) -> None:
         self._control(GOAWAY, 0, struct.pack(">II", last_stream_id, 0))
+
+
+def _control_frame(kind: int, flags: int, payload: bytes) -> bytes:
+    """A control frame's bytes; the caller sends them (under the lock, with a header block
+    when it made one)."""
+    return struct.pack(">HHI", 0x8000 | VERSION, kind, (flags << 24) | len(payload)) + payload

@@ -1,6 +1,6 @@
-"""One accepted WebSocket, as the sessions use it: channel frames out (from any thread, one
-at a time), the client's complete binary messages in (pings answered on the way), and the
-close."""
+"""One open WebSocket, as the sessions (and skiff's own client, client.py) use it: channel
+frames out (from any thread, one at a time), the other end's complete binary messages in
+(pings answered on the way), and the close."""
 
 from __future__ import annotations
 
@@ -38,11 +38,12 @@ class WebSocketPeer:
                 raise ConnectionResetError(f"websocket closed: {e}") from None
 
     def messages(self) -> Iterator[bytes]:
-        """The client's binary messages, until it closes the connection or goes."""
+        """The other end's binary messages, until it closes the connection or goes. Those
+        already received come first: a server's may arrive in the same read as its 101, which
+        the client's WSConnection keeps after the handshake."""
         pending = bytearray()
         with contextlib.suppress(OSError, RemoteProtocolError):
-            while data := self.sock.recv(65536):
-                self.ws.receive_data(data)
+            while True:
                 for event in self.ws.events():
                     if isinstance(event, BytesMessage):
                         pending += event.data
@@ -53,6 +54,10 @@ class WebSocketPeer:
                         self.send(event.response())
                     elif isinstance(event, CloseConnection):
                         return
+                data = self.sock.recv(65536)
+                if not data:
+                    return
+                self.ws.receive_data(data)
 
     def close(self) -> None:
         self.send(CloseConnection(code=1000))
