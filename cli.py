@@ -331,11 +331,16 @@ def _cri_exec(cri: Cri, args: argparse.Namespace) -> int:
                                               stderr=not args.tty)).url
         return run_exec(url, stdin=sys.stdin.buffer if args.interactive else None, tty=args.tty)
     response = cri.exec_sync(cri.container_id(args.id), args.command, args.timeout)
-    for stream, data in ((sys.stdout, response.stdout), (sys.stderr, response.stderr)):
+    _print_output(response.stdout, response.stderr)
+    return int(response.exit_code)
+
+
+def _print_output(stdout: bytes, stderr: bytes) -> None:
+    """An exec'd command's output, its bytes as they are, after what was printed before them."""
+    for stream, data in ((sys.stdout, stdout), (sys.stderr, stderr)):
         stream.flush()
         stream.buffer.write(data)
         stream.buffer.flush()
-    return int(response.exit_code)
 
 
 def _cri_runp(cri: Cri, args: argparse.Namespace) -> int:
@@ -771,10 +776,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
         return run_exec(url, stdin=sys.stdin.buffer if args.stdin else None, tty=args.tty)
     stdout, stderr, code = exec_in(_api(args).client, args.pod, args.cmd, namespace=args.namespace,
                                    container=args.container, timeout=args.timeout)
-    for stream, data in ((sys.stdout, stdout), (sys.stderr, stderr)):
-        stream.flush()
-        stream.buffer.write(data)
-        stream.buffer.flush()
+    _print_output(stdout, stderr)
     return code
 
 

@@ -14,17 +14,15 @@ import time
 from collections.abc import Callable, Iterable
 
 EXIT_GRACE = 1.0   # seconds for the output's EOF after the command ended
-POLL = 0.2         # seconds between looks at `stopped`
 
 
 class Ended(enum.Enum):
     DRAINED = "drained"     # the command exited and its output is read (or its grace is over)
     DEADLINE = "deadline"   # the deadline passed before the command exited
-    STOPPED = "stopped"     # `stopped` said so before the command exited
 
 
 def read_until_exit(outputs: Iterable[int], exit_reply: socket.socket, on_data: Callable[[int, bytes], None], *,
-                    deadline: float | None = None, stopped: Callable[[], bool] | None = None) -> Ended:
+                    deadline: float | None = None) -> Ended:
     """`on_data(fd, data)` for what each of `outputs` gives, until they are at EOF and the
     fork server's worker has replied (`exit_reply` readable: the command exited)."""
     ended: float | None = None
@@ -37,11 +35,9 @@ def read_until_exit(outputs: Iterable[int], exit_reply: socket.socket, on_data: 
             if ended is not None:
                 if now >= ended:
                     break
-            elif stopped is not None and stopped():
-                return Ended.STOPPED
             elif deadline is not None and now >= deadline:
                 return Ended.DEADLINE
-            limits = [t for t in (ended, deadline) if t is not None] + ([now + POLL] if stopped else [])
+            limits = [t for t in (ended, deadline) if t is not None]
             for key, _ in sel.select(min(limits) - now if limits else None):
                 if key.fileobj is exit_reply:
                     sel.unregister(exit_reply)

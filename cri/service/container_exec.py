@@ -15,22 +15,26 @@ import time
 from cri_api.v1 import api_pb2 as pb
 
 from skiff.cri.exec_output import Ended, read_until_exit
-from skiff.cri.service.container_status import lookup
+from skiff.cri.service.container_status import lookup_running
 from skiff.cri.service.context import ServiceContext
-from skiff.cri.store.container import ContainerState
+from skiff.cri.store.container import ContainerRecord
 from skiff.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 
 MAX_OUTPUT = 16 << 20  # bytes kept per stream (containerd's maxExecSyncSize is 16 MiB too)
 
 
-def exec_process_json(ctx: ServiceContext, container_id: str, cmd: list[str]) -> dict[str, object]:
-    """The container's own process settings (user, env, cwd, capabilities...) with `cmd`."""
-    with open(os.path.join(ctx.bundle_dir(container_id), "config.json")) as f:
+def exec_job(ctx: ServiceContext, record: ContainerRecord, cmd: list[str], *, stdin: bool = False,
+             tty: bool = False) -> dict[str, object]:
+    """The fork server's "exec" job (cri/jobs.py) for `cmd`, with the container's own process
+    settings (user, env, cwd, capabilities...). On a terminal (`tty`), the pty is the
+    process's stdin; else `stdin` says whether it gets a pipe for it (/dev/null if not)."""
+    with open(os.path.join(ctx.bundle_dir(record.id), "config.json")) as f:
         process: dict[str, object] = dict(json.load(f)["process"])
     process["args"] = cmd
-    process["terminal"] = False
+    process["terminal"] = tty
     process.pop("consoleSize", None)
-    return process
+    return {"runtime_root": ctx.runtime_root, "cgroup_parent": ctx.config.cgroup_parent,
+            "container_id": record.runtime_id, "process": process, "stdin": stdin and not tty, "tty": tty}
 
 
 def exec_streaming(ctx: ServiceContext, request: pb.ExecRequest) -> pb.ExecResponse:
@@ -38,17 +42,12 @@ def exec_streaming(ctx: ServiceContext, request: pb.ExecRequest) -> pb.ExecRespo
     (streaming/), with a terminal if `tty`."""
     from skiff.cri.streaming.tokens import ExecRequest
 
-    record = lookup(ctx, request.container_id)
     if not request.cmd:
         raise InvalidArgument("cmd: must not be empty")
     if not (request.stdin or request.stdout or request.stderr):
         raise InvalidArgument("one of stdin, stdout or stderr must be true")
-    if record.state is not ContainerState.RUNNING:
-        raise FailedPrecondition(f"container {record.id} is {record.state.name.lower()}, not running")
-    process = exec_process_json(ctx, record.id, list(request.cmd))
-    process["terminal"] = request.tty
-    job = {"runtime_root": ctx.runtime_root, "cgroup_parent": ctx.config.cgroup_parent,
-           "container_id": record.runtime_id, "process": process, "tty": request.tty}
+    record = lookup_running(ctx, request.container_id)
+    job = exec_job(ctx, record, list(request.cmd), stdin=request.stdin, tty=request.tty)
     return pb.ExecResponse(url=ctx.streaming.exec_url(ExecRequest(
         container_id=record.id, job_args=job, stdin=request.stdin, stdout=request.stdout, stderr=request.stderr,
         tty=request.tty)))
@@ -60,9 +59,7 @@ def attach(ctx: ServiceContext, request: pb.AttachRequest) -> pb.AttachResponse:
     container's: a tty in the request does not make one (containerd's behaviour)."""
     from skiff.cri.streaming.tokens import AttachRequest
 
-    record = lookup(ctx, request.container_id)
-    if record.state is not ContainerState.RUNNING:
-        raise FailedPrecondition(f"container {record.id} is {record.state.name.lower()}, not running")
+    record = lookup_running(ctx, request.container_id)
     config = pb.ContainerConfig.FromString(record.config)
     if request.stdin and not config.stdin:
         raise InvalidArgument(f"stdin: container {record.id} was not created with stdin")
@@ -98,18 +95,14 @@ def port_forward(ctx: ServiceContext, request: pb.PortForwardRequest) -> pb.Port
 
 
 def exec_sync(ctx: ServiceContext, request: pb.ExecSyncRequest) -> pb.ExecSyncResponse:
-    record = lookup(ctx, request.container_id)
     if not request.cmd:
         raise InvalidArgument("cmd: must not be empty")
-    if record.state is not ContainerState.RUNNING:
-        raise FailedPrecondition(f"container {record.id} is {record.state.name.lower()}, not running")
+    record = lookup_running(ctx, request.container_id)
+    job = exec_job(ctx, record, list(request.cmd))
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     try:
-        worker = ctx.forkserver.call("exec", {
-            "runtime_root": ctx.runtime_root, "cgroup_parent": ctx.config.cgroup_parent,
-            "container_id": record.runtime_id,
-            "process": exec_process_json(ctx, record.id, list(request.cmd))}, fds=[out_w, err_w])
+        worker = ctx.forkserver.call("exec", job, fds=[out_w, err_w])
     finally:
         os.close(out_w)
         os.close(err_w)

@@ -18,7 +18,7 @@ from skiff.cri.monitor import read_exit
 from skiff.cri.monitor_client import Monitors
 from skiff.cri.service.context import ServiceContext
 from skiff.cri.store.container import ContainerRecord, ContainerState, ExitReason
-from skiff.errors import NotFound, SkiffError
+from skiff.errors import FailedPrecondition, NotFound, SkiffError
 
 _LIVE = (ContainerState.CREATED, ContainerState.RUNNING)
 UNKNOWN_EXIT_CODE = 255
@@ -76,6 +76,14 @@ def lookup(ctx: ServiceContext, container_id: str) -> ContainerRecord:
 
         raise InvalidArgument("container_id: must not be empty")
     return refreshed(ctx, ctx.containers.get(ctx.containers.resolve(container_id)))
+
+
+def lookup_running(ctx: ServiceContext, container_id: str) -> ContainerRecord:
+    """As `lookup`, for a call that needs the container running."""
+    record = lookup(ctx, container_id)
+    if record.state is not ContainerState.RUNNING:
+        raise FailedPrecondition(f"container {record.id} is {record.state.name.lower()}, not running")
+    return record
 
 
 def _metadata(record: ContainerRecord) -> pb.ContainerMetadata:

@@ -9,7 +9,7 @@ from dataclasses import replace
 from cri_api.v1 import api_pb2 as pb
 
 from skiff.cri.container_spec import linux_resources
-from skiff.cri.service.container_status import monitor_alive, lookup
+from skiff.cri.service.container_status import lookup, lookup_running, monitor_alive
 from skiff.cri.service.context import ServiceContext
 from skiff.cri.store.container import ContainerState
 from skiff.errors import FailedPrecondition
@@ -44,9 +44,7 @@ def update_container_resources(ctx: ServiceContext, request: pb.UpdateContainerR
 
 def reopen_container_log(ctx: ServiceContext, request: pb.ReopenContainerLogRequest) -> pb.ReopenContainerLogResponse:
     """kubelet renamed the log file for rotation; the monitor opens a new one at log_path."""
-    record = lookup(ctx, request.container_id)
-    if record.state is not ContainerState.RUNNING:
-        raise FailedPrecondition(f"container {record.id} is {record.state.name.lower()}, not running")
+    record = lookup_running(ctx, request.container_id)
     if not record.log_path:
         return pb.ReopenContainerLogResponse()
     if not monitor_alive(record):

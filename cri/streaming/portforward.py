@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable, Iterable
 from functools import partial
 
 from skiff.cri.streaming.tokens import PortForwardRequest
@@ -32,6 +33,30 @@ def dial_error(request: PortForwardRequest, port: int, e: OSError) -> bytes:
     """kubelet's words for a port that did not connect."""
     return (f"an error occurred forwarding {port} -> {port}: dial tcp 127.0.0.1:{port} in pod {request.sandbox_id}: "
             f"{(e.strerror or str(e)).lower()}").encode()
+
+
+def copy_from_pod(pod: socket.socket, send: Callable[[bytes], None]) -> bool:
+    """What the pod writes, to `send`, until it closes the connection (True) or either side
+    fails (False)."""
+    try:
+        while data := pod.recv(65536):
+            send(data)
+    except OSError:
+        return False
+    return True
+
+
+def close_pods(pods: Iterable[socket.socket], readers: Iterable[threading.Thread]) -> None:
+    """The end of the connections in the pod: each is shut down, which ends its reader's recv,
+    and closed only once every reader is done."""
+    pods = list(pods)
+    for pod in pods:
+        with contextlib.suppress(OSError):
+            pod.shutdown(socket.SHUT_RDWR)
+    for reader in readers:
+        reader.join()
+    for pod in pods:
+        pod.close()
 
 
 class PortForwardSession:
@@ -62,22 +87,13 @@ class PortForwardSession:
             for message in self.peer.messages():
                 self._to_pod(message)
         finally:
-            for pod in self._pods.values():
-                with contextlib.suppress(OSError):
-                    pod.shutdown(socket.SHUT_RDWR)
-            for reader in readers:
-                reader.join()
-            for pod in self._pods.values():
-                pod.close()
+            close_pods(self._pods.values(), readers)
             self.peer.close()
 
     def _from_pod(self, channel: int) -> None:
         """The pod's data to the client; when every connection in the pod has ended, so does
         the session (the client's reading side sees it close)."""
-        pod = self._pods[channel]
-        with contextlib.suppress(OSError):
-            while data := pod.recv(65536):
-                self.peer.frame(channel, data)
+        copy_from_pod(self._pods[channel], partial(self.peer.frame, channel))
         with self._lock:
             self._ended += 1
             last = self._ended == len(self._pods)

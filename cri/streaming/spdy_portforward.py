@@ -12,9 +12,10 @@ import contextlib
 import socket
 import threading
 from dataclasses import dataclass, field
+from functools import partial
 
 from skiff.cri.streaming import spdy
-from skiff.cri.streaming.portforward import dial, dial_error
+from skiff.cri.streaming.portforward import close_pods, copy_from_pod, dial, dial_error
 from skiff.cri.streaming.tokens import PortForwardRequest
 
 
@@ -50,13 +51,7 @@ class SpdyPortForward:
                     elif frame.kind == spdy.GOAWAY:
                         break
         finally:
-            for request in self._requests.values():
-                self._close(request)
-            for thread in self._threads:
-                thread.join()
-            for request in self._requests.values():
-                if request.pod is not None:
-                    request.pod.close()
+            close_pods([r.pod for r in self._requests.values() if r.pod is not None], self._threads)
             with contextlib.suppress(OSError):
                 self.conn.goaway()
                 self.sock.shutdown(socket.SHUT_RDWR)
@@ -95,9 +90,9 @@ class SpdyPortForward:
 
     def _from_pod(self, request: _Request) -> None:
         assert request.pod is not None
+        if not copy_from_pod(request.pod, partial(self.conn.data, request.streams["data"])):
+            return   # a connection reset, or the client gone: no FIN
         with contextlib.suppress(OSError):
-            while data := request.pod.recv(65536):
-                self.conn.data(request.streams["data"], data)
             self.conn.data(request.streams["data"], b"", fin=True)
             self.conn.data(request.streams["error"], b"", fin=True)
 
